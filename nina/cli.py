@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# Modules that add subcommands: each has register(subparsers). Imported lazily per module so a
+# broken optional part does not take the whole CLI down.
+REGISTRARS = [
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nina", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for mod in REGISTRARS:
+        importlib.import_module(mod).register(sub)
     args = parser.parse_args(argv)
     return args.func(args) or 0
 

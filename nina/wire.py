@@ -235,7 +235,7 @@ def unpack_batch(bufs: list[bytes], msg_type: int, encoding: int, flags: int = 0
         ("version", h["version"] != VERSION),
         ("msg_type", h["msg_type"] != msg_type),
         ("encoding", h["encoding"] != encoding),
-        ("flags", h["flags"] & ~FLAG_VER != flags & ~FLAG_VER),
+        ("flags", (h["flags"] | FLAG_VER) != (flags | FLAG_VER)),
         ("worker", h["worker"] >= MAX_WORKERS),
         ("count", h["count"] > CAPACITY[Encoding(encoding)]),
     )

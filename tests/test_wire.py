@@ -1,0 +1,174 @@
+"""The wire protocol module: round trips, validation errors, batches, scapy agreement."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import raw
+
+from nina import wire
+from nina.scapy_layer import Nina
+from nina.wire import (FLAG_CM, FLAG_VER, BadField, Encoding, Header, MsgType, TruncatedPacket,
+                       UDP_PORT)
+
+headers = st.builds(
+    Header,
+    msg_type=st.sampled_from(list(MsgType)),
+    encoding=st.sampled_from(list(Encoding)),
+    flags=st.sampled_from([0, FLAG_VER, FLAG_CM, FLAG_VER | FLAG_CM]),
+    job=st.integers(0, 0xFFFF),
+    worker=st.integers(0, 31),
+    exponent=st.integers(0, 255),
+    slot=st.integers(0, 0xFFFF),
+    count=st.integers(0, 64),
+    offset=st.integers(0, 2**32 - 1),
+)
+
+
+@given(headers)
+def test_header_round_trip(h):
+    assert Header.unpack(h.pack()) == h
+
+
+@settings(max_examples=200)
+@given(headers)
+def test_scapy_layer_agrees_with_definition(h):
+    """The scapy layer decodes the bytes our packer writes, field by field, and re-encodes them."""
+    frame = Ether() / IP() / UDP(sport=1234, dport=UDP_PORT) / h.pack()
+    layer = Ether(raw(frame))[Nina]
+    for name, _, _ in wire.HEADER_FIELDS:
+        assert getattr(layer, name) == getattr(h, name), name
+    built = raw(Nina(**{name: getattr(h, name) for name, _, _ in wire.HEADER_FIELDS}))
+    assert built == h.pack()
+
+
+def test_scapy_field_order_is_the_definition():
+    assert [f.name for f in Nina.fields_desc] == [n for n, _, _ in wire.HEADER_FIELDS]
+    assert len(raw(Nina())) == wire.HEADER_LEN
+
+
+def test_header_layout_is_big_endian_and_fixed():
+    h = Header(job=0x0102, slot=0x0304, count=0x0005, offset=0x0A0B0C0D, exponent=0x7E,
+               worker=9, flags=FLAG_VER, encoding=Encoding.INT32, msg_type=MsgType.UPDATE)
+    assert h.pack() == bytes([1, 1, 0, 1, 1, 2, 9, 0x7E, 3, 4, 0, 5, 0x0A, 0x0B, 0x0C, 0x0D])
+
+
+@pytest.mark.parametrize("field,value", [
+    ("version", 2), ("msg_type", 0), ("msg_type", 9), ("encoding", 7), ("flags", 0x80),
+    ("worker", 32), ("job", 1 << 16), ("offset", -1),
+])
+def test_invalid_header_names_the_field(field, value):
+    with pytest.raises(BadField) as e:
+        Header(**{field: value}).pack()
+    assert e.value.field == field
+
+
+def test_count_over_capacity_rejected():
+    with pytest.raises(BadField) as e:
+        Header(encoding=Encoding.INT32, count=65).pack()
+    assert e.value.field == "count"
+    Header(encoding=Encoding.NAT8, count=256).pack()  # exactly the capacity is fine
+
+
+def test_unpack_rejects_bad_bytes():
+    good = wire.pack_packet(Header(count=2), np.array([1, 2], np.uint8))
+    with pytest.raises(TruncatedPacket) as e:
+        wire.parse_packet(good[:10])
+    assert e.value.field == "header"
+    with pytest.raises(TruncatedPacket) as e:
+        wire.parse_packet(good[:-1])
+    assert e.value.field == "payload"
+    with pytest.raises(BadField) as e:
+        wire.parse_packet(good + b"\0")
+    assert e.value.field == "payload"
+    with pytest.raises(BadField) as e:
+        wire.parse_packet(bytes([3]) + good[1:])
+    assert e.value.field == "version"
+
+
+@pytest.mark.parametrize("msg_type,encoding,flags,nbytes,capacity", [
+    (MsgType.UPDATE, Encoding.INT32, 0, 256, 64),
+    (MsgType.UPDATE, Encoding.NAT8, 0, 256, 256),
+    (MsgType.RESULT, Encoding.INT32, 0, 256, 64),
+    (MsgType.RESULT, Encoding.NAT8, 0, 1024, 256),
+    (MsgType.RESULT, Encoding.NAT8, FLAG_CM, 256, 256),
+])
+def test_payload_layouts(msg_type, encoding, flags, nbytes, capacity):
+    layout = wire.payload_layout(msg_type, encoding, flags)
+    assert (layout.nbytes, layout.capacity) == (nbytes, capacity)
+    h = Header(msg_type=msg_type, encoding=encoding, flags=flags, count=3)
+    values = np.array([5, 0, 7])
+    pkt = wire.pack_packet(h, values)
+    assert len(pkt) == wire.HEADER_LEN + nbytes
+    h2, v2 = wire.parse_packet(pkt)
+    assert h2 == h and v2.tolist() == [5, 0, 7]
+
+
+def test_pack_packet_count_must_match_values():
+    with pytest.raises(BadField):
+        wire.pack_packet(Header(count=3), np.zeros(2, np.uint8))
+
+
+@given(st.integers(1, 40), st.sampled_from(list(Encoding)), st.data())
+def test_batch_round_trip(n, enc, data):
+    batch = wire.empty_batch(n, MsgType.UPDATE, enc)
+    cap = wire.CAPACITY[enc]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32)))
+    batch["hdr"]["slot"] = rng.integers(0, 1000, n)
+    batch["hdr"]["count"] = rng.integers(0, cap + 1, n)
+    batch["payload"] = rng.integers(0, 100, (n, cap))
+    bufs = wire.pack_batch(batch)
+    assert all(len(b) == batch.dtype.itemsize for b in bufs)
+    back = wire.unpack_batch(bufs, MsgType.UPDATE, enc)
+    assert back.tobytes() == batch.tobytes()
+    # a single packet of the batch parses with the single-packet path identically
+    h, v = wire.parse_packet(bufs[0])
+    assert h.slot == batch["hdr"]["slot"][0] and v.tolist() == \
+        batch["payload"][0][: h.count].tolist()
+
+
+def test_unpack_batch_names_bad_packet():
+    batch = wire.empty_batch(3, MsgType.UPDATE, Encoding.NAT8)
+    batch["hdr"]["worker"][2] = 40
+    with pytest.raises(BadField, match="packet 2") as e:
+        wire.unpack_batch(wire.pack_batch(batch), MsgType.UPDATE, Encoding.NAT8)
+    assert e.value.field == "worker"
+
+
+def test_headroom():
+    for n in range(1, 33):
+        s = wire.headroom_shift(n)
+        assert n * 2**s <= 2**30 < 2**31  # never wraps a signed 32-bit accumulator
+        assert s == 30 - int(np.ceil(np.log2(n)))  # DESIGN.md: ceil(log2 n) + 1 headroom bits
+    with pytest.raises(ValueError):
+        wire.headroom_shift(33)
+
+
+def test_nat8_to_int_semantics():
+    s = 10
+    codes = np.array([0, 1, 10, 11, 0x7F, 0x80 | 3, 0x80 | 0x7F], np.uint8)
+    assert wire.nat8_to_int(codes, s).tolist() == [1024, 512, 1, 0, 0, -128, 0]
+
+
+@given(st.lists(st.integers(-(2**30), 2**30), min_size=1, max_size=50), st.integers(0, 2**32 - 1))
+def test_cm_codes_are_neighbouring_powers(sums, seed):
+    sums = np.array(sums, np.int64)
+    u = np.random.default_rng(seed).integers(0, 2**32, sums.size, dtype=np.uint64)
+    vals = wire.cm_codes_to_int(wire.int_to_cm_codes(sums, u))
+    mag, got = np.abs(sums), np.abs(vals)
+    assert (np.sign(vals) == np.sign(sums)).all()
+    nz = mag > 0
+    lo = 2 ** np.floor(np.log2(mag[nz])).astype(np.int64)
+    assert ((got[nz] == lo) | (got[nz] == 2 * lo)).all()
+    # exact powers of two are fixed points, whatever the random draw: retransmissions agree
+    pw = np.where(nz, vals, 0)
+    assert (wire.cm_codes_to_int(wire.int_to_cm_codes(pw, u ^ 0xFFFFFFFF)) == pw).all()
+
+
+def test_cm_unbiased():
+    x = np.full(200_000, 3 * 2**20 + 12345, np.int64)
+    u = np.random.default_rng(1).integers(0, 2**32, x.size, dtype=np.uint64)
+    v = wire.cm_codes_to_int(wire.int_to_cm_codes(x, u)).astype(np.float64)
+    # each draw is 2^21 or 2^22; standard error of the mean from the sample
+    se = v.std(ddof=1) / np.sqrt(v.size)
+    assert abs(v.mean() - x[0]) < 5 * se

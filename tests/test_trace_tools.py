@@ -59,7 +59,9 @@ def test_summary_counts(trace):
 def test_slot_life_filters(trace):
     run, _ = trace
     lines = slot_life(run, 3, job=1, worker=2)
-    assert len(lines) == 3
+    assert len(lines) == 4
+    assert "drop_unregistered" in lines[2] and "drop_bad_slot" in lines[3]
+    assert len(slot_life(run, 3, job=1, worker=0)) == 1 and slot_life(run, 3, job=2) == []
     assert "aggregate" in lines[0] and "retransmit_reply" in lines[1]
     assert "unicast to worker 2" in lines[1]
 

@@ -1,0 +1,194 @@
+"""The operator API: Compressor (compress/decompress/omega) and the Compressed wire message.
+
+Every operator produces the real bytes that would go on the wire; decompress() works from those
+bytes plus what the receiver already knows (the tensor shape and the operator's parameters,
+which `Compressed.codec` names as a spec string that `get_compressor` understands).
+"""
+from __future__ import annotations
+
+import abc
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import CompressedFormatError, CompressorInputError, NonFiniteError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+SeedLike = int | np.random.Generator | np.random.SeedSequence | None
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """One compressed tensor as it travels: `data` is the exact payload, `bits` its size.
+
+    bits == 8 * len(data) for every operator: bit-packed fields are padded to a whole byte
+    (at most 7 bits per packed field, documented in docs/compressors.md), and that padding is
+    counted because it is sent.
+    """
+
+    data: bytes
+    shape: tuple[int, ...]
+    bits: int
+    codec: str  # canonical spec of the operator, e.g. "dither_nat:s=4,p=inf"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits_per_element(self) -> float:
+        return self.bits / self.size
+
+
+def make_rng(seed: SeedLike) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+_WIDE_BIT_GENERATORS = (np.random.PCG64, np.random.PCG64DXSM, np.random.SFC64, np.random.Philox)
+
+
+def random_u32(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n uniform uint32 words. random_raw of a 64-bit generator is ~2x faster than integers()."""
+    bg = rng.bit_generator
+    if isinstance(bg, _WIDE_BIT_GENERATORS):
+        return bg.random_raw((n + 1) // 2).view(np.uint32)[:n]
+    return rng.integers(0, 1 << 32, size=n, dtype=np.uint32)  # e.g. MT19937: 32-bit raw output
+
+
+def as_gradient(x: Any, who: str) -> tuple[np.ndarray, float]:
+    """Validate a gradient tensor; return it as C-contiguous float32 and its max |value|.
+
+    float16/32/64 are accepted and computed in float32 (float32 input is not copied).
+    Integers, booleans, complex and object arrays are rejected rather than silently cast.
+    """
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise CompressorInputError(
+            f"{who}: gradient dtype {arr.dtype} is not supported; pass float16, float32 or "
+            "float64 (integer, boolean, complex and object arrays are rejected, not cast)")
+    if arr.size == 0:
+        raise CompressorInputError(f"{who}: cannot compress an empty tensor (shape {arr.shape})")
+    with np.errstate(over="ignore"):
+        x32 = np.ascontiguousarray(arr, dtype=np.float32)
+    lo, hi = x32.min(), x32.max()  # two fast reductions; NaN propagates into them
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        flat = x32.reshape(-1)
+        i = int(np.flatnonzero(~np.isfinite(flat))[0])
+        orig = arr.reshape(-1)[i]
+        what = "overflows float32" if np.isfinite(orig) else "is not finite"
+        raise NonFiniteError(
+            f"{who}: gradient value {orig!r} at flat index {i} {what} "
+            f"(shape {arr.shape}); refusing to compress", i)
+    return x32, float(max(-lo, hi))
+
+
+TAKE_CHUNK = 1 << 16
+
+
+def take_chunked(table: np.ndarray, codes: np.ndarray, high: np.ndarray | None = None,
+                 shift: int = 0) -> np.ndarray:
+    """table[codes | high << shift], a slice at a time: np.take widens small integer codes to
+    intp, which on the whole tensor would cost 8 bytes per element."""
+    out = np.empty(codes.size, table.dtype)
+    for i in range(0, codes.size, TAKE_CHUNK):
+        c = codes[i:i + TAKE_CHUNK]
+        if high is not None:
+            c = c.astype(np.uint32)
+            c |= high[i:i + TAKE_CHUNK].astype(np.uint32) << np.uint32(shift)
+        np.take(table, c, out=out[i:i + TAKE_CHUNK])
+    return out
+
+
+class Compressor(abc.ABC):
+    """A compression operator C: R^d -> bytes -> R^d.
+
+    Subclasses set `name`, `unbiased`, `summable_in_switch` and implement `_encode`/`_decode`
+    on the flattened float32 tensor. Randomness comes only from `self.rng`, a numpy Generator
+    built from the `seed` argument (or that Generator itself when one is passed).
+    """
+
+    name: str = "?"
+    unbiased: bool = False
+    summable_in_switch: bool = False  # can the switch sum this operator's values exactly?
+
+    def __init__(self, seed: SeedLike = None):
+        self.rng = make_rng(seed)
+
+    # -- identity of the operator -------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Parameters the receiver needs, in canonical order (they form the spec)."""
+        return {}
+
+    @property
+    def spec(self) -> str:
+        from .registry import format_spec
+        return format_spec(self.name, self.params())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+    # -- theory --------------------------------------------------------------------------------
+    def omega(self, d: int) -> float | None:
+        """Variance factor: E||C(x)-x||^2 <= omega ||x||^2 for all x in R^d (None: no bound)."""
+        return None
+
+    # -- the operator --------------------------------------------------------------------------
+    def compress(self, x: Any) -> Compressed:
+        x32, amax = as_gradient(x, self.name)
+        data = self._encode(x32.reshape(-1), amax, x32.shape)
+        return Compressed(data=data, shape=tuple(x32.shape), bits=8 * len(data), codec=self.spec)
+
+    def decompress(self, c: Compressed) -> np.ndarray:
+        if c.codec != self.spec:
+            raise CompressedFormatError(
+                f"{self.spec}: cannot decode a message made by {c.codec!r}")
+        flat = self._decode(c.data, tuple(c.shape))
+        return flat.reshape(c.shape)
+
+    def __call__(self, x: Any) -> np.ndarray:
+        """C(x) as a float32 array: compress, then decompress."""
+        return self.decompress(self.compress(x))
+
+    @abc.abstractmethod
+    def _encode(self, x: np.ndarray, amax: float, shape: tuple[int, ...]) -> bytes:
+        """Flat finite float32 x (amax = max|x|) -> payload bytes."""
+
+    @abc.abstractmethod
+    def _decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+        """Payload bytes -> flat float32 values (length prod(shape))."""
+
+
+class Reader:
+    """Sequential reader of a payload that turns every shortfall into CompressedFormatError."""
+
+    def __init__(self, data: bytes, who: str):
+        self.buf = memoryview(data)
+        self.pos = 0
+        self.who = who
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise CompressedFormatError(
+                f"{self.who}: payload truncated ({len(self.buf)} bytes, needed "
+                f"{self.pos + n})")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def array(self, dtype: Any, count: int) -> np.ndarray:
+        dt = np.dtype(dtype)
+        return np.frombuffer(self.take(dt.itemsize * count), dtype=dt)
+
+    def done(self) -> None:
+        if self.pos != len(self.buf):
+            raise CompressedFormatError(
+                f"{self.who}: {len(self.buf) - self.pos} unexpected trailing bytes in payload")

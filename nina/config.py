@@ -76,6 +76,8 @@ class JobSpec:
                 self.slot_base + self.slot_count > p4spec.POOL_SLOTS:
             raise ValueError(f"slots [{self.slot_base}, {self.slot_base + self.slot_count}) "
                              f"outside the switch pool of {p4spec.POOL_SLOTS}")
+        if self.cm and self.encoding != Encoding.NAT8:
+            raise ValueError("master compression (cm) needs the NAT8 encoding")
         if not 0.0 <= self.loss < 1.0:
             raise ValueError(f"loss {self.loss} must be in [0, 1)")
         ids = sorted(w.wid for w in self.workers)

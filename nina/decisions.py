@@ -50,3 +50,9 @@ TRACE_DTYPE = np.dtype([
     ("pad1", "<u2"),
 ])
 assert TRACE_DTYPE.itemsize == 32
+
+# The P4 program mirrors each record to the monitor port as one frame: Ethernet header with
+# this (IEEE local experimental) type, then the record's fields in TRACE_DTYPE order but
+# big-endian (TRACE_WIRE_DTYPE); a collector converts with .astype(TRACE_DTYPE).
+TRACE_ETHERTYPE = 0x88B5
+TRACE_WIRE_DTYPE = TRACE_DTYPE.newbyteorder(">")

@@ -1,0 +1,323 @@
+"""Packet rate of the embedded switch on loopback UDP, next to a bare reflector.
+
+    python bench/switch.py [--packets 20000] [--repeat 3] [--workers 2,4,8]
+
+For INT32 and NAT8 at n workers, with traces off and on, a real `nina switch --mode local`
+process (default pool) aggregates the updates of n workers (n real UDP sockets in this
+process). Each measurement is a drain: the server is paused (SIGSTOP), the workers queue
+--packets updates in its socket (whole rounds over a window of slots, round after round, as
+workers in steady state send them), the server is resumed (SIGCONT) and the time until the
+last result reaches the workers gives the server's packet rate, with the server, not this
+Python load generator, the bottleneck. The best of --repeat drains counts;
+all servers of one n run side by side and are drained in turn, so load drifts hit all alike.
+
+In the same run the same drains go to a bare reflector: the switch's own I/O loop
+(switch.io_udp.UdpIO) with the pipeline replaced by "send a result-sized reply to the
+sender", i.e. the same syscalls per packet and no aggregation. The table gives update packets
+per second, the ratio switch/reflector, the all-reduced elements per second (completed rounds
+x elements per packet), NAT8's elements/s relative to INT32 at the same n and trace setting,
+and the switch's peak RSS (VmHWM). Progress goes to stderr, the table to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout
+
+from nina.p4spec import POOL_SLOTS  # noqa: E402
+from nina.wire import (CAPACITY, UDP_PORT, Encoding, Header, headroom_shift,  # noqa: E402
+                       pack_packet)
+
+SOCK_BUF = 128 << 20   # socket buffers: a whole drain must fit in the server's queue
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the reflector server
+
+def serve_reflector(reply_bytes: int) -> int:
+    """The switch's I/O loop with a pipeline that only answers the sender."""
+    from switch.io_udp import UdpIO
+    from switch.pipeline import PacketOut
+
+    class Reflector:
+        def __init__(self):
+            self.rx_buffer = bytearray(65536)
+            self.pad = bytes(reply_bytes - 16)
+
+        def process_rx(self, nbytes, ingress_port, src_ip, src_port):
+            return [PacketOut(0, 0, src_ip, src_port, 0, 0, UDP_PORT,
+                              bytes(self.rx_buffer[:16]) + self.pad)]
+
+    io = UdpIO("127.0.0.1", 0, SOCK_BUF)
+    signal.signal(signal.SIGINT, lambda *_: io.stop())
+    signal.signal(signal.SIGTERM, lambda *_: io.stop())
+    print(f"reflector listening on {io.describe()}", flush=True)
+    io.run(Reflector())
+    io.close()
+    return 0
+
+
+# ---------------------------------------------------------------- server processes
+
+class Server:
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=REPO)
+        deadline = time.monotonic() + 60
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "listening on udp" in line or not line:
+                break
+        if "listening on udp" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        hostport = line.split("listening on udp ")[1].split(";")[0].strip()
+        host, port = hostport.rsplit(":", 1)
+        self.addr = (host, int(port))
+
+    def peak_rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+# ---------------------------------------------------------------- the load generator
+
+def make_workers(n: int) -> list[socket.socket]:
+    from switch.io_udp import set_buffers
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        set_buffers(s, SOCK_BUF)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
+def make_sequence(n: int, enc: Encoding, window: int, packets: int) -> list[tuple[int, bytes]]:
+    """(worker, update) for whole rounds over `window` slots; an even number of rounds, so
+    the sequence can be replayed (versions keep alternating)."""
+    rng = np.random.default_rng(1)
+    cap = CAPACITY[enc]
+    m = 1 << headroom_shift(n)
+    rounds = max(2, packets // (window * n) // 2 * 2)
+    pkts = {}
+    for w in range(n):
+        for slot in range(window):
+            for ver in (0, 1):
+                vals = rng.integers(0, 256, cap).astype(np.uint8) if enc == Encoding.NAT8 \
+                    else rng.integers(-m, m + 1, cap).astype(np.int32)
+                pkts[w, slot, ver] = pack_packet(Header(job=1, worker=w, encoding=enc,
+                                                        flags=ver, slot=slot, count=cap,
+                                                        exponent=120, offset=slot * cap), vals)
+    return [(w, pkts[w, slot, r % 2]) for r in range(rounds) for slot in range(window)
+            for w in range(n)]
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of the process's main thread (the server loop), in ns."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def drain(server: "Server", socks, seq, addr) -> tuple[float, float]:
+    """Queue seq in the paused server, resume it; returns (packets/s until the last result,
+    server CPU seconds per packet)."""
+    poller = select.poll()
+    by_fd = {}
+    for s in socks:
+        poller.register(s.fileno(), select.POLLIN)
+        by_fd[s.fileno()] = s.recv_into
+    buf = bytearray(4096)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        sends = [s.sendto for s in socks]
+        for w, data in seq:
+            sends[w](data, addr)
+    finally:
+        time.sleep(0.05)
+        c0 = cpu_ns(server.proc.pid)
+        t0 = time.perf_counter()
+        os.kill(server.proc.pid, signal.SIGCONT)
+    expected = len(seq)     # one result per update, for the switch and the reflector alike
+    got, last = 0, t0
+    while got < expected:
+        events = poller.poll(2000)
+        if not events:
+            break           # results lost (buffers): rate over what arrived
+        for fd, _ in events:
+            recv = by_fd[fd]
+            while True:
+                try:
+                    recv(buf)
+                except BlockingIOError:
+                    break
+                got += 1
+        last = time.perf_counter()
+    cpu = (cpu_ns(server.proc.pid) - c0) * 1e-9
+    if got < expected * 0.9:
+        raise RuntimeError(f"only {got} of {expected} results came back")
+    return got / (last - t0), cpu / got
+
+
+# ---------------------------------------------------------------- runs
+
+class Target:
+    """One server under test (reflector or switch) with its own worker sockets and updates."""
+
+    def __init__(self, kind: str, n: int, enc: Encoding, trace: bool, args, tmp: Path):
+        self.kind, self.n, self.enc, self.trace = kind, n, enc, trace
+        self.socks = make_workers(n)
+        self.seq = make_sequence(n, enc, args.window, args.packets)
+        self.rates: list[float] = []
+        self.cpus: list[float] = []
+        ports = [s.getsockname()[1] for s in self.socks]
+        name = f"{kind}-{enc.name}-{n}-{int(trace)}"
+        if kind == "reflector":
+            reply = 16 + (64 * 4 if enc == Encoding.INT32 else 256 * 4)  # the switch's result
+            cmd = [sys.executable, __file__, "--serve-reflector", "--reply-bytes", str(reply)]
+        else:
+            jobs = [{"job_id": 1, "n_workers": n, "encoding": enc.name,
+                     "slot_count": args.window,
+                     "workers": [{"wid": w, "ip": "127.0.0.1", "udp_port": p}
+                                 for w, p in enumerate(ports)]}]
+            (tmp / f"{name}.json").write_text(json.dumps(jobs))
+            cmd = [sys.executable, "-m", "nina.cli", "switch", "--mode", "local", "--listen",
+                   "127.0.0.1:0", "--jobs", str(tmp / f"{name}.json"),
+                   "--socket-buffer", str(SOCK_BUF)]
+            if trace:
+                cmd += ["--trace", str(tmp / f"{name}.trace")]
+        self.server = Server(cmd)
+
+    def drain(self) -> None:
+        rate, cpu = drain(self.server, self.socks, self.seq, self.server.addr)
+        self.rates.append(rate)
+        self.cpus.append(cpu)
+
+    @property
+    def pps(self) -> float:
+        return max(self.rates)
+
+    def stop(self) -> dict:
+        rss = self.server.peak_rss_mib()
+        out = self.server.stop()
+        for s in self.socks:
+            s.close()
+        if self.kind == "switch" and "COMPLETE" not in out:
+            raise RuntimeError(f"the switch completed no round:\n{out}")
+        return {"pps": self.pps, "cpu": min(self.cpus), "rss": rss}
+
+
+def run_n(n: int, args, tmp: Path) -> list[tuple]:
+    """All servers for one n, drained in turn `repeat` times: load drifts hit all alike."""
+    targets = []
+    try:
+        for enc in (Encoding.INT32, Encoding.NAT8):
+            targets.append(Target("reflector", n, enc, False, args, tmp))
+            for trace in (False, True):
+                targets.append(Target("switch", n, enc, trace, args, tmp))
+        for rep in range(args.repeat):
+            log(f"n={n}: drain {rep + 1}/{args.repeat} of {len(targets)} servers "
+                f"({len(targets[0].seq)} updates each)")
+            for t in targets:
+                t.drain()
+    finally:
+        results = [(t, t.stop()) for t in targets]
+    rows = []
+    for enc in (Encoding.INT32, Encoding.NAT8):
+        ref = next(r for t, r in results if t.kind == "reflector" and t.enc == enc)
+        for t, r in results:
+            if t.kind == "switch" and t.enc == enc:
+                rows.append((enc, n, t.trace, r, ref))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--packets", type=int, default=20000, help="updates per drain")
+    ap.add_argument("--repeat", type=int, default=5, help="drains per server (best counts)")
+    ap.add_argument("--window", type=int, default=32, help="slots per round")
+    ap.add_argument("--workers", default="2,4,8", help="values of n")
+    ap.add_argument("--serve-reflector", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reply-bytes", type=int, default=272, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_reflector:
+        return serve_reflector(args.reply_bytes)
+    try:
+        ns = [int(x) for x in args.workers.split(",")]
+    except ValueError:
+        ap.error(f"--workers wants a comma list of integers, got {args.workers!r}")
+    if any(not 1 <= n <= 32 for n in ns):
+        ap.error("--workers values must be in 1..32")
+    if os.geteuid() != 0:
+        rmem = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        fit = 2 * rmem // 1400
+        if args.packets > fit:
+            log(f"not root: socket buffers capped by net.core.rmem_max={rmem}; "
+                f"--packets lowered to {fit}")
+            args.packets = fit
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ninabench") as tmpdir:
+        for n in ns:
+            rows += run_n(n, args, Path(tmpdir))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+
+    cap_eps = {(enc, n, t): CAPACITY[enc] / n / sw["cpu"] for enc, n, t, sw, _ in rows}
+    print(f"embedded switch, loopback UDP drains of {args.packets} updates (best of "
+          f"{args.repeat}), window {args.window}; {os.cpu_count()} cores, "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    hdr = (f"{'enc':<6}{'n':>3}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
+           f"{'us/pkt':>8}{'refl us':>9}{'cpu ratio':>10}{'Melem/s':>9}{'Melem/cpu-s':>12}"
+           f"{'NAT8/INT32':>11}{'RSS MiB':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for enc, n, trace, sw, ref in rows:
+        e = cap_eps[enc, n, trace]
+        print(f"{enc.name:<6}{n:>3}{'on' if trace else 'off':>6}{sw['pps'] / 1e3:>8.1f}"
+              f"{ref['pps'] / 1e3:>10.1f}{sw['pps'] / ref['pps']:>7.2f}"
+              f"{sw['cpu'] * 1e6:>8.2f}{ref['cpu'] * 1e6:>9.2f}{ref['cpu'] / sw['cpu']:>10.2f}"
+              f"{sw['pps'] / n * CAPACITY[enc] / 1e6:>9.2f}{e / 1e6:>12.2f}"
+              f"{e / cap_eps[Encoding.INT32, n, trace]:>10.2f}x{sw['rss']:>9.1f}")
+    print("kpps: update packets/s through the server, wall clock (reflector: the same I/O loop "
+          "and load, one result-sized\nreply per packet); us/pkt: server CPU time per packet "
+          "(main thread, /proc/PID/schedstat), robust to load from\nother processes; cpu "
+          "ratio: reflector/switch CPU per packet = capacity ratio on an idle core; Melem/s: "
+          "all-reduced\nelements/s (rounds x elements per packet), wall clock and per CPU-second "
+          "of the switch; NAT8/INT32: from the\nlatter, same n and trace; RSS: peak resident "
+          f"set (VmHWM) of the switch process, default pool of {POOL_SLOTS} slots.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

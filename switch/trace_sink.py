@@ -1,0 +1,115 @@
+"""Where the embedded switch's per-packet trace records go.
+
+The file format is switch/trace_file.py's (raw nina.decisions.TRACE_DTYPE records + a JSON
+index beside them), so `nina trace` reads what the embedded switch writes. This module only
+makes emitting cheap: each record is packed with one struct call into a preallocated batch
+buffer, and a full batch goes to the file as one numpy write; the index is refreshed at most
+once a second and on close.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import numpy as np
+
+from nina.decisions import TRACE_DTYPE
+from switch.trace_file import TraceWriter, read_all
+
+# Same layout as TRACE_DTYPE, as a struct format (checked at import below).
+_REC = struct.Struct("<QHHHBBBBBxIIHxx")
+assert _REC.size == TRACE_DTYPE.itemsize
+_FIELDS = ("time_ns", "ingress_port", "job", "slot", "worker", "decision", "ver", "exponent",
+           "count", "bitmap", "offset", "elements")
+
+
+def _check_layout() -> None:
+    rec = np.frombuffer(_REC.pack(*range(1, 13)), TRACE_DTYPE)[0]
+    assert tuple(int(rec[n]) for n in _FIELDS) == tuple(range(1, 13)), \
+        "trace struct format disagrees with TRACE_DTYPE"
+
+
+_check_layout()
+
+
+class _Batcher:
+    """Packs records into a preallocated buffer; subclasses decide where a full batch goes."""
+
+    def __init__(self, batch: int):
+        self.batch = max(1, int(batch))
+        self._buf = bytearray(self.batch * _REC.size)
+        self._n = 0
+        self.records = 0   # records emitted so far (flushed or not)
+
+    def emit(self, time_ns: int, ingress_port: int, job: int, slot: int, worker: int,
+             decision: int, ver: int, exponent: int, count: int, bitmap: int, offset: int,
+             elements: int) -> None:
+        _REC.pack_into(self._buf, self._n * _REC.size, time_ns, ingress_port, job, slot,
+                       worker, decision, ver, exponent, count, bitmap, offset, elements)
+        self._n += 1
+        self.records += 1
+        if self._n == self.batch:
+            self.flush()
+
+    def _take(self) -> np.ndarray:
+        recs = np.frombuffer(bytes(self._buf[:self._n * _REC.size]), TRACE_DTYPE)
+        self._n = 0
+        return recs
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.flush()
+
+
+class TraceSink(_Batcher):
+    """Writes records to a trace file (switch.trace_file format)."""
+
+    def __init__(self, path: str | os.PathLike, batch: int = 4096):
+        super().__init__(batch)
+        self.path = path
+        self._writer = TraceWriter(path)
+        self._writer.flush()           # an (empty) index exists from the start
+        self._index_at = time.monotonic()
+
+    def flush(self) -> None:
+        if self._writer is None:
+            return
+        if self._n:
+            self._writer.write(self._take())
+        now = time.monotonic()
+        if now - self._index_at > 1.0:
+            self._writer.flush()
+            self._index_at = now
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self._n:
+            self._writer.write(self._take())
+        self._writer.close()
+        self._writer = None
+
+
+class MemoryTrace(_Batcher):
+    """Keeps records in memory (tests, in-process use); `.array()` returns them all."""
+
+    def __init__(self, batch: int = 1024):
+        super().__init__(batch)
+        self._chunks: list[np.ndarray] = []
+
+    def flush(self) -> None:
+        if self._n:
+            self._chunks.append(self._take())
+
+    def array(self) -> np.ndarray:
+        self.flush()
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, TRACE_DTYPE)
+
+
+def read_trace(path: str | os.PathLike) -> np.ndarray:
+    """All records of a trace file written by TraceSink."""
+    from pathlib import Path
+    return read_all(Path(path))

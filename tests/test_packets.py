@@ -1,0 +1,198 @@
+"""Ethernet/IPv4/UDP framing of the raw-interface back end, checked against scapy, and the
+raw back end end to end on veth pairs into network namespaces (root only)."""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import raw
+
+from nina import p4spec
+from nina.config import SWITCH_MAC, JobSpec, WorkerAddr, mac_to_int
+from nina.decisions import Decision
+from nina.wire import UDP_PORT, Encoding, Header, pack_packet
+from switch.packets import (MALFORMED, NINA, OTHER, build_udp_frame, ones_complement_sum,
+                            parse_frame, udp_checksum)
+
+u32 = st.integers(0, 2**32 - 1)
+u16 = st.integers(0, 2**16 - 1)
+mac = st.integers(0, 2**48 - 1)
+
+
+def naive_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = 0
+    for i in range(0, len(data), 2):
+        s += (data[i] << 8) | data[i + 1]
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+@given(st.binary(max_size=2000))
+def test_ones_complement_sum_matches_the_definition(data):
+    assert ones_complement_sum(data) == naive_sum(data)
+
+
+@settings(max_examples=200)
+@given(mac, mac, u32, u32, u16, u16, st.binary(max_size=1100))
+def test_built_frames_carry_the_checksums_scapy_computes(dmac, smac, sip, dip, sport, dport,
+                                                          payload):
+    frame = build_udp_frame(dmac, smac, sip, dip, sport, dport, payload)
+    pkt = Ether(frame)
+    assert pkt.dst.replace(":", "") == f"{dmac:012x}" and pkt[IP].src == \
+        ".".join(str(b) for b in sip.to_bytes(4, "big"))
+    assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].len) == (sport, dport, 8 + len(payload))
+    assert raw(pkt[UDP].payload) == payload
+    got_ip, got_udp = pkt[IP].chksum, pkt[UDP].chksum
+    del pkt[IP].chksum
+    del pkt[UDP].chksum
+    again = Ether(raw(pkt))
+    assert got_ip == again[IP].chksum
+    assert got_udp == (again[UDP].chksum or 0xFFFF) and got_udp != 0
+
+
+@given(u32, u32, st.binary(min_size=8, max_size=300))
+def test_udp_checksum_verifies_to_zero(sip, dip, seg):
+    seg = seg[:6] + b"\0\0" + seg[8:]
+    c = udp_checksum(sip, dip, seg)
+    pseudo = struct.pack("!IIBBH", sip, dip, 0, 17, len(seg))
+    assert ones_complement_sum(pseudo + seg[:6] + c.to_bytes(2, "big") + seg[8:]) == 0xFFFF
+
+
+def test_parse_classifies_and_extracts():
+    nina = pack_packet(Header(job=1, count=0))
+    f = Ether(dst="02:00:00:00:00:fe", src="02:00:00:00:00:01") / \
+        IP(src="10.0.0.1", dst="10.0.0.254") / UDP(sport=40000, dport=UDP_PORT) / nina
+    fr = parse_frame(raw(f))
+    assert fr.kind == NINA and (fr.src_ip, fr.dst_ip) == (0x0A000001, 0x0A0000FE)
+    assert (fr.src_port, fr.dst_port, fr.src_mac) == (40000, UDP_PORT, 0x020000000001)
+    assert raw(f)[fr.payload_offset:fr.payload_offset + fr.payload_len] == nina
+    # IPv4 options move the UDP header
+    f2 = Ether() / IP(src="10.0.0.1", dst="10.0.0.254", options=b"\x01\x01\x01\x00") / \
+        UDP(sport=1, dport=UDP_PORT) / b"abc"
+    fr2 = parse_frame(raw(f2))
+    assert fr2.kind == NINA and raw(f2)[fr2.payload_offset:][:fr2.payload_len] == b"abc"
+    # Ethernet padding of short frames is not payload
+    short = raw(Ether() / IP() / UDP(dport=UDP_PORT) / b"x") + b"\0" * 20
+    assert parse_frame(short).payload_len == 1
+    assert parse_frame(raw(Ether() / IP() / UDP(dport=53) / b"q")).kind == OTHER
+    assert parse_frame(raw(Ether() / ARP())).kind == OTHER
+    assert parse_frame(b"\x01\x02").kind == OTHER
+    frag = Ether() / IP(flags="MF") / UDP(dport=UDP_PORT) / b"zz"
+    assert parse_frame(raw(frag)).kind == MALFORMED
+    cut = raw(Ether() / IP() / UDP(dport=UDP_PORT) / (b"y" * 100))[:-30]
+    assert parse_frame(cut).kind == MALFORMED
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=120), st.integers(0, 60))
+def test_parse_never_raises(data, cut):
+    base = raw(Ether() / IP() / UDP(dport=UDP_PORT) / data)
+    for frame in (data, base, base[:cut], base[:14] + data):
+        assert parse_frame(frame).kind in (NINA, MALFORMED, OTHER)
+
+
+# ---------------------------------------------------------------- raw interfaces, end to end
+
+NS_PREFIX = f"ninatest{os.getpid()}"
+WORKER_SCRIPT = r"""
+import socket, sys
+port, dst, pkt = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", port))
+s.settimeout(5)
+s.sendto(pkt, (dst, 48864))
+data, addr = s.recvfrom(4096)
+print(addr[0], addr[1], data.hex())
+"""
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def rack():
+    """Two hosts in namespaces, each on a veth whose root-side end the switch owns."""
+    if os.geteuid() != 0:
+        pytest.skip("raw interfaces need root (veth pairs, namespaces, AF_PACKET)")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (ip) not on PATH")
+    pid = os.getpid() % 100000
+    hosts = []
+    try:
+        for i in (1, 2):
+            ns, sw_if, h_if = f"{NS_PREFIX}h{i}", f"nt{pid}s{i}", f"nt{pid}h{i}"
+            hmac = f"02:00:00:00:77:{i:02x}"
+            _sh("ip", "netns", "add", ns)
+            hosts.append((ns, sw_if))
+            _sh("ip", "link", "add", sw_if, "type", "veth", "peer", "name", h_if)
+            _sh("ip", "link", "set", h_if, "netns", ns)
+            _sh("sysctl", "-q", "-w", f"net.ipv6.conf.{sw_if}.disable_ipv6=1")
+            _sh("ip", "link", "set", sw_if, "up")
+            x = ("ip", "netns", "exec", ns)
+            _sh(*x, "ip", "link", "set", h_if, "address", hmac)
+            _sh(*x, "ip", "addr", "add", f"10.77.0.{i}/24", "dev", h_if)
+            _sh(*x, "ip", "link", "set", h_if, "up")
+            _sh(*x, "ip", "link", "set", "lo", "up")
+            _sh(*x, "ip", "neigh", "add", "10.77.0.254", "lladdr", SWITCH_MAC, "dev", h_if)
+            j = 3 - i
+            _sh(*x, "ip", "neigh", "add", f"10.77.0.{j}", "lladdr", f"02:00:00:00:77:{j:02x}",
+                "dev", h_if)
+        yield [h[0] for h in hosts], [h[1] for h in hosts]
+    finally:
+        for ns, sw_if in hosts:
+            subprocess.run(["ip", "link", "del", sw_if], capture_output=True, timeout=20)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+def test_raw_interfaces_aggregate_and_forward(rack):
+    from switch.io_raw import RawIO
+    from switch.pipeline import Pipeline
+    from switch.server import SwitchServer
+
+    namespaces, ifaces = rack
+    spec = JobSpec(9, 2, Encoding.NAT8, slot_count=4, switch_ip="10.77.0.254", workers=tuple(
+        WorkerAddr(w, f"10.77.0.{w + 1}", 41000 + w, port=w + 1, mac=f"02:00:00:00:77:{w + 1:02x}")
+        for w in range(2)))
+    pipeline = Pipeline(pool_slots=64)
+    pipeline.install_job(spec)
+    for w in spec.workers:
+        pipeline.tables.insert(p4spec.L2_FORWARD.name, (mac_to_int(w.mac),), (w.port,))
+    server = SwitchServer(pipeline, RawIO(ifaces)).start()
+    try:
+        codes = [np.array([0, 1, 2], np.uint8), np.array([0, 0x81, 0x7F], np.uint8)]
+        procs = []
+        for w in range(2):
+            pkt = pack_packet(Header(job=9, worker=w, slot=1, count=3, exponent=100 + w), codes[w])
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", namespaces[w], sys.executable, "-c", WORKER_SCRIPT,
+                 str(41000 + w), "10.77.0.254", pkt.hex()],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=30) for p in procs]
+        S = spec.shift
+        want = [2 << S, (1 << (S - 1)) - (1 << (S - 1)), 1 << (S - 2)]
+        for w, (stdout, stderr) in enumerate(outs):
+            assert procs[w].returncode == 0, stderr
+            ip, port, hexdata = stdout.split()
+            assert (ip, int(port)) == ("10.77.0.254", UDP_PORT)
+            data = bytes.fromhex(hexdata)
+            h = Header.unpack(data)
+            assert (h.worker, h.job, h.slot, h.exponent, h.count) == (w, 9, 1, 101, 3)
+            assert list(struct.unpack(">3i", data[16:28])) == want
+        ping = subprocess.run(["ip", "netns", "exec", namespaces[0], "ping", "-c", "1", "-W",
+                               "3", "10.77.0.2"], capture_output=True, text=True, timeout=20)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert pipeline.counters_packets[Decision.FORWARDED] >= 2   # echo request and reply
+        assert pipeline.counters_packets[Decision.COMPLETE] == 1
+    finally:
+        server.stop()

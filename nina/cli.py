@@ -8,6 +8,11 @@ import sys
 # Modules that add subcommands: each has register(subparsers). Imported lazily per module so a
 # broken optional part does not take the whole CLI down.
 REGISTRARS = [
+    "worker.cli",
+    "switch.cli",
+    "switch.trace_cli",
+    "switch.ctl_cli",
+    "topology.cli",
 ]
 
 

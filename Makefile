@@ -4,13 +4,18 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mininet iproute2 ethtool tcpdump
+# nftables/iptables: link loss and delay on kernels without sch_netem; iputils-ping: pingall
+APT_PACKAGES := mininet iproute2 ethtool tcpdump nftables iptables iputils-ping
 N ?= 4
 STEPS ?= 300
 COMPRESSOR ?= nat
 MODEL ?= mlp
+BW ?=
+DELAY ?=
+LOSS ?=
+RACK_LINKS = $(if $(BW),--bw $(BW)) $(if $(DELAY),--delay $(DELAY)) $(if $(LOSS),--loss $(LOSS))
 
-.PHONY: help venv sysdeps demo test bench p4 clean
+.PHONY: help venv sysdeps demo test bench p4 clean rack train
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -37,6 +42,12 @@ venv: sysdeps $(STAMP)  ## create/update .venv
 
 demo: venv  ## the main job: a short C_nat training job vs the INT32 baseline
 	$(BIN)/nina demo --workers $(N)
+
+rack: venv  ## interactive rack (Mininet as root, else local): N, BW (Mbit/s), DELAY (ms), LOSS (%)
+	$(BIN)/nina rack --workers $(N) $(RACK_LINKS)
+
+train: venv  ## a training job on a fresh rack, then teardown: COMPRESSOR, MODEL, STEPS, N (+ BW, DELAY, LOSS)
+	$(BIN)/nina rack --workers $(N) $(RACK_LINKS) --run "train --compressor $(COMPRESSOR) --model $(MODEL) --steps $(STEPS)"
 
 test: venv  ## all tests
 	$(BIN)/python -m pytest -ra -q

@@ -1,0 +1,59 @@
+"""Which launch mode a rack gets: Mininet when it can run here, otherwise local processes.
+
+`decide(requested, is_root=..., mininet_error=...)` is a pure function of its inputs so a test
+can ask what an unprivileged machine would get; `probe()` gathers the real inputs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+MODES = ("auto", "mininet", "local")
+
+
+@dataclass(frozen=True)
+class Decision:
+    mode: str            # "mininet" or "local"
+    reason: str          # one line: why this mode (empty when the user's explicit choice)
+    error: str = ""      # set when the explicit choice cannot run here
+
+
+@dataclass(frozen=True)
+class Facts:
+    is_root: bool
+    mininet_error: str | None    # None: importable; else why not
+    missing_tools: tuple[str, ...] = ()
+
+
+def probe() -> Facts:
+    err = None
+    try:
+        import mininet.net  # noqa: F401
+    except Exception as e:              # ImportError, or a broken install
+        err = f"{type(e).__name__}: {e}"
+    missing = tuple(t for t in ("ip", "tc", "ethtool", "mnexec") if shutil.which(t) is None)
+    return Facts(os.geteuid() == 0, err, missing)
+
+
+def decide(requested: str, facts: Facts) -> Decision:
+    if requested not in MODES:
+        return Decision("local", "", f"unknown mode {requested!r}; choose one of {MODES}")
+    blockers = []
+    if not facts.is_root:
+        blockers.append("not root (Mininet needs network namespaces)")
+    if facts.mininet_error:
+        blockers.append(f"mininet not importable ({facts.mininet_error}; "
+                        f"as root: make sysdeps, or apt-get install mininet)")
+    if facts.missing_tools:
+        blockers.append(f"missing {', '.join(facts.missing_tools)} on PATH")
+    if requested == "local":
+        return Decision("local", "")
+    if requested == "mininet":
+        if blockers:
+            return Decision("mininet", "", "cannot start a Mininet rack: " + "; ".join(blockers))
+        return Decision("mininet", "")
+    if blockers:
+        return Decision("local", "falling back to local mode (switch and workers as processes "
+                                 "on loopback): " + "; ".join(blockers))
+    return Decision("mininet", "root and Mininet available: Mininet rack")

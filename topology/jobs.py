@@ -1,0 +1,138 @@
+"""Jobs on a running rack (Mininet or local), through worker/launch.py's job runners.
+
+The rack is the runners' `switch` (its Controller and data address); worker processes start on
+the worker hosts (rack.spawn_worker) and the coordinator listens on the coordinator host
+(rack.coordinator_context), so coordination crosses the switch as ordinary TCP while the
+gradients cross it as NINA packets.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from nina.config import DEFAULT_WINDOW
+from nina.wire import Encoding
+
+ENCODINGS = {"nat8": Encoding.NAT8, "int32": Encoding.INT32}
+
+
+@dataclass
+class AllReduceReport:
+    job_id: int
+    n_workers: int
+    size: int
+    encoding: str
+    cm: bool
+    calls: int
+    loss: float
+    seconds: list[float]            # per call: the slowest worker's in-call time
+    wall: float                     # the whole job, process start-up and rendezvous included
+    problems: list[str]
+    run_dir: str
+    retransmissions: int = 0
+    counters: dict = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        best = min(self.seconds) if self.seconds else float("nan")
+        mel = self.size / best / 1e6 if self.seconds else 0.0
+        what = (f"{self.n_workers} workers x {self.size} {self.encoding}"
+                f"{' +C_M' if self.cm else ''} elements"
+                + (f", switch loss {self.loss:g}" if self.loss else ""))
+        verdict = ("EXACT: every worker got the " + ("C_M rounding of the " if self.cm else "")
+                   + "exact sum of what the workers sent") if self.exact else \
+            "WRONG: " + "; ".join(self.problems[:3])
+        return (f"all-reduce job {self.job_id}: {what}; per call "
+                + ", ".join(f"{s * 1e3:.0f} ms" for s in self.seconds)
+                + f" ({mel:.2f} M elements/s per worker, best call), job wall {self.wall:.1f} s,"
+                f" retransmissions {self.retransmissions}\n  {verdict}\n  run folder "
+                f"{self.run_dir}")
+
+
+def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = False,
+                  calls: int = 1, seed: int = 0, loss: float = 0.0,
+                  window: int = DEFAULT_WINDOW, timeout: float = 10.0,
+                  log=print) -> AllReduceReport:
+    from worker.launch import check_allreduce
+    from worker.launch import run_allreduce as run_job
+    if encoding not in ENCODINGS:
+        raise ValueError(f"--encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+    enc = ENCODINGS[encoding]
+    if cm and enc != Encoding.NAT8:
+        raise ValueError("--cm needs --encoding nat8")
+    job_id = rack.next_job_id()
+    run_dir = rack.job_dir("allreduce", job_id)
+    t0 = time.monotonic()
+    try:
+        with rack.coordinator_context():
+            out = run_job(rack.n_workers, rack, size=size, encoding=enc, cm=cm, calls=calls,
+                          loss=loss, seed=seed, job_id=job_id, run_dir=run_dir, window=window,
+                          timeout=timeout, spawn=rack.spawn_worker, coord_ip=rack.coord_ip,
+                          log=log)
+    finally:
+        rack.reap_finished()
+    wall = time.monotonic() - t0
+    problems = check_allreduce(run_dir, rack.n_workers, calls, out.config["shift"], enc, cm)
+    per_call = [max(out.per_worker[w][c]["seconds"] for w in out.per_worker)
+                for c in range(calls)]
+    retx = sum(st["retransmissions"] for calls_ in out.per_worker.values() for st in calls_)
+    return AllReduceReport(job_id, rack.n_workers, size, encoding, cm, calls, loss, per_call,
+                           wall, problems, run_dir, retx, out.counters)
+
+
+def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from worker.models import MODELS
+    p = cls(prog="train", add_help=True,
+                                description="train a model with the rack's workers "
+                                            "(compressors as in `nina train --help`)")
+    p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
+    p.add_argument("--compare", metavar="LIST", help="comma-separated compressors, one job each")
+    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--target", type=float, default=None)
+    p.add_argument("--loss", type=float, default=0.0,
+                   help="switch loss simulator probability (the links have their own loss)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_train(rack, argv: list[str] | str, log=print,
+              parser_cls=argparse.ArgumentParser) -> tuple[list[dict], str]:
+    """A `nina train`-style job (or comparison) on the rack; returns (rows, table text)."""
+    from worker.cli import compare, default_target, format_table
+    from worker.train import TrainConfig, plan
+    if isinstance(argv, str):
+        argv = shlex.split(argv)
+    args = train_parser(parser_cls).parse_args(argv)
+    specs = [s.strip() for s in (args.compare or args.compressor).split(",") if s.strip()]
+    for s in specs:
+        plan(s)                                      # ValueError with the reason if unknown
+    data = "lsq" if args.model == "lsq" else "digits"
+    base = TrainConfig(model=args.model, data=data, steps=args.steps, lr=args.lr,
+                       batch=args.batch, seed=args.seed, hidden=args.hidden,
+                       eval_every=args.eval_every, window=args.window, timeout=args.timeout)
+    target, key, higher = default_target(args.model)
+    if args.target is not None:
+        target = args.target
+    args.out = os.path.join(rack.run_dir, f"train-{rack.next_job_id()}")
+    args.runs_dir = rack.run_dir
+    try:
+        with rack.coordinator_context():
+            rows, folder = compare(specs, base, rack.n_workers, args, target, key, higher,
+                                   log=log, switch=rack, spawn=rack.spawn_worker)
+    finally:
+        rack.reap_finished()
+    return rows, format_table(rows, target, key) + f"\nrun folder: {folder}"

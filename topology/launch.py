@@ -1,0 +1,309 @@
+"""Start and stop a Mininet rack: worker namespaces, veth links, the NINA switch, its control.
+
+start(): remove leftovers of a crashed rack (ours only), build the Mininet network without any
+OpenFlow controller, turn checksum/segmentation offloads off on every rack interface (the
+switch copies frames between veths with raw sockets, so a frame must leave a host complete,
+with its real checksum and at most MTU-sized), static ARP everywhere (the switch forwards by
+MAC and floods nothing), start the switch process on s1's interfaces, apply link impairments,
+connect the Controller over loopback gRPC and install one l2_forward entry per host.
+stop(): the reverse, also after an error, Ctrl-C or SIGTERM; every step is safe to repeat.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from functools import partial
+
+from dataclasses import replace
+
+from nina.config import SWITCH_MAC, SWITCH_RACK_IP
+from nina.wire import UDP_PORT
+from topology import impair
+from topology.impair import Impairments, LinkShape
+from topology.netns import coordinator_in_host
+from topology.rack import COORD_NAME, HostPlan, SWITCH_NAME, make_topo, rack_plan
+from topology.rackbase import RackBase, RackController, RackError
+from topology.runenv import (REPO, clean_leftovers, default_run_dir, die_with_parent,
+                             free_tcp_port, stop_pid)
+
+# p4c's outputs for p4/nina.p4; NINA_P4INFO / NINA_BMV2_JSON point elsewhere (another build).
+P4INFO_PATH = os.environ.get("NINA_P4INFO") or os.path.join(REPO, "p4", "build",
+                                                            "nina.p4info.txtpb")
+BMV2_JSON_PATH = os.environ.get("NINA_BMV2_JSON") or os.path.join(REPO, "p4", "build",
+                                                                  "nina.json")
+
+OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+def _remove_stale_intfs(plans: list[HostPlan], log) -> None:
+    """Interfaces with our nodes' names left in the root namespace by a crash."""
+    names = [h.switch_intf for h in plans] + [h.host_intf for h in plans]
+    stale = [n for n in names if os.path.exists(f"/sys/class/net/{n}")]
+    for n in stale:
+        _run(["ip", "link", "del", n])
+    if stale:
+        log(f"removed stale interfaces: {', '.join(stale)}")
+
+
+class MininetRack(RackBase):
+    mode = "mininet"
+
+    def __init__(self, n_workers: int = 4, shape: LinkShape = LinkShape(),
+                 switch_kind: str = "embedded", run_dir: str | None = None,
+                 trace: bool = True, pcap: bool = False, log=print, switch_cls=None):
+        super().__init__(n_workers, run_dir or default_run_dir(), log)
+        shape.validate()
+        self.plans = rack_plan(n_workers)
+        self.shape = shape
+        self.switch_kind = switch_kind
+        self.trace = trace
+        self.pcap = pcap
+        self.switch_cls = switch_cls
+        self.net = None
+        self.switch = None
+        self.impairments = Impairments(shape, log)
+        self.grpc_addr = ""
+        self.data_addr = (SWITCH_RACK_IP, UDP_PORT)
+        self.coord_ip = self.plans[-1].ip
+        self._pcaps: list[subprocess.Popen] = []
+        self._stopped = False
+
+    # ---- RackBase ----
+    def worker_ip(self, wid: int) -> str:
+        return self.plans[wid].ip
+
+    def coordinator_context(self):
+        return coordinator_in_host(self.net.get(COORD_NAME).pid, self.coord_ip)
+
+    def _spawn(self, node: str, cmd: list[str], log) -> subprocess.Popen:
+        return self.net.get(node).popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=REPO)
+
+    def switch_alive(self) -> bool:
+        return self.switch is not None and self.switch.alive()
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        from mininet.link import Link
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+
+        from topology.switch_node import NinaSwitch, bmv2_missing_reason
+
+        if self.switch_kind == "bmv2" and bmv2_missing_reason():
+            raise RackError(bmv2_missing_reason())
+        for path, what in ((P4INFO_PATH, "P4Info"), (BMV2_JSON_PATH, "BMv2 JSON")):
+            if (what == "P4Info" or self.switch_kind == "bmv2") and not os.path.exists(path):
+                raise RackError(f"{what} {path} is missing (p4c output of p4/nina.p4: make p4)")
+        self._install_signals()
+        setLogLevel("warning")
+        os.makedirs(self.run_dir, exist_ok=True)
+        try:
+            clean_leftovers(log=self.log)
+        except RuntimeError as e:
+            raise RackError(str(e)) from None
+        impair.remove_leftovers()
+        _remove_stale_intfs(self.plans, self.log)
+        self.state.intfs = [h.switch_intf for h in self.plans] + [h.host_intf
+                                                                    for h in self.plans]
+        self.state.save()
+
+        t0 = time.monotonic()
+        self.log(f"starting a Mininet rack: {self.n_workers} workers + coordinator, switch "
+                 f"{self.switch_kind}, links: {self.shape.describe()}; run dir {self.run_dir}")
+        self.grpc_addr = f"127.0.0.1:{free_tcp_port()}"
+        cls = self.switch_cls or NinaSwitch
+        switch = partial(cls, kind=self.switch_kind, grpc_addr=self.grpc_addr,
+                         run_dir=self.run_dir, trace=self.trace,
+                         thrift_port=free_tcp_port(), on_spawn=self.state.add_pid)
+        self.net = Mininet(topo=make_topo(self.n_workers), switch=switch,
+                           controller=None, link=Link,
+                           autoSetMacs=False, autoStaticArp=False, build=False)
+        try:
+            self.net.build()
+        except Exception as e:
+            raise RackError(f"building the Mininet network failed: {e}") from None
+        for node in self.net.hosts + self.net.switches:
+            if node.pid:
+                self.state.add_pid(node.pid)
+        self.switch = self.net.get(SWITCH_NAME)
+        self._configure_interfaces()
+        self._static_arp()
+        try:
+            self.net.start()  # runs NinaSwitch.start: the switch process, waits for its gRPC
+            self.impairments.apply(self.net, self.plans[:-1], self.run_dir)
+        except RuntimeError as e:
+            raise RackError(str(e)) from None
+        finally:
+            for pid, cmd in self.impairments.started():
+                self.state.add_pid(pid, cmd)
+        if self.pcap:
+            self._start_pcaps()
+        self._connect_controller()
+        self._install_forwarding()
+        self.log(f"rack up in {time.monotonic() - t0:.1f} s: switch pid {self.switch.proc.pid}"
+                 f", P4Runtime {self.grpc_addr}, data plane {SWITCH_RACK_IP}:{UDP_PORT}"
+                 + (f", impairments via {self.impairments.method}"
+                    if self.impairments.method != "none" else ""))
+
+    def _connect_controller(self) -> None:
+        from switch.controller import Controller, ControllerError
+        bmv2 = self.switch_kind == "bmv2"
+        try:
+            ctl = Controller(self.grpc_addr, P4INFO_PATH, BMV2_JSON_PATH if bmv2 else None,
+                             push="always" if bmv2 else "auto", connect_timeout=15.0,
+                             thrift_port=self.switch.thrift_port if bmv2 else None)
+        except ControllerError as e:
+            raise RackError(f"controller: {e}") from None
+        self.controller = RackController(ctl, self._complete_spec)
+
+    def _install_forwarding(self) -> None:
+        """One l2_forward entry per host: plain frames (ping, the coordinator's TCP) go to
+        the port of their destination MAC."""
+        from switch.controller import ControllerError
+        try:
+            for h in self.plans:
+                self.controller.set_forward(h.mac, h.port)
+        except ControllerError as e:
+            raise RackError(f"installing forwarding: {e}") from None
+
+    def _complete_spec(self, spec):
+        """worker/launch.py knows a worker by IP and UDP port; the switch also needs its port
+        and MAC (admission, egress rewrite), and answers from the rack's switch address."""
+        from switch.controller import ControllerError
+        by_ip = {h.ip: h for h in self.plans}
+        workers = []
+        for w in spec.workers:
+            h = by_ip.get(w.ip)
+            if h is None:
+                raise ControllerError(f"job {spec.job_id}: worker {w.wid} at {w.ip} is not a "
+                                      f"host of this rack")
+            workers.append(replace(w, port=h.port, mac=h.mac))
+        return replace(spec, workers=tuple(workers), switch_ip=SWITCH_RACK_IP,
+                       switch_mac=SWITCH_MAC)
+
+    def _configure_interfaces(self) -> None:
+        for h in self.plans:
+            host = self.net.get(h.name)
+            out = host.cmd(f"ethtool -K {h.host_intf} {' '.join(OFFLOADS_OFF)} >/dev/null 2>&1;"
+                           f" ethtool -k {h.host_intf} | grep -c '^tx-checksumming: off'")
+            if out.strip() != "1":
+                raise RackError(f"could not turn TX checksum offload off on {h.host_intf}")
+            # No IPv6 chatter through the switch. TSQ counts packets held by the link-delay
+            # queue as in flight; a larger limit keeps TCP (zmq) from crawling on slow links.
+            host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                     "net.ipv6.conf.default.disable_ipv6=1 "
+                     "net.ipv4.tcp_limit_output_bytes=16777216")
+            r = _run(["ethtool", "-K", h.switch_intf] + OFFLOADS_OFF)
+            if r.returncode and "Could not change any" in r.stderr:
+                raise RackError(f"ethtool on {h.switch_intf}: {r.stderr.strip()}")
+            _run(["sysctl", "-qw", f"net.ipv6.conf.{h.switch_intf}.disable_ipv6=1"])
+
+    def _static_arp(self) -> None:
+        peers = [(h.ip, h.mac) for h in self.plans] + [(SWITCH_RACK_IP, SWITCH_MAC)]
+        for h in self.plans:
+            host = self.net.get(h.name)
+            cmds = [f"ip neigh replace {ip} lladdr {mac} dev {h.host_intf} nud permanent"
+                    for ip, mac in peers if ip != h.ip]
+            host.cmd("; ".join(cmds))
+
+    def _start_pcaps(self) -> None:
+        d = os.path.join(self.run_dir, "pcap")
+        os.makedirs(d, exist_ok=True)
+        for h in self.plans:
+            path = os.path.join(d, f"{h.switch_intf}.pcap")
+            cmd = ["tcpdump", "-Z", "root", "-i", h.switch_intf, "-U", "-n", "-s", "2048",
+                   "-w", path]
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True, preexec_fn=die_with_parent)
+            self._pcaps.append(p)
+            self.state.add_pid(p.pid, cmd)
+        deadline = time.monotonic() + 10
+        for h in self.plans:
+            path = os.path.join(d, f"{h.switch_intf}.pcap")
+            while time.monotonic() < deadline and not (os.path.exists(path)
+                                                        and os.path.getsize(path) >= 24):
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        errors = []
+        for step in (self._reap_all, self._close_controller, self._stop_pcaps,
+                     self.impairments.teardown, self._stop_switch, self._stop_net):
+            try:
+                step()
+            except Exception as e:          # keep tearing down; report at the end
+                errors.append(f"{step.__name__}: {type(e).__name__} {e}")
+        _remove_stale_intfs(self.plans, lambda *_: None)
+        self.state.remove()
+        self._restore_signals()
+        if errors:
+            self.log("teardown problems: " + "; ".join(errors))
+
+    def _stop_pcaps(self) -> None:
+        for p in self._pcaps:
+            stop_pid(p.pid)
+        self._pcaps.clear()
+
+    def _stop_switch(self) -> None:
+        if self.switch is not None:
+            self.switch.stop_process()
+
+    def _stop_net(self) -> None:
+        if self.net is None:
+            return
+        net, self.net = self.net, None
+        nodes = net.hosts + net.switches
+        try:
+            # A node interrupted in the middle of a shell command (Ctrl-C, SIGTERM) cannot run
+            # Mininet's orderly stop; its shell is ended below, which removes its namespace.
+            if not any(n.waiting for n in nodes):
+                net.stop()
+        finally:
+            for n in nodes:
+                if n.shell is not None and n.shell.poll() is None:
+                    stop_pid(n.shell.pid)
+                    n.shell.poll()
+            deadline = time.monotonic() + 10      # namespaces die asynchronously
+            names = [h.switch_intf for h in self.plans]
+            while time.monotonic() < deadline and any(
+                    os.path.exists(f"/sys/class/net/{x}") for x in names):
+                time.sleep(0.05)
+
+    # ---- interactive helpers ----
+    def hosts_text(self) -> str:
+        rows = [f"{'node':5} {'ip':12} {'mac':18} {'switch port'}"]
+        for h in self.plans:
+            rows.append(f"{h.name:5} {h.ip:12} {h.mac:18} {h.port} ({h.switch_intf})")
+        rows.append(f"{SWITCH_NAME:5} {SWITCH_RACK_IP:12} {SWITCH_MAC:18} "
+                    f"({self.switch_kind}, pid {self.switch.proc.pid if self.switch_alive() else '-'})")
+        return "\n".join(rows)
+
+    def pingall(self, timeout: float = 1.0) -> tuple[int, int]:
+        """(answered, tried) pings between every ordered pair of hosts."""
+        if shutil.which("ping") is None:
+            raise RackError("`ping` is not installed (apt-get install iputils-ping)")
+        ok = tried = 0
+        for a in self.plans:
+            for b in self.plans:
+                if a is b:
+                    continue
+                tried += 1
+                out = self.net.get(a.name).cmd(f"ping -c1 -W{timeout:g} {b.ip} >/dev/null 2>&1;"
+                                               f" echo $?")
+                ok += out.strip().endswith("0")
+        return ok, tried
+
+    def node_names(self) -> list[str]:
+        return [h.name for h in self.plans]
+
+    def coordinator_node(self) -> str:
+        return COORD_NAME

@@ -1,0 +1,78 @@
+"""The rack's shape: N worker hosts and a coordinator host on one ToR switch (the NINA switch).
+
+Addresses are fixed so a trace, a pcap or a controller entry can be read without a lookup table:
+worker host h<i> (i = 1..N) is 10.0.0.<i> with MAC 02:00:00:00:00:<i>, the coordinator host hc
+is 10.0.0.100, and the switch answers as nina.config.SWITCH_MAC / SWITCH_RACK_IP. Link i joins
+h<i> to switch port i (interface s1-eth<i>); the coordinator is on port N + 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nina.config import SWITCH_MAC, SWITCH_RACK_IP
+from nina.wire import MAX_WORKERS
+
+SWITCH_NAME = "s1"
+COORD_NAME = "hc"
+COORD_IP = "10.0.0.100"
+COORD_MAC = "02:00:00:00:00:64"
+PREFIX_LEN = 24
+WORKER_UDP_PORT = 0xBEE1       # each worker host's NINA socket (one per host, per job base)
+COORD_PORT = 5555              # the job coordinator's zmq port on hc
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    ip: str
+    mac: str
+    port: int                  # the switch port the host's link lands on
+
+    @property
+    def switch_intf(self) -> str:
+        return f"{SWITCH_NAME}-eth{self.port}"
+
+    @property
+    def host_intf(self) -> str:
+        return f"{self.name}-eth0"
+
+
+def worker_plan(i: int) -> HostPlan:
+    """Worker host i (1-based)."""
+    return HostPlan(f"h{i}", f"10.0.0.{i}", f"02:00:00:00:00:{i:02x}", i)
+
+
+def rack_plan(n_workers: int) -> list[HostPlan]:
+    """Every host of an n-worker rack, workers first, then the coordinator."""
+    if not 1 <= n_workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be in 1..{MAX_WORKERS} (one bit each in the "
+                         f"switch bitmap), got {n_workers}")
+    hosts = [worker_plan(i) for i in range(1, n_workers + 1)]
+    hosts.append(HostPlan(COORD_NAME, COORD_IP, COORD_MAC, n_workers + 1))
+    return hosts
+
+
+def switch_intfs(n_workers: int) -> list[str]:
+    """The switch's interfaces in port order (port p = position p, 1-based)."""
+    return [h.switch_intf for h in rack_plan(n_workers)]
+
+
+def make_topo(n_workers: int):
+    """A Mininet Topo for the plan. Links are plain veth pairs; bandwidth, delay, loss,
+    duplication and reordering are applied after build by topology/impair.py (it copes with
+    kernels that lack netem, which TCLink cannot)."""
+    from mininet.topo import Topo   # imported late: local mode must work without Mininet
+
+    class RackTopo(Topo):
+        def build(self):
+            s1 = self.addSwitch(SWITCH_NAME)
+            for h in rack_plan(n_workers):
+                self.addHost(h.name, ip=f"{h.ip}/{PREFIX_LEN}", mac=h.mac)
+                self.addLink(h.name, s1, port1=0, port2=h.port)
+
+    return RackTopo()
+
+
+__all__ = ["HostPlan", "rack_plan", "worker_plan", "switch_intfs", "make_topo", "SWITCH_NAME",
+           "COORD_NAME", "COORD_IP", "COORD_MAC", "SWITCH_MAC", "SWITCH_RACK_IP",
+           "WORKER_UDP_PORT", "COORD_PORT"]

@@ -1,0 +1,161 @@
+"""What every rack offers, whatever runs it (Mininet namespaces or loopback processes).
+
+A rack owns a switch process and a Controller connected to it over P4Runtime, and it looks
+like the `switch` that worker/launch.py's job runners take (`controller`, `data_addr`), plus a
+`spawn_worker` that starts a worker process on the right host and a `coordinator_context` that
+puts the job coordinator where the workers can reach it. Every process it starts is recorded
+(topology/runenv.py) and ended at teardown at the latest.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+
+from topology.runenv import RackState, project_python, stop_pid
+
+
+class RackError(RuntimeError):
+    """A rack could not start or lost a part; the message is for the user."""
+
+
+class RackController:
+    """The switch's Controller as the rack hands it to job runners: install_job first completes
+    the spec for the rack (`complete`) and remembers it, so the rack can still find a job's
+    slots after the job is gone (the `slot` command)."""
+
+    def __init__(self, ctl, complete=None):
+        self._ctl = ctl
+        self._complete = complete
+        self.installed: dict[int, object] = {}       # job id -> last JobSpec installed
+
+    def install_job(self, spec) -> None:
+        if self._complete is not None:
+            spec = self._complete(spec)
+        self._ctl.install_job(spec)
+        self.installed[spec.job_id] = spec
+
+    def __getattr__(self, name):
+        return getattr(self._ctl, name)
+
+
+class RackBase:
+    mode = "?"
+
+    def __init__(self, n_workers: int, run_dir: str, log=print):
+        self.n_workers = n_workers
+        self.run_dir = run_dir
+        self.log = log
+        self.controller = None
+        self.state = RackState()
+        self.state.run_dir = run_dir
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._next_job = 1
+        self._old_handlers: dict[int, object] = {}
+
+    # -- to provide in a subclass --
+    data_addr: tuple[str, int] = ("", 0)           # where workers send their updates
+    coord_ip: str = "127.0.0.1"
+
+    def worker_node(self, wid: int) -> str:
+        return f"h{wid + 1}"
+
+    def worker_ip(self, wid: int) -> str:
+        raise NotImplementedError
+
+    def worker_udp_port(self, wid: int) -> int:
+        return 0
+
+    def _spawn(self, node: str, cmd: list[str], log) -> subprocess.Popen:
+        raise NotImplementedError
+
+    def switch_alive(self) -> bool:
+        raise NotImplementedError
+
+    def coordinator_context(self):
+        return contextlib.nullcontext()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    # -- shared --
+    def next_job_id(self) -> int:
+        job_id = self._next_job
+        self._next_job += 1
+        return job_id
+
+    def popen(self, node: str, cmd: list[str], log_path: str) -> subprocess.Popen:
+        """Start `cmd` on a node with output to log_path; recorded, ended at teardown."""
+        with open(log_path, "w") as log:
+            p = self._spawn(node, cmd, log)
+        self._procs[p.pid] = p
+        self.state.add_pid(p.pid, cmd)
+        return p
+
+    def spawn_worker(self, endpoint: str, wid: int, log_path: str) -> subprocess.Popen:
+        """worker/launch.py's `spawn`: a worker process on host h<wid+1> joining `endpoint`."""
+        cmd = [project_python(), "-m", "worker.worker_proc", "--coord", endpoint,
+               "--ip", self.worker_ip(wid), "--udp-port", str(self.worker_udp_port(wid)),
+               "--rank", str(wid)]
+        return self.popen(self.worker_node(wid), cmd, log_path)
+
+    def reap(self, p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            stop_pid(p.pid)
+        p.poll()
+        self._procs.pop(p.pid, None)
+        self.state.drop_pid(p.pid)
+
+    def reap_finished(self) -> None:
+        for p in list(self._procs.values()):
+            if p.poll() is not None:
+                self.reap(p)
+
+    def _reap_all(self) -> None:
+        for p in list(self._procs.values()):
+            self.reap(p)
+
+    def _close_controller(self) -> None:
+        if self.controller is not None:
+            try:
+                self.controller.close()
+            except Exception:
+                pass
+            self.controller = None
+
+    # -- signals: SIGTERM/SIGHUP end the rack through the same teardown as an exception --
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def bail(signum, _frame):
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, bail)
+
+    def _restore_signals(self) -> None:
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers.clear()
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def job_dir(self, kind: str, job_id: int) -> str:
+        d = os.path.join(self.run_dir, f"{kind}-{job_id}")
+        os.makedirs(d, exist_ok=True)
+        return d

@@ -52,8 +52,8 @@ train: venv  ## a training job on a fresh rack, then teardown: COMPRESSOR, MODEL
 test: venv  ## all tests
 	$(BIN)/python -m pytest -ra -q
 
-bench: venv  ## benchmarks (tables of ratios; long)
-	$(BIN)/python bench/compress.py
+bench: venv  ## headline measurements: regenerates bench/REPORT.md and its plots (long)
+	$(BIN)/python bench/report.py
 
 p4: venv  ## regenerate p4/nina.p4; compile with p4c when on PATH
 	$(BIN)/python p4/gen_p4.py

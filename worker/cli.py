@@ -1,0 +1,332 @@
+"""`nina train`, `nina allreduce` and `nina demo`: worker-side jobs from the command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nina.config import DEFAULT_WINDOW
+
+TRAIN_EPILOG = """compressors (--compressor / --compare):
+  in the switch: none (INT32, nearest rounding: the uncompressed baseline), int32 (INT32,
+  stochastic rounding), nat (NAT8 natural compression), nat+cm (NAT8 up, C_M in the switch
+  down); any other spec of worker.compress (e.g. topk:k=0.05, dither_nat:s=4,p=inf,
+  randk:q=0.1, spherical) is all-gathered by the hosts; prefix ef+ adds error feedback.
+examples:
+  nina train --workers 4 --compressor nat --model mlp --steps 200
+  nina train --compare none,int32,nat,nat+cm --steps 150 --target 0.93
+  nina train --compressor nat --loss 0.05 --steps 50"""
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    return host or "127.0.0.1", int(port)
+
+
+def _prob(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1)")
+    return v
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def _workers(text: str) -> int:
+    from nina.wire import MAX_WORKERS
+    v = _positive(text)
+    if v > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WORKERS} workers per job (one bit each "
+                                         f"in the switch's 32-bit bitmap), got {v}")
+    return v
+
+
+def add_switch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("switch (default: start a fresh embedded switch process)")
+    g.add_argument("--mode", choices=["local"], default="local",
+                   help="local: the switch and the workers are processes on loopback")
+    g.add_argument("--switch", type=_addr, metavar="IP:PORT",
+                   help="use a running switch: its UDP data address (needs --grpc)")
+    g.add_argument("--grpc", metavar="IP:PORT", help="the running switch's P4Runtime address")
+    g.add_argument("--loss", type=_prob, default=0.0, metavar="P",
+                   help="switch loss simulator: drop each update with probability P")
+    g.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
+                   help=f"slots in flight per worker (default {DEFAULT_WINDOW})")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a slot may stay incomplete before the job fails (default 10)")
+
+
+def register(subparsers) -> None:
+    from worker.models import MODELS
+    p = subparsers.add_parser(
+        "train", help="train a model with n worker processes through the switch",
+        description="Quantized data-parallel SGD (Algorithm 1: worker compression, switch "
+                    "aggregation, optional master compression) with real worker processes "
+                    "and the embedded switch as a process; writes a run folder with metrics "
+                    "and plots.", epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=_workers, default=4, help="worker processes (default 4)")
+    p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
+    p.add_argument("--compare", metavar="LIST",
+                   help="comma-separated compressors: run the same job once per compressor and "
+                        "print a comparison table (the first is the baseline of the ratios)")
+    p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
+    p.add_argument("--steps", type=_positive, default=300, help="default 300")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 0.5; 0.1 for lsq)")
+    p.add_argument("--batch", type=_positive, default=32, help="minibatch per worker (default 32)")
+    p.add_argument("--hidden", type=_positive, default=32, help="MLP hidden units (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data split, init and sampling")
+    p.add_argument("--eval-every", type=_positive, default=1, help="test evaluation period")
+    p.add_argument("--target", type=float, default=None,
+                   help="accuracy (or, for lsq, f - f*) whose steps and bytes the comparison "
+                        "table reports (default 0.93 for digits, 0.002 for lsq)")
+    p.add_argument("--out", help="run folder (default runs/<timestamp>-<name>)")
+    p.add_argument("--runs-dir", default="runs", help="parent of the default run folders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_switch_args(p)
+    p.set_defaults(func=cmd_train)
+
+    a = subparsers.add_parser(
+        "allreduce", help="all-reduce random tensors through the switch and check the sums",
+        description="n worker processes all-reduce seeded random tensors through the switch; "
+                    "every result is checked against the exact sum of what the workers sent "
+                    "(bit for bit; with C_M: a neighbouring power of two of it).")
+    a.add_argument("--workers", type=_workers, default=4, help="worker processes (default 4)")
+    a.add_argument("--size", type=_positive, default=100_000, help="elements per tensor")
+    a.add_argument("--encoding", choices=["nat8", "int32"], default="nat8")
+    a.add_argument("--cm", action="store_true", help="master compression in the switch (NAT8)")
+    a.add_argument("--calls", type=_positive, default=3, help="all-reduces per worker")
+    a.add_argument("--seed", type=int, default=0, help="seed of the random tensors")
+    a.add_argument("--out", help="folder for logs and dumps (default runs/<timestamp>-allreduce)")
+    a.add_argument("--runs-dir", default="runs", help="parent of the default folders")
+    add_switch_args(a)
+    a.set_defaults(func=cmd_allreduce)
+
+    d = subparsers.add_parser(
+        "demo", help="the main job: C_nat vs the INT32 baseline on a fresh local switch",
+        description="Trains the same MLP on digits with natural compression (NAT8), with "
+                    "C_nat + C_M, and with the INT32 baseline, on a fresh embedded switch "
+                    "process and real worker processes; prints a comparison table and the run "
+                    "folders.")
+    d.add_argument("--workers", type=_workers, default=4, help="worker processes (default 4)")
+    d.add_argument("--steps", type=_positive, default=150, help="steps per run (default 150)")
+    d.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
+    d.add_argument("--loss", type=_prob, default=0.0, metavar="P",
+                   help="switch loss simulator: drop each update with probability P")
+    d.add_argument("--compressors", default="nat,int32",
+                   help="what to compare (default nat,int32; e.g. nat,nat+cm,int32)")
+    d.add_argument("--out", help="run folder (default runs/<timestamp>-demo)")
+    d.add_argument("--runs-dir", default="runs", help="parent of the default run folders")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=lambda args: __import__("worker.demo", fromlist=["run_demo"])
+                   .run_demo(args))
+
+
+def _fail(msg: str) -> int:
+    print(f"nina: error: {msg}", file=sys.stderr)
+    return 2
+
+
+class ExternalSwitch:
+    """A switch someone else runs: its data address and a Controller on its P4Runtime port."""
+
+    def __init__(self, data_addr: tuple[str, int], grpc_addr: str):
+        from switch.controller import Controller, ControllerError
+        from worker.coordinator import JobAborted
+        from worker.launch import P4INFO_PATH
+        self.data_addr = data_addr
+        try:
+            self.controller = Controller(grpc_addr, P4INFO_PATH, None, push="auto")
+        except ControllerError as e:
+            raise JobAborted(f"controller: {e}") from None
+
+    def stop(self) -> None:
+        self.controller.close()
+
+
+def open_switch(args, run_dir: str, log=print):
+    """The switch a command uses: the one given by --switch/--grpc, or a fresh local one."""
+    from worker.launch import LocalSwitch
+    if args.switch or args.grpc:
+        if not (args.switch and args.grpc):
+            raise ValueError("--switch and --grpc go together (data address and P4Runtime)")
+        return ExternalSwitch(args.switch, args.grpc)
+    log(f"starting the embedded switch (log {os.path.join(run_dir, 'switch.log')})")
+    return LocalSwitch(run_dir, log=log)
+
+
+def default_target(model: str) -> tuple[float, str, bool]:
+    """(target, metric key, higher is better) of the comparison table."""
+    if model == "lsq":
+        return 0.002, "test_loss", False
+    return 0.93, "test_accuracy", True
+
+
+def cmd_train(args) -> int:
+    from worker.coordinator import JobAborted
+    from worker.train import TrainConfig, default_lr, plan
+    specs = [s.strip() for s in (args.compare or args.compressor).split(",") if s.strip()]
+    if not specs:
+        return _fail("no compressor given")
+    try:
+        for s in specs:
+            plan(s)
+    except ValueError as e:
+        return _fail(str(e))
+    data = "lsq" if args.model == "lsq" else "digits"
+    lr = args.lr if args.lr is not None else default_lr(args.model)
+    base = TrainConfig(model=args.model, data=data, steps=args.steps, lr=lr,
+                       batch=args.batch, seed=args.seed, hidden=args.hidden,
+                       eval_every=args.eval_every, window=args.window, timeout=args.timeout)
+    target, key, higher = default_target(args.model)
+    if args.target is not None:
+        target = args.target
+    try:
+        results, folder = compare(specs, base, args.workers, args, target, key, higher)
+    except (JobAborted, ValueError, OSError) as e:
+        return _fail(str(e))
+    if len(results) > 1:
+        print(format_table(results, target, key))
+    else:
+        r = results[0]
+        fin = r.get("final_test_accuracy") if key == "test_accuracy" else r.get("final_test_loss")
+        what = "accuracy" if key == "test_accuracy" else "f - f*"
+        reached = (f"{what} {target:g} reached at step {r['steps_to_target']}"
+                   if r["steps_to_target"] else f"{what} {target:g} not reached")
+        print(f"{r['compressor']} ({r['path']}): final test {what} {fin:.4g}; {reached}; "
+              f"{r['bytes_up'] / 1e6:.2f} MB up, {r['bytes_down'] / 1e6:.2f} MB down; "
+              f"{r['retransmissions']} retransmissions; {r['seconds']:.1f} s")
+    print(f"run folder: {folder}")
+    return 0
+
+
+def compare(specs, base, n_workers, args, target, key, higher, log=print, switch=None,
+            spawn=None, spec_factory=None):
+    """Run the job once per compressor on one switch; returns (rows, run folder)."""
+    from dataclasses import replace
+    from worker.launch import run_training, steps_to_target
+    from worker.runfolder import new_run_dir, plot_runs, write_csv, write_json, write_run
+    name = getattr(args, "name", None) or \
+        (f"compare-{'-'.join(specs)}" if len(specs) > 1 else specs[0]) + f"-{base.model}"
+    folder = new_run_dir(name, args.out, args.runs_dir)
+    own = switch is None
+    if own:
+        switch = open_switch(args, folder, log)
+    rows, runs = [], {}
+    try:
+        for i, spec in enumerate(specs):
+            cfg = replace(base, compressor=spec)
+            sub = os.path.join(folder, _safe(spec)) if len(specs) > 1 else folder
+            log(f"[{i + 1}/{len(specs)}] {spec}: {n_workers} workers, {cfg.model} on {cfg.data}, "
+                f"{cfg.steps} steps" + (f", switch loss {args.loss}" if args.loss else ""))
+            kw = {"spawn": spawn} if spawn is not None else {}
+            if spec_factory is not None:
+                kw["spec_factory"] = spec_factory
+            out = run_training(cfg, n_workers, switch, job_id=i + 1, loss=args.loss,
+                               run_dir=sub, name=spec, log=log,
+                               progress=not getattr(args, "no_progress", False), **kw)
+            files = write_run(sub, out.config, out.records, out.summary)
+            st, sb = steps_to_target(out.records, target, key, higher)
+            rows.append({**out.summary, "steps_to_target": st, "bytes_to_target": sb,
+                         "seconds": round(out.seconds, 1), "folder": sub,
+                         "switch_counters": out.counters})
+            runs[spec] = out.records
+            log(f"    models identical on all workers (hash {out.summary['model_hash']}); "
+                f"metrics: {files[1]}")
+    finally:
+        if own:
+            switch.stop()
+    if len(specs) > 1:
+        write_json(os.path.join(folder, "comparison.json"), rows)
+        write_csv(os.path.join(folder, "comparison.csv"),
+                  [{k: v for k, v in r.items() if k != "switch_counters"} for r in rows])
+        plot_runs(folder, runs)
+    return rows, folder
+
+
+def _safe(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-_." else "_" for c in spec)
+
+
+def format_table(rows: list[dict], target: float, key: str, baseline: str | None = None) -> str:
+    """One line per compressor; ratios against `baseline` (default: the first row)."""
+    base = next((r for r in rows if r["compressor"] == baseline), rows[0])
+    cw = max(12, *(len(r["compressor"]) for r in rows)) + 2
+    pw = max(12, *(len(r["path"]) for r in rows)) + 2
+    metric = "acc" if key == "test_accuracy" else "f-f*"
+    head = (f"{'compressor':<{cw}}{'path':<{pw}}{'final ' + metric:>12}"
+            f"{'steps@' + format(target, 'g'):>13}"
+            f"{'MB up':>9}{'MB down':>9}{'MB total':>10}{'bytes@tgt':>11}{'x steps':>9}"
+            f"{'x bytes':>9}{'retx':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        fin = r.get("final_test_accuracy") if key == "test_accuracy" else r.get("final_test_loss")
+        st, sb = r.get("steps_to_target"), r.get("bytes_to_target")
+        xs = (f"{st / base['steps_to_target']:.2f}" if st and base.get("steps_to_target")
+              else "-")
+        xb = (f"{sb / base['bytes_to_target']:.3f}" if sb and base.get("bytes_to_target")
+              else f"{r['bytes_total'] / base['bytes_total']:.3f}*")
+        lines.append(
+            f"{r['compressor']:<{cw}}{r['path']:<{pw}}"
+            f"{(format(fin, '.4g') if fin is not None else '-'):>12}{(st or '-'):>13}"
+            f"{r['bytes_up'] / 1e6:>9.2f}{r['bytes_down'] / 1e6:>9.2f}"
+            f"{r['bytes_total'] / 1e6:>10.2f}{(format(sb / 1e6, '.2f') if sb else '-'):>11}"
+            f"{xs:>9}{xb:>9}{r['retransmissions']:>6}")
+    lines.append(f"x steps / x bytes: to reach {metric} {target:g}, relative to "
+                 f"{base['compressor']} (* = whole run, target not reached). Bytes: UDP payloads "
+                 f"(NINA header + payload) of all workers, up + down, retransmissions included.")
+    return "\n".join(lines)
+
+
+def cmd_allreduce(args) -> int:
+    from nina.wire import Encoding
+    from worker.coordinator import JobAborted
+    from worker.launch import check_allreduce, run_allreduce
+    from worker.runfolder import new_run_dir
+    enc = Encoding.NAT8 if args.encoding == "nat8" else Encoding.INT32
+    if args.cm and enc != Encoding.NAT8:
+        return _fail("--cm needs --encoding nat8")
+    folder = new_run_dir("allreduce", args.out, args.runs_dir)
+    try:
+        switch = open_switch(args, folder)
+    except (JobAborted, ValueError) as e:
+        return _fail(str(e))
+    try:
+        out = run_allreduce(args.workers, switch, size=args.size, encoding=enc, cm=args.cm,
+                            calls=args.calls, loss=args.loss, seed=args.seed, run_dir=folder,
+                            window=args.window, timeout=args.timeout)
+    except JobAborted as e:
+        return _fail(str(e))
+    finally:
+        switch.stop()
+    problems = check_allreduce(folder, args.workers, args.calls, out.config["shift"], enc,
+                               args.cm)
+    print(f"{'worker':>6}{'call':>5}{'packets up':>11}{'down':>7}{'KB up':>9}{'KB down':>9}"
+          f"{'retx':>6}{'ignored':>8}{'ms':>8}")
+    for w, calls in sorted(out.per_worker.items()):
+        for c, st in enumerate(calls):
+            print(f"{w:>6}{c:>5}{st['packets_out']:>11}{st['packets_in']:>7}"
+                  f"{st['bytes_out'] / 1e3:>9.1f}{st['bytes_in'] / 1e3:>9.1f}"
+                  f"{st['retransmissions']:>6}{st['ignored']:>8}{st['seconds'] * 1e3:>8.1f}")
+    if out.counters:
+        print("switch decisions: " + ", ".join(f"{k} {v}" for k, v in out.counters.items()))
+    what = f"{args.workers} workers x {args.size} elements, {args.encoding}" + \
+        (" + C_M" if args.cm else "") + (f", loss {args.loss}" if args.loss else "")
+    if problems:
+        print(f"WRONG: {what}: " + "; ".join(problems[:5]))
+        return 1
+    print(f"EXACT: {what}, {args.calls} calls: every result equals "
+          + ("the C_M rounding (a neighbouring power of two) of " if args.cm else "")
+          + f"the exact sum of what the workers sent (run folder {folder})")
+    return 0

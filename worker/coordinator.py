@@ -1,0 +1,301 @@
+"""The job coordinator: rendezvous, worker ids, job install, barriers, model broadcast, metrics.
+
+It talks to the worker processes over pyzmq (a ROUTER socket; each worker has a DEALER for its
+requests and a second one for heartbeats). Gradient data never goes through it: the workers
+exchange gradients through the switch (or the host fallback mesh). Any worker that exits, stops
+sending heartbeats or reports an error ends the whole job: the coordinator broadcasts ABORT with
+one clear message and raises JobAborted with the same message.
+
+Messages are multipart [identity, json(, binary)] with a "t" field:
+  worker -> coordinator: hello, ready, barrier, metrics, done, error, hb
+  coordinator -> worker: welcome (+ initial model bytes), go, abort, bye
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import zmq
+
+HEARTBEAT_INTERVAL = 0.5   # s between a worker's heartbeats
+HEARTBEAT_TIMEOUT = 4.0    # s of silence after which a worker counts as gone
+
+
+class JobAborted(RuntimeError):
+    """The job ended early; str(e) is the one-line reason for the user."""
+
+
+@dataclass
+class Member:
+    wid: int
+    identity: bytes
+    udp: tuple[str, int]
+    gather: tuple[str, int]
+    pid: int
+    host: str
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> str:
+        return f"worker {self.wid} (pid {self.pid} on {self.host}, udp {self.udp[0]}:{self.udp[1]})"
+
+
+def send(sock: zmq.Socket, identity: bytes | None, msg: dict, blob: bytes | None = None) -> None:
+    frames = ([identity] if identity is not None else []) + [json.dumps(msg).encode()]
+    if blob is not None:
+        frames.append(blob)
+    sock.send_multipart(frames, copy=False)
+
+
+class Coordinator:
+    """One job's coordinator. `procs` (wid-less list of Popen) lets it notice exits at once."""
+
+    def __init__(self, n_workers: int, bind_ip: str = "127.0.0.1",
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT, log: Callable[[str], None] = print):
+        self.n = n_workers
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 500)
+        port = self.sock.bind_to_random_port(f"tcp://{bind_ip}")
+        self.endpoint = f"tcp://{bind_ip}:{port}"
+        self.heartbeat_timeout = heartbeat_timeout
+        self.log = log
+        self.members: dict[int, Member] = {}
+        self.by_identity: dict[bytes, Member] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.slot_diagnosis: Callable[[int, int], list[int] | None] | None = None
+        self.aborted: str | None = None
+        self._barrier: dict[str, set[int]] = {}
+        self._ready: set[int] = set()
+        self._done: dict[int, dict] = {}
+        self._hellos: list[tuple[bytes, dict]] = []
+        self.on_metrics: Callable[[int, dict], None] | None = None
+
+    # ---- the event loop every wait goes through ----
+
+    def _poll(self, timeout: float) -> None:
+        if self.sock.poll(int(max(0.0, timeout) * 1000)):
+            while True:
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle(frames)
+        self._check_alive()
+
+    def _handle(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        try:
+            msg = json.loads(frames[1])
+        except (IndexError, ValueError):
+            return
+        t = msg.get("t")
+        if t == "hello":
+            self._hellos.append((ident, msg))
+            return
+        m = self.members.get(msg.get("wid")) if t == "hb" else self.by_identity.get(ident)
+        if m is None:
+            return
+        m.last_seen = time.monotonic()
+        if t == "ready":
+            self._ready.add(m.wid)
+        elif t == "barrier":
+            self._barrier.setdefault(msg["name"], set()).add(m.wid)
+        elif t == "metrics" and self.on_metrics is not None:
+            self.on_metrics(m.wid, msg["rec"])
+        elif t == "done":
+            self._done[m.wid] = msg
+        elif t == "error":
+            self._fail(self._explain_error(m, msg))
+
+    def _explain_error(self, m: Member, msg: dict) -> str:
+        text = f"worker {m.wid} failed: {msg.get('message', '?')}"
+        stall = msg.get("stall")
+        if stall and self.slot_diagnosis is not None:
+            try:
+                missing = self.slot_diagnosis(stall["slot"], stall["ver"])
+            except Exception as e:   # the diagnosis is a bonus; the failure is the message
+                missing, text = None, text + f" (slot bitmap unreadable: {e})"
+            if missing is not None:
+                text += (f"; the switch's bitmap of slot {stall['slot']} version {stall['ver']} "
+                         f"lacks workers {missing}")
+        return text
+
+    def _check_alive(self) -> None:
+        if self.aborted:
+            return
+        for p in self.procs:
+            rc = p.poll()
+            if rc is not None and rc != 0:
+                m = next((m for m in self.members.values() if m.pid == p.pid), None)
+                who = m.describe() if m else f"worker process pid {p.pid}"
+                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+                self._fail(f"{who} {how}")
+        now = time.monotonic()
+        for m in self.members.values():
+            if m.wid not in self._done and now - m.last_seen > self.heartbeat_timeout:
+                self._fail(f"{m.describe()} stopped answering (no heartbeat for "
+                           f"{now - m.last_seen:.1f} s)")
+
+    def _fail(self, reason: str) -> None:
+        self.abort(reason)
+        raise JobAborted(reason)
+
+    def abort(self, reason: str) -> None:
+        """Tell every worker the job is over (idempotent)."""
+        if self.aborted:
+            return
+        self.aborted = reason
+        for m in self.members.values():
+            send(self.sock, m.identity, {"t": "abort", "reason": reason})
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(what())
+            self._poll(min(left, 0.1))
+
+    # ---- job phases ----
+
+    def rendezvous(self, timeout: float = 60.0) -> list[Member]:
+        """Wait for n hellos; worker ids follow arrival order (or a requested `rank`)."""
+        self._wait(lambda: len(self._hellos) >= self.n, timeout,
+                   lambda: f"only {len(self._hellos)} of {self.n} workers joined within "
+                           f"{timeout:.0f} s")
+        hellos = self._hellos[:self.n]
+        ranks = [h.get("rank") for _, h in hellos]
+        if all(r is not None for r in ranks) and sorted(ranks) == list(range(self.n)):
+            order = sorted(range(self.n), key=lambda i: ranks[i])
+        else:
+            order = list(range(self.n))
+        for wid, i in enumerate(order):
+            ident, h = hellos[i]
+            m = Member(wid, ident, tuple(h["udp"]), tuple(h["gather"]), h["pid"], h["host"])
+            self.members[wid] = m
+            self.by_identity[ident] = m
+        return [self.members[w] for w in range(self.n)]
+
+    def welcome(self, job: dict, params: np.ndarray | None) -> None:
+        """Send every worker its id, the job (spec, switch address, task) and the model."""
+        peers = {str(m.wid): list(m.gather) for m in self.members.values()}
+        blob = None if params is None else np.ascontiguousarray(params, np.float32).tobytes()
+        for m in self.members.values():
+            send(self.sock, m.identity, {"t": "welcome", "wid": m.wid, "n": self.n,
+                                         "peers": peers, **job}, blob)
+            m.last_seen = time.monotonic()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        self._wait(lambda: len(self._ready) >= self.n, timeout,
+                   lambda: f"workers {sorted(set(range(self.n)) - self._ready)} did not get "
+                           f"ready within {timeout:.0f} s")
+
+    def barrier(self, name: str, timeout: float = 60.0) -> None:
+        """Release every worker waiting at `name` once all n have arrived."""
+        got = self._barrier.setdefault(name, set())
+        self._wait(lambda: len(got) >= self.n, timeout,
+                   lambda: f"barrier {name!r}: workers {sorted(set(range(self.n)) - got)} "
+                           f"did not arrive within {timeout:.0f} s")
+        for m in self.members.values():
+            send(self.sock, m.identity, {"t": "go", "name": name})
+
+    def wait_done(self, timeout: float) -> dict[int, dict]:
+        """Run until every worker reported done (metrics go to on_metrics meanwhile)."""
+        self._wait(lambda: len(self._done) >= self.n, timeout,
+                   lambda: f"workers {sorted(set(range(self.n)) - set(self._done))} did not "
+                           f"finish within {timeout:.0f} s")
+        for m in self.members.values():
+            send(self.sock, m.identity, {"t": "bye"})
+        return dict(self._done)
+
+    def close(self) -> None:
+        self.sock.close(linger=200)
+
+
+class WorkerLink:
+    """The worker's end: a DEALER for requests and a heartbeat thread with its own DEALER."""
+
+    def __init__(self, endpoint: str, timeout: float = 60.0):
+        import threading
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(endpoint)
+        self.endpoint, self.timeout = endpoint, timeout
+        self.wid: int | None = None
+        self.abort_reason: str | None = None
+        self._stop = threading.Event()
+        self._hb: threading.Thread | None = None
+        self._pending: list[tuple[dict, bytes | None]] = []
+
+    def send(self, msg: dict) -> None:
+        if self.wid is not None:
+            msg = {"wid": self.wid, **msg}
+        send(self.sock, None, msg)
+
+    def start_heartbeat(self) -> None:
+        import threading
+
+        def beat():
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.endpoint)
+            while not self._stop.wait(HEARTBEAT_INTERVAL):
+                send(s, None, {"t": "hb", "wid": self.wid})
+            s.close()
+        self._hb = threading.Thread(target=beat, daemon=True)
+        self._hb.start()
+
+    def _recv(self, timeout: float) -> tuple[dict, bytes | None] | None:
+        if self._pending:
+            return self._pending.pop(0)
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        frames = self.sock.recv_multipart()
+        msg = json.loads(frames[0])
+        if msg.get("t") == "abort":
+            self.abort_reason = msg.get("reason", "aborted by the coordinator")
+        return msg, (frames[1] if len(frames) > 1 else None)
+
+    def expect(self, t: str, timeout: float | None = None, name: str | None = None):
+        """Wait for a message of type t; an abort or silence raises JobAborted."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobAborted(f"the coordinator at {self.endpoint} did not send {t!r} within "
+                                 f"{self.timeout if timeout is None else timeout:.0f} s")
+            got = self._recv(left)
+            if got is None:
+                continue
+            msg, blob = got
+            if msg.get("t") == "abort":
+                raise JobAborted(msg.get("reason", "aborted by the coordinator"))
+            if msg.get("t") == t and (name is None or msg.get("name") == name):
+                return msg, blob
+
+    def poll_abort(self) -> str | None:
+        """Non-blocking: the abort reason if the coordinator has ended the job."""
+        if self.abort_reason:
+            return self.abort_reason
+        while self.sock.poll(0):
+            got = self._recv(0)
+            if got is None:
+                break
+            if got[0].get("t") != "abort":
+                self._pending.append(got)
+        return self.abort_reason
+
+    def barrier(self, name: str, timeout: float | None = None) -> None:
+        self.send({"t": "barrier", "name": name})
+        self.expect("go", timeout, name=name)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._hb is not None:
+            self._hb.join(2 * HEARTBEAT_INTERVAL)
+        self.sock.close()

@@ -1,0 +1,173 @@
+"""A worker process: joins the coordinator, gets its id and job, then trains or all-reduces.
+
+    python -m worker.worker_proc --coord tcp://127.0.0.1:PORT [--ip 127.0.0.1] [--rank R]
+
+Tasks (sent by the coordinator in the welcome):
+- "train": Algorithm 1 (worker/train.py) for cfg.steps steps; per-step metrics to the
+  coordinator; at the end a hash of the model (all workers must agree bit for bit).
+- "allreduce": `calls` all-reduces of a seeded random tensor; with `dump` set, what was sent and
+  received goes to an npz file so a checker can verify the switch's sums exactly.
+Exit status: 0 done, 2 the job was aborted or failed (the reason is on stderr and was sent to
+the coordinator).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the launching process dies, so no worker outlives its job."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def spec_from_dict(d: dict):
+    from nina.config import JobSpec, WorkerAddr
+    from nina.wire import Encoding
+    d = dict(d)
+    d["encoding"] = Encoding(d["encoding"])
+    d["workers"] = tuple(WorkerAddr(**w) for w in d["workers"])
+    return JobSpec(**d)
+
+
+def spec_to_dict(spec) -> dict:
+    from dataclasses import asdict
+    d = asdict(spec)
+    d["encoding"] = int(spec.encoding)
+    return d
+
+
+def task_tensor(size: int, seed: int, wid: int, call: int) -> np.ndarray:
+    """The allreduce task's input: normal values with a different scale per 1000 elements, so
+    chunks have different exponents."""
+    rng = np.random.default_rng([seed, wid, call])
+    scale = np.exp(rng.uniform(-8, 8, -(-size // 1000))).repeat(1000)[:size]
+    return (rng.standard_normal(size) * scale).astype(np.float32)
+
+
+def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
+    from worker.allreduce import AllReduceClient
+    from worker.train import Aggregator, Path, TrainConfig, Trainer, plan
+    wid, n = welcome["wid"], welcome["n"]
+    task = welcome["task"]
+    spec = spec_from_dict(welcome["spec"]) if welcome.get("spec") else None
+    client = None
+    if spec is not None:
+        udp.switch = tuple(welcome["switch"])
+        client = AllReduceClient(spec, wid, udp, window=welcome.get("window", 32),
+                                 seed=welcome.get("seed", 0) * 1000 + wid,
+                                 rounding=welcome.get("rounding", "stochastic"),
+                                 peer_timeout=welcome.get("timeout", 10.0),
+                                 abort_check=link.poll_abort)
+    if welcome.get("host_fallback"):
+        gather.timeout = welcome.get("timeout", 10.0)
+        gather.set_identity(wid, n)
+        gather.connect({int(k): tuple(v) for k, v in welcome["peers"].items()})
+    trainer = None
+    if task["kind"] == "train":   # data and model before the start barrier: steps start together
+        cfg = TrainConfig.from_dict(task["config"])
+        path: Path = plan(cfg.compressor)
+        params = None if blob is None else np.frombuffer(blob, np.float32).copy()
+        trainer = Trainer(cfg, wid, n, Aggregator(path, client, gather,
+                                                  seed=cfg.seed * 1000 + wid), params)
+    link.send({"t": "ready"})
+    link.barrier("start")
+    if trainer is None:
+        return _allreduce_task(link, client, task, wid)
+    from worker.coordinator import JobAborted
+    from worker.models import model_hash
+    for t in range(cfg.steps):
+        rec = trainer.step(t)
+        link.send({"t": "metrics", "rec": rec})
+        reason = link.poll_abort()
+        if reason:
+            raise JobAborted(reason)
+    return {"hash": model_hash(trainer.params),
+            "final": trainer.evaluate() if wid == 0 else None}
+
+
+def _allreduce_task(link, client, task, wid) -> dict:
+    out = {"calls": []}
+    dump = task.get("dump")
+    saved = {}
+    for c in range(task["calls"]):
+        x = task_tensor(task["size"], task.get("seed", 0), wid, c)
+        r = client.allreduce(x, record=True)
+        out["calls"].append(r.stats.as_dict())
+        if dump:
+            saved.update({f"x{c}": x, f"values{c}": r.values, f"sent{c}": r.sent,
+                          f"exponents{c}": r.exponents})
+        link.send({"t": "metrics", "rec": {"call": c, **r.stats.as_dict()}})
+    if dump:
+        np.savez(os.path.join(dump, f"worker{wid}.npz"), **saved)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="A NINA worker process (started by the coordinator).")
+    ap.add_argument("--coord", required=True, help="the coordinator's zmq endpoint tcp://ip:port")
+    ap.add_argument("--ip", default="127.0.0.1", help="address for this worker's UDP and TCP "
+                                                      "sockets (default 127.0.0.1)")
+    ap.add_argument("--udp-port", type=int, default=0, help="UDP port (default: any free one)")
+    ap.add_argument("--rank", type=int, default=None, help="ask for this worker id")
+    ap.add_argument("--join-timeout", type=float, default=60.0)
+    a = ap.parse_args(argv)
+    _die_with_parent()
+    from worker.allreduce import Aborted, SlotStalled
+    from worker.coordinator import JobAborted, WorkerLink
+    from worker.fallback import AllGather
+    from worker.transport import UdpTransport
+
+    import worker.train  # noqa: F401  (scikit-learn loads later, only for training tasks)
+    udp = UdpTransport(("127.0.0.1", 0), bind_ip=a.ip, bind_port=a.udp_port)
+    gather = AllGather(0, 1, ip=a.ip)
+    link = WorkerLink(a.coord, timeout=a.join_timeout)
+    hello = {"t": "hello", "udp": list(udp.address), "gather": list(gather.address),
+             "pid": os.getpid(), "host": socket.gethostname()}
+    if a.rank is not None:
+        hello["rank"] = a.rank
+    link.send(hello)
+    wid = "?"
+    try:
+        welcome, blob = link.expect("welcome")
+        wid = link.wid = welcome["wid"]
+        link.start_heartbeat()
+        result = run(link, welcome, blob, udp, gather)
+        link.send({"t": "done", **result})
+        link.expect("bye", timeout=30.0)
+        return 0
+    except KeyboardInterrupt:
+        return 130   # Ctrl-C reaches the whole process group; the coordinator reports it
+    except (JobAborted, Aborted) as e:
+        print(f"worker {wid}: job aborted: {link.abort_reason or e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # every failure goes to the coordinator as one line
+        msg = str(e) or type(e).__name__
+        report = {"t": "error", "message": msg}
+        if isinstance(e, SlotStalled):
+            report["stall"] = {"slot": e.slot, "ver": e.ver}
+        try:
+            link.send(report)
+            time.sleep(0.2)   # let the message leave before the socket closes
+        except Exception:
+            pass
+        print(f"worker {wid}: {msg}", file=sys.stderr)
+        return 2
+    finally:
+        link.close()
+        udp.close()
+        gather.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

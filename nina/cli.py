@@ -13,6 +13,7 @@ REGISTRARS = [
     "switch.trace_cli",
     "switch.ctl_cli",
     "topology.cli",
+    "topology.demo",
 ]
 
 

@@ -71,13 +71,14 @@ REG_BITMAP = f"{INGRESS}.bitmap"
 REG_COUNT = f"{INGRESS}.count"
 REG_MAX_EXP = f"{INGRESS}.max_exp"
 REG_OFFSET = f"{INGRESS}.offset"  # chunk offset of the round, echoed in results
+REG_ROUND = f"{INGRESS}.round"    # 7-bit round number of the (slot, ver)'s current round
 
 
 def reg_acc(i: int) -> str:
     return f"{INGRESS}.acc_{i}"
 
 
-REGISTERS = {REG_BITMAP: 32, REG_COUNT: 8, REG_MAX_EXP: 8, REG_OFFSET: 32,
+REGISTERS = {REG_BITMAP: 32, REG_COUNT: 8, REG_MAX_EXP: 8, REG_OFFSET: 32, REG_ROUND: 8,
              **{reg_acc(i): 32 for i in range(N_ACCUMULATORS)}}
 
 # Counters (packets and bytes), indexed by nina.decisions.Decision.

@@ -28,7 +28,8 @@ HEADER_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("version", "u1", "protocol version, must equal VERSION"),
     ("msg_type", "u1", "MsgType: UPDATE from a worker, RESULT from the switch"),
     ("encoding", "u1", "Encoding of the payload"),
-    ("flags", "u1", "bit0 FLAG_VER shadow-copy version, bit1 FLAG_CM payload holds C_M codes"),
+    ("flags", "u1", "bit0 FLAG_VER shadow-copy version (= round & 1), bit1 FLAG_CM payload "
+                    "holds C_M codes, bits2-7 round >> 1"),
     ("job", ">u2", "job id, selects the job's table entry"),
     ("worker", "u1", "worker id 0..31 (its bit in the slot bitmap)"),
     ("exponent", "u1", "biased float32 exponent: worker's max for a later chunk / agreed max"),
@@ -41,7 +42,20 @@ assert HEADER_DTYPE.itemsize == HEADER_LEN
 
 FLAG_VER = 0x01
 FLAG_CM = 0x02
-FLAGS_KNOWN = FLAG_VER | FLAG_CM
+ROUND_BITS = 7            # a slot's round number modulo 128; its low bit is the version bit
+ROUND_MOD = 1 << ROUND_BITS
+_ROUND_HIGH_MASK = 0xFC   # flags bits 2-7 carry round >> 1
+
+
+def round_flags(rnd: int) -> int:
+    """The flags bits that carry round number `rnd` (mod 128): VER = rnd & 1, bits 2-7 the rest."""
+    rnd %= ROUND_MOD
+    return (rnd & 1) | ((rnd >> 1) << 2)
+
+
+def round_of(flags: int) -> int:
+    """The 7-bit round number a flags byte carries."""
+    return (flags & FLAG_VER) | ((flags & _ROUND_HIGH_MASK) >> 1)
 
 
 class MsgType(enum.IntEnum):
@@ -125,6 +139,10 @@ class Header:
     def ver(self) -> int:
         return self.flags & FLAG_VER
 
+    @property
+    def round(self) -> int:
+        return round_of(self.flags)
+
     def pack(self) -> bytes:
         validate_header(self)
         arr = np.zeros((), HEADER_DTYPE)
@@ -158,8 +176,6 @@ def validate_header(h: Header) -> None:
         raise BadField("msg_type", f"unknown message type {h.msg_type}")
     if h.encoding not in Encoding._value2member_map_:
         raise BadField("encoding", f"unknown encoding {h.encoding}")
-    if h.flags & ~FLAGS_KNOWN:
-        raise BadField("flags", f"unknown flag bits 0x{h.flags & ~FLAGS_KNOWN:02x}")
     if h.worker >= MAX_WORKERS:
         raise BadField("worker", f"worker id {h.worker} >= {MAX_WORKERS}")
     if h.count > CAPACITY[Encoding(h.encoding)]:
@@ -235,7 +251,7 @@ def unpack_batch(bufs: list[bytes], msg_type: int, encoding: int, flags: int = 0
         ("version", h["version"] != VERSION),
         ("msg_type", h["msg_type"] != msg_type),
         ("encoding", h["encoding"] != encoding),
-        ("flags", (h["flags"] | FLAG_VER) != (flags | FLAG_VER)),
+        ("flags", (h["flags"] & FLAG_CM) != (flags & FLAG_CM)),
         ("worker", h["worker"] >= MAX_WORKERS),
         ("count", h["count"] > CAPACITY[Encoding(encoding)]),
     )

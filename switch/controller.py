@@ -38,7 +38,7 @@ from nina.wire import CAPACITY, Encoding
 CONNECT_TIMEOUT = 3.0     # seconds to wait for the switch's gRPC port
 WRITE_BATCH = 4096        # updates per raw Write (register resets)
 SLOT_STATE_REGISTERS = (p4spec.REG_BITMAP, p4spec.REG_COUNT, p4spec.REG_MAX_EXP,
-                        p4spec.REG_OFFSET)
+                        p4spec.REG_OFFSET, p4spec.REG_ROUND)
 
 
 class ControllerError(Exception):
@@ -251,6 +251,7 @@ class SlotState:
     count: int
     max_exp: int
     offset: int
+    round: int              # 7-bit round number of the (slot, ver)'s current round
     acc: np.ndarray         # int32 accumulators acc_0..acc_{k-1}
 
     @property
@@ -616,8 +617,9 @@ class Controller:
         for v in ([0, 1] if ver is None else [ver]):
             index = (job.slot_base + slot) * 2 + v
             vals = self.registers().read([(name, index) for name in names])
-            acc = np.array([_signed32(x) for x in vals[4:]], np.int32)
-            states.append(SlotState(job_id, slot, v, index, *vals[:4], acc))
+            ns = len(SLOT_STATE_REGISTERS)
+            acc = np.array([_signed32(x) for x in vals[ns:]], np.int32)
+            states.append(SlotState(job_id, slot, v, index, *vals[:ns], acc))
         return states
 
 

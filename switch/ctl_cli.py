@@ -245,7 +245,7 @@ def _slot(ctl, args) -> None:
         nonzero = int((s.acc != 0).sum())
         print(f"job {s.job} slot {s.slot} ver {s.ver} (register index {s.index}): "
               f"bitmap 0x{s.bitmap:08x} workers {s.workers} count {s.count} "
-              f"max_exp {s.max_exp} offset {s.offset}")
+              f"max_exp {s.max_exp} offset {s.offset} round {s.round}")
         shown = ", ".join(str(v) for v in s.acc[:args.acc])
         print(f"  acc[0:{min(args.acc, s.acc.size)}] = [{shown}]  "
               f"({nonzero} of {s.acc.size} non-zero)")

@@ -24,7 +24,7 @@ import numpy as np
 from nina import p4spec
 from nina.config import JobSpec, ip_to_int, mac_to_int
 from nina.decisions import N_DECISIONS, Decision
-from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
+from nina.wire import (ROUND_MOD, ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
                        HEADER_LEN, MAX_WORKERS, UDP_PORT, VERSION, Encoding, MsgType,
                        cm_codes_to_int, int_to_cm_codes, nat8_to_int)
 from switch.tables import P4Error, TableStore
@@ -56,6 +56,7 @@ _CAPACITY = (ELEMENTS_INT32, ELEMENTS_NAT8)   # indexed by encoding
 _I32BE = np.dtype(">i4")
 _WORKER_BYTE = HEADER_DTYPE.fields["worker"][1]   # rewritten per result copy
 _MASK32 = 0xFFFFFFFF
+_ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
 
 _JOB_T, _WORKER_T, _ADDR_T, _L2_T = (p4spec.JOB_TABLE.name, p4spec.WORKER_TABLE.name,
                                      p4spec.WORKER_ADDR.name, p4spec.L2_FORWARD.name)
@@ -137,12 +138,14 @@ class Pipeline:
         self._count = array("B", bytes(size))
         self._max_exp = array("B", bytes(size))
         self._offset = array("I", bytes(4 * size))
+        self._round = array("B", bytes(size))
         self.acc = np.zeros((size, p4spec.N_ACCUMULATORS), np.int32)
         self.registers: dict[str, np.ndarray] = {
             p4spec.REG_BITMAP: np.frombuffer(self._bitmap, np.uint32),
             p4spec.REG_COUNT: np.frombuffer(self._count, np.uint8),
             p4spec.REG_MAX_EXP: np.frombuffer(self._max_exp, np.uint8),
             p4spec.REG_OFFSET: np.frombuffer(self._offset, np.uint32),
+            p4spec.REG_ROUND: np.frombuffer(self._round, np.uint8),
             **{p4spec.reg_acc(i): self.acc[:, i] for i in range(p4spec.N_ACCUMULATORS)},
         }
         assert set(self.registers) == set(p4spec.REGISTERS)
@@ -215,37 +218,42 @@ class Pipeline:
             return self._drop(D_INJECTED, ingress_port, frame_len, h)
 
         v = flags & FLAG_VER
+        rnd = (flags & FLAG_VER) | ((flags & 0xFC) >> 1)   # nina.wire.round_of, inlined
         idx = j.base2 + 2 * slot + v
         oidx = idx ^ 1
         bit = 1 << w
         n = j.n
-        bitmap, counts, max_exp = self._bitmap, self._count, self._max_exp
+        bitmap, counts, max_exp, rounds = self._bitmap, self._count, self._max_exp, self._round
+        b = bitmap[idx]
         out: list[PacketOut] = []
-        if bitmap[oidx] & bit and counts[oidx] < n:
-            # 2. stale: an old copy of w's previous-round packet while w is mid-round on 1-v
-            decision = D_DUP
-        elif bitmap[idx] & bit:
-            # 3. retransmission: answer if complete, else consume; never add twice
-            if counts[idx] == n:
+        if b & bit:
+            # 2. w already contributed to (slot, v): a retransmission of this round is answered
+            # when complete, else consumed; a packet of another round is stale. Never add twice.
+            if rounds[idx] == rnd and counts[idx] == n:
                 decision = D_REPLY
                 a = j.addr.get(w)
                 if a is not None:
                     out.append(PacketOut(
                         ingress_port, a[0], a[1], a[2], a[3], a[4], UDP_PORT,
-                        _HDR.pack(VERSION, _RESULT, enc, v | j.flag_cm, job, w,
-                                  max_exp[idx], slot, count, offset)
+                        _HDR.pack(VERSION, _RESULT, enc, (flags & _ROUND_FLAGS) | j.flag_cm,
+                                  job, w, max_exp[idx], slot, count, offset)
                         + self._result_body(j, idx, False)))
             else:
                 decision = D_DUP
+        elif (b and (rounds[idx] != rnd or counts[idx] >= n)) or \
+                (not b and counts[idx] and rnd != (rounds[idx] + 2) % ROUND_MOD):
+            # 3. stale: joins only the open round of v; a new round only once every worker has
+            # left v's last round, and only as its successor (round + 2)
+            decision = D_DUP
         else:
             # 4. first arrival of w: claim the bit in v, release it in 1 - v
-            b = bitmap[idx]
             bitmap[oidx] &= ~bit & _MASK32
             if b == 0:
                 c = 1
                 bitmap[idx] = bit
                 counts[idx] = 1
                 max_exp[idx] = exp
+                rounds[idx] = rnd
                 self._offset[idx] = offset
                 if enc == _NAT8:
                     np.copyto(self._rows[idx], j.lut.take(self._rx_codes))
@@ -268,7 +276,8 @@ class Pipeline:
             if c == n:
                 decision = D_COMPLETE
                 # One result packet, its worker byte patched per copy (cheaper than packing).
-                pkt = bytearray(_HDR.pack(VERSION, _RESULT, enc, v | j.flag_cm, job, 0,
+                pkt = bytearray(_HDR.pack(VERSION, _RESULT, enc,
+                                          (flags & _ROUND_FLAGS) | j.flag_cm, job, 0,
                                           max_exp[idx], slot, count, offset))
                 pkt += self._result_body(j, idx, True)
                 for port, rid, dmac, dip, dport, smac, sip in j.replicas:
@@ -411,6 +420,7 @@ class Pipeline:
         if name is None:
             for arr in (self.registers[p4spec.REG_BITMAP], self.registers[p4spec.REG_COUNT],
                         self.registers[p4spec.REG_MAX_EXP], self.registers[p4spec.REG_OFFSET],
+                        self.registers[p4spec.REG_ROUND],
                         self.acc):
                 arr[...] = 0
         else:
@@ -423,7 +433,7 @@ class Pipeline:
         if hi <= lo:
             return
         for name in (p4spec.REG_BITMAP, p4spec.REG_COUNT, p4spec.REG_MAX_EXP,
-                     p4spec.REG_OFFSET):
+                     p4spec.REG_OFFSET, p4spec.REG_ROUND):
             self.registers[name][lo:hi] = 0
         self.acc[lo:hi] = 0
 

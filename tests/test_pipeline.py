@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from nina import p4spec
 from nina.config import SWITCH_MAC, JobSpec, WorkerAddr, ip_to_int, mac_to_int
 from nina.decisions import TRACE_DTYPE, Decision
-from nina.wire import (FLAG_CM, FLAG_VER, NAT8_SIGN, NAT8_ZERO, UDP_PORT, Encoding, Header,
+from nina.wire import (round_flags, round_of, FLAG_CM, FLAG_VER, NAT8_SIGN, NAT8_ZERO, UDP_PORT, Encoding, Header,
                        MsgType, headroom_shift, nat8_to_int, pack_packet, parse_packet)
 from switch.pipeline import PacketIn, PacketOut, Pipeline, nat8_lut
 from switch.tables import P4Error, TableError, TableStore
@@ -46,10 +46,12 @@ def job(job_id=1, n=2, enc=Encoding.NAT8, cm=False, slot_base=0, slot_count=8, l
                    workers=workers, switch_ip="10.0.0.254")
 
 
-def update(spec: JobSpec, w: int, slot: int, values, ver: int = 0, exponent: int = 120,
+def update(spec: JobSpec, w: int, slot: int, values, rnd: int = 0, exponent: int = 120,
            offset: int = 0, **hdr) -> PacketIn:
+    """An update of round `rnd` (its low bit is the version bit)."""
     values = np.asarray(values)
-    h = Header(msg_type=MsgType.UPDATE, encoding=spec.encoding, flags=ver, job=spec.job_id,
+    h = Header(msg_type=MsgType.UPDATE, encoding=spec.encoding, flags=round_flags(rnd),
+               job=spec.job_id,
                worker=w, exponent=exponent, slot=slot, count=values.size, offset=offset, **hdr)
     wa = spec.workers[w]
     return PacketIn(wa.port, ip_to_int(wa.ip), wa.udp_port, pack_packet(h, values))
@@ -251,7 +253,7 @@ def test_round_multicasts_exact_sums_with_rewritten_addresses(enc):
     decisions = []
     for w, exp in zip((2, 0, 1), (100, 140, 120)):
         before = p.counters_packets.copy()
-        outs = p.process(update(spec, w, 3, vals[w], ver=1, exponent=exp, offset=4096))
+        outs = p.process(update(spec, w, 3, vals[w], rnd=1, exponent=exp, offset=4096))
         decisions.append(Decision(int(np.argmax(p.counters_packets - before))))
     assert decisions == [D.FIRST, D.AGGREGATE, D.COMPLETE]
     assert len(outs) == 3
@@ -297,19 +299,21 @@ def test_retransmissions_stale_copies_and_version_reuse():
     assert reply[0].egress_port == 1                           # back out of its ingress port
     assert result(reply[0])[1][:2] == [11, 22]
     # worker 1 moves to round 2 (ver 1); worker 0's late retransmission of ver 0 still answered
-    assert p.process(update(spec, 1, 0, [100, 200], ver=1)) == []
+    assert p.process(update(spec, 1, 0, [100, 200], rnd=1)) == []
     reply = p.process(update(spec, 0, 0, a))
     assert len(reply) == 1 and result(reply[0])[1][:2] == [11, 22]
     # worker 0 enters round 2; then an old copy of its round-1 packet arrives: stale, dropped
-    outs = p.process(update(spec, 0, 0, [1000, 2000], ver=1))
+    outs = p.process(update(spec, 0, 0, [1000, 2000], rnd=1))
     assert result(outs[0])[1][:2] == [1100, 2200]
     # round 3 reuses ver 0: the first contributor overwrites round 1's sums
-    assert p.process(update(spec, 1, 0, [5, 6])) == []
+    assert p.process(update(spec, 1, 0, [5, 6], rnd=0)) == []     # round 1 again: stale
+    assert p.process(update(spec, 1, 0, [5, 6], rnd=2)) == []
     dup_before = p.counters_packets[D.DROP_DUPLICATE]
-    assert p.process(update(spec, 1, 0, [100, 200], ver=1)) == []   # stale copy of round 2
+    assert p.process(update(spec, 1, 0, [100, 200], rnd=1)) == []   # stale copy of round 2
     assert p.counters_packets[D.DROP_DUPLICATE] == dup_before + 1
-    outs = p.process(update(spec, 0, 0, [7, 8]))
+    outs = p.process(update(spec, 0, 0, [7, 8], rnd=2))
     assert result(outs[0])[1][:2] == [12, 14]
+    assert round_of(result(outs[0])[0].flags) == 2   # results echo the round
 
 
 def test_cm_codes_bracket_the_sum_are_written_back_and_replayed_identically():
@@ -350,8 +354,8 @@ def test_cm_rounding_is_exact_on_powers_and_unbiased_between():
         p.process(update(spec, 0, s, half))
         out = p.process(update(spec, 1, s, half))
         assert result(out[0])[1][0] == spec.shift
-        p.process(update(spec, 0, s, full, ver=1))
-        c = result(p.process(update(spec, 1, s, half, ver=1))[0])[1][0]
+        p.process(update(spec, 0, s, full, rnd=1))
+        c = result(p.process(update(spec, 1, s, half, rnd=1))[0])[1][0]
         assert c in (spec.shift, spec.shift + 1)
         ups += c == spec.shift + 1
     assert 400 < ups < 600        # P(up) = 1/2 over 1000 draws: the bounds are 6 sigma
@@ -390,9 +394,9 @@ def test_trace_records_follow_the_slot():
     trace = MemoryTrace(batch=3)
     p = Pipeline(pool_slots=16, trace=trace)
     p.install_job(spec)
-    p.process(update(spec, 1, 4, np.array([0], np.uint8), exponent=9, offset=77, ver=1))
-    p.process(update(spec, 1, 4, np.array([0], np.uint8), exponent=9, offset=77, ver=1))
-    p.process(update(spec, 0, 4, np.array([0], np.uint8), exponent=12, offset=77, ver=1))
+    p.process(update(spec, 1, 4, np.array([0], np.uint8), exponent=9, offset=77, rnd=1))
+    p.process(update(spec, 1, 4, np.array([0], np.uint8), exponent=9, offset=77, rnd=1))
+    p.process(update(spec, 0, 4, np.array([0], np.uint8), exponent=12, offset=77, rnd=1))
     p.process(PacketIn(3, 1, 2, b"\x01" * 20))
     recs = trace.array()
     assert recs.dtype == TRACE_DTYPE and len(recs) == 4
@@ -485,7 +489,7 @@ def test_random_arrival_orders_give_each_round_exactly_once(data):
 
     def send(s: int, w: int, r: int, lose: bool) -> Decision:
         before = p.counters_packets.copy()
-        outs = p.process(update(spec, w, s, vals[s, r, w], ver=r % 2, offset=r))
+        outs = p.process(update(spec, w, s, vals[s, r, w], rnd=r, offset=r))
         decision = Decision(int(np.argmax(p.counters_packets - before)))
         if decision == D.COMPLETE:
             completions[s, r] += 1

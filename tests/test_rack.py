@@ -173,7 +173,7 @@ def test_mininet_rack_allreduce_exact_through_the_switch(tmp_path):
         assert rep2.exact, rep2.problems
         pids += [p.pid for p in rack._procs.values()]
     _assert_gone(pids, before)
-    trace = tmp_path / "trace.bin"
+    trace = tmp_path / "switch.trace"
     if trace.exists():
         assert trace.stat().st_size > 0
     pcaps = sorted((tmp_path / "pcap").glob("s1-eth*.pcap"))

@@ -54,7 +54,7 @@ def test_header_layout_is_big_endian_and_fixed():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("version", 2), ("msg_type", 0), ("msg_type", 9), ("encoding", 7), ("flags", 0x80),
+    ("version", 2), ("msg_type", 0), ("msg_type", 9), ("encoding", 7), ("flags", 0x100),
     ("worker", 32), ("job", 1 << 16), ("offset", -1),
 ])
 def test_invalid_header_names_the_field(field, value):
@@ -172,3 +172,14 @@ def test_cm_unbiased():
     # each draw is 2^21 or 2^22; standard error of the mean from the sample
     se = v.std(ddof=1) / np.sqrt(v.size)
     assert abs(v.mean() - x[0]) < 5 * se
+
+
+def test_round_numbers_ride_in_flags():
+    seen = set()
+    for r in range(wire.ROUND_MOD):
+        f = wire.round_flags(r)
+        assert wire.round_of(f) == r and (f & FLAG_VER) == (r & 1) and not f & FLAG_CM
+        assert wire.round_of(f | FLAG_CM) == r  # the CM bit does not disturb the round
+        seen.add(f)
+    assert len(seen) == wire.ROUND_MOD
+    assert wire.round_flags(wire.ROUND_MOD + 5) == wire.round_flags(5)

@@ -72,7 +72,8 @@ def register(subparsers) -> None:
                                      "(default runs/rack-<time>)")
     p.add_argument("--no-trace", action="store_true", help="switch traces off (faster)")
     p.add_argument("--pcap", action="store_true",
-                   help="capture every switch port to <run dir>/pcap/s1-eth<p>.pcap (Mininet)")
+                   help="capture every switch port to <run dir>/pcap/s1-eth<p>.pcap (Mininet; "
+                        "local mode as root: the switch's loopback traffic to pcap/lo.pcap)")
     p.set_defaults(func=cmd_rack)
 
 
@@ -95,7 +96,8 @@ def make_rack(args, log=print):
         if args.switch != "embedded":
             raise ValueError("--switch bmv2 needs the Mininet rack (root); local mode runs the "
                              "embedded switch")
-        return LocalRack(args.workers, args.run_dir, log)
+        return LocalRack(args.workers, args.run_dir, log, trace=not args.no_trace,
+                         pcap=args.pcap)
     if args.switch == "bmv2":
         from topology.switch_node import bmv2_missing_reason
         if bmv2_missing_reason():
@@ -290,7 +292,7 @@ class RackShell:
             acc = " ".join(str(int(v)) for v in st.acc)
             self.out(f"job {st.job} slot {st.slot} ver {st.ver} (register index {st.index}): "
                      f"bitmap {st.bitmap:#010x} workers {st.workers} count {st.count} "
-                     f"max_exp {st.max_exp} offset {st.offset}\n  acc[0:{len(st.acc)}] {acc}")
+                     f"max_exp {st.max_exp} offset {st.offset} round {st.round}\n  acc[0:{len(st.acc)}] {acc}")
 
 
 def read_slot(ctl, job_id: int, slot: int, ver: int | None, n_acc: int):
@@ -313,6 +315,7 @@ def read_slot(ctl, job_id: int, slot: int, ver: int | None, n_acc: int):
     for v in ([0, 1] if ver is None else [ver]):
         index = (spec.slot_base + slot) * 2 + v
         vals = ctl.registers().read([(n, index) for n in names])
-        out.append(SlotState(job_id, slot, v, index, *vals[:4],
-                             np.array([_signed32(x) for x in vals[4:]], np.int32)))
+        ns = len(SLOT_STATE_REGISTERS)
+        out.append(SlotState(job_id, slot, v, index, *vals[:ns],
+                             np.array([_signed32(x) for x in vals[ns:]], np.int32)))
     return out

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from nina.config import DEFAULT_WINDOW, JobSpec
-from nina.wire import (CAPACITY, FLAG_CM, FLAG_VER, Encoding, MsgType, WireError,
+from nina.wire import (ROUND_MOD, CAPACITY, FLAG_CM, FLAG_VER, Encoding, MsgType, WireError,
                        batch_dtype, empty_batch, nat8_to_int, pack_batch, parse_packet,
                        unpack_batch)
 from worker import switch_encoding as se
@@ -121,7 +121,8 @@ class AllReduceClient:
         self.encoding = Encoding(spec.encoding)
         self.k = CAPACITY[self.encoding]
         self.window = max(1, min(window, spec.slot_count))
-        self.ver = np.zeros(self.window, np.uint8)   # next version per slot, kept across calls
+        # next round number per slot (mod 128; its low bit is the version), kept across calls
+        self.round = np.zeros(self.window, np.uint8)
         self.rng = np.random.default_rng(seed)
         self.rounding = rounding
         self.rto0, self.rto_min, self.rto_max = rto, rto_min, rto_max
@@ -206,8 +207,8 @@ class AllReduceClient:
                 return
             batch = empty_batch(m, MsgType.UPDATE, self.encoding, 0)
             h = batch["hdr"]
-            vers = self.ver[slots]
-            h["flags"] = np.where(vers, FLAG_VER, 0)
+            vers = self.round[slots]
+            h["flags"] = (vers & FLAG_VER) | ((vers >> 1) << 2)   # nina.wire.round_flags
             h["job"], h["worker"], h["slot"] = self.spec.job_id, self.wid, slots
             h["offset"] = chunk_ids * k
             if prime:
@@ -311,7 +312,7 @@ class AllReduceClient:
         ok = (h["job"] == self.spec.job_id) & (h["worker"] == self.wid) & (slot < W)
         s = np.minimum(slot, W - 1)
         ch = o_chunk[s]
-        ver = (h["flags"] & FLAG_VER).astype(np.uint8)
+        ver = ((h["flags"] & FLAG_VER) | ((h["flags"] & 0xFC) >> 1)).astype(np.uint8)  # round
         exp_count = np.where(o_prime[s], 0, np.minimum(k, np.maximum(0, self._n - ch * k)))
         ok &= (ch >= 0) & (ver == o_ver[s]) & (h["offset"] == ch * k) & (h["count"] == exp_count)
         idx = np.flatnonzero(ok)
@@ -333,7 +334,7 @@ class AllReduceClient:
                 self.srtt = 0.875 * self.srtt + 0.125 * rtt
         exps = h["exponent"][idx]
         self.results_seen += len(idx)
-        self.ver[slots] ^= 1
+        self.round[slots] = (self.round[slots] + 1) % ROUND_MOD
         o_chunk[slots] = -1
         o_deadline[slots] = np.inf
         # priming results: the agreed exponents of the first window; the chunk goes out next
@@ -358,7 +359,7 @@ class AllReduceClient:
                     o_deadline, o_pkt) -> None:
         stuck = late[now - o_first[late] > self.peer_timeout]
         if len(stuck):
-            self._stall(int(stuck[0]), int(o_ver[stuck[0]]), int(o_chunk[stuck[0]]),
+            self._stall(int(stuck[0]), int(o_ver[stuck[0]]) & 1, int(o_chunk[stuck[0]]),
                         bool(o_prime[stuck[0]]), now - o_first[stuck[0]])
         o_rto[late] = np.minimum(o_rto[late] * 2, self.rto_max)
         o_deadline[late] = now + o_rto[late]

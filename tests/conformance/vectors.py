@@ -22,7 +22,7 @@ import numpy as np
 from nina import p4spec
 from nina.config import JobSpec, WorkerAddr
 from nina.decisions import Decision
-from nina.wire import (FLAG_CM, HEADER_DTYPE, NAT8_SIGN, NAT8_ZERO, Encoding, Header, MsgType,
+from nina.wire import (FLAG_CM, HEADER_DTYPE, round_flags, NAT8_SIGN, NAT8_ZERO, Encoding, Header, MsgType,
                        pack_packet)
 
 D = Decision
@@ -131,9 +131,10 @@ def src(spec: JobSpec, w: int) -> Endpoint:
 
 def update(spec: JobSpec, w: int, slot: int, values: list[int], ver: int = 0,
            exponent: int = 120, offset: int = 0) -> bytes:
+    """An update of round `ver` (the round number; its low bit is the version bit)."""
     enc = spec.encoding
     vals = np.array(values, np.uint8 if enc == Encoding.NAT8 else np.int32)
-    return pack_packet(Header(msg_type=MsgType.UPDATE, encoding=enc, flags=ver,
+    return pack_packet(Header(msg_type=MsgType.UPDATE, encoding=enc, flags=round_flags(ver),
                               job=spec.job_id, worker=w, exponent=exponent, slot=slot,
                               count=len(values), offset=offset), vals)
 
@@ -152,7 +153,8 @@ def raw_update(**fields) -> bytes:
 def result_header(spec: JobSpec, w: int, slot: int, ver: int, count: int, offset: int,
                   exponent: int) -> Header:
     return Header(msg_type=MsgType.RESULT, encoding=spec.encoding,
-                  flags=ver | (FLAG_CM if spec.cm else 0), job=spec.job_id, worker=w,
+                  flags=round_flags(ver) | (FLAG_CM if spec.cm else 0), job=spec.job_id,
+                  worker=w,
                   exponent=exponent, slot=slot, count=count, offset=offset)
 
 
@@ -323,6 +325,34 @@ def v_stale_duplicate() -> Vector:
     return v
 
 
+def v_copy_delayed_past_a_round() -> Vector:
+    """A copy held back until both workers finished the next round: the version it names is
+    idle again (empty bitmap), but its round is not the successor of that version's last round,
+    so it must not open a round with stale data (one version bit alone could not tell)."""
+    spec = make_job(9, 2, Encoding.INT32)
+    r = [[[1, 1], [2, 2]], [[3, 3], [4, 4]], [[5, 6], [7, 8]]]
+    s = [exact_sums(spec, x) for x in r]
+    old = update(spec, 0, 0, r[0][0])
+    v = Vector("copy_delayed_past_a_whole_round_is_dropped", (spec,))
+    v.steps = [
+        Step(PORT, src(spec, 0), old, D.FIRST),
+        Step(PORT, src(spec, 1), update(spec, 1, 0, r[0][1]), D.COMPLETE,
+             results(spec, 0, 0, 2, 0, 120, s[0])),
+        Step(PORT, src(spec, 0), update(spec, 0, 0, r[1][0], ver=1, offset=2), D.FIRST),
+        Step(PORT, src(spec, 1), update(spec, 1, 0, r[1][1], ver=1, offset=2), D.COMPLETE,
+             results(spec, 0, 1, 2, 2, 120, s[1])),
+        # round 0's copy of worker 0 arrives now: version 0 is idle, the copy is two rounds old
+        Step(PORT, src(spec, 0), old, D.DROP_DUPLICATE),
+        # round 2 opens version 0 as usual and sums only round-2 values
+        Step(PORT, src(spec, 1), update(spec, 1, 0, r[2][1], ver=2, offset=4), D.FIRST),
+        Step(PORT, src(spec, 0), update(spec, 0, 0, r[2][0], ver=2, offset=4), D.COMPLETE,
+             results(spec, 0, 2, 2, 4, 120, s[2])),
+    ]
+    v.registers = (slot_regs(spec, 0, 0, 0b11, 2, 120, 4, s[2][:2]) +
+                   slot_regs(spec, 0, 1, 0, 2, 120, 2, s[1][:2]))
+    return v
+
+
 def v_slot_reuse() -> Vector:
     spec = make_job(7, 3, Encoding.NAT8, slot_base=2, slot_count=2)
     rng = np.random.default_rng(11)
@@ -334,10 +364,10 @@ def v_slot_reuse() -> Vector:
         order = [(r + k) % 3 for k in range(3)]   # a different first contributor each round
         for k, w in enumerate(order):
             v.steps.append(Step(
-                PORT, src(spec, w), update(spec, w, 1, vals[w], ver=r % 2, exponent=100 + r,
+                PORT, src(spec, w), update(spec, w, 1, vals[w], ver=r, exponent=100 + r,
                                            offset=1000 * r),
                 D.COMPLETE if k == 2 else (D.FIRST if k == 0 else D.AGGREGATE),
-                results(spec, 1, r % 2, 256, 1000 * r, 100 + r, sums[r]) if k == 2 else ()))
+                results(spec, 1, r, 256, 1000 * r, 100 + r, sums[r]) if k == 2 else ()))
     v.registers = (slot_regs(spec, 1, 0, 0, 3, 102, 2000, sums[2][:8]) +
                    slot_regs(spec, 1, 1, 0b111, 3, 103, 3000, sums[3][:8]))
     return v
@@ -508,7 +538,8 @@ def v_single_worker() -> Vector:
 def all_vectors() -> list[Vector]:
     vs = [v_full_aggregation(e, n) for e in (Encoding.INT32, Encoding.NAT8) for n in (2, 3, 4)]
     vs += [v_out_of_order(), v_retransmit_before_completion(), v_retransmit_after_completion(),
-           v_retransmit_after_other_worker_moved_on(), v_stale_duplicate(), v_slot_reuse(),
+           v_retransmit_after_other_worker_moved_on(), v_stale_duplicate(),
+           v_copy_delayed_past_a_round(), v_slot_reuse(),
            v_cm(), v_two_jobs(), v_single_worker()]
     vs += [v_drop(r) for r in DROP_REASONS]
     vs += [v_headroom(e) for e in (Encoding.NAT8, Encoding.INT32)]

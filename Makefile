@@ -1,12 +1,17 @@
 # NINA make targets. Every target that runs Python first brings .venv up to date (and, as root,
 # the Debian packages the rack needs), so a fresh machine needs nothing installed by hand.
 PY ?= python3
+# this checkout (clean removes nothing outside it, whatever the variables say)
+REPO := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# nftables/iptables: link loss and delay on kernels without sch_netem; iputils-ping: pingall
-APT_PACKAGES := mininet iproute2 ethtool tcpdump nftables iptables iputils-ping
+# nftables/iptables: link loss and delay on kernels without sch_netem; iputils-ping: pingall;
+# docker-compose (v1, Python): validates docker-compose.yml in the tests, no Docker engine needed
+APT_PACKAGES := mininet iproute2 ethtool tcpdump nftables iptables iputils-ping docker-compose
 N ?= 4
+MODE ?= auto
+DEMO_STEPS ?= 150
 STEPS ?= 300
 COMPRESSOR ?= nat
 MODEL ?= mlp
@@ -15,12 +20,12 @@ DELAY ?=
 LOSS ?=
 RACK_LINKS = $(if $(BW),--bw $(BW)) $(if $(DELAY),--delay $(DELAY)) $(if $(LOSS),--loss $(LOSS))
 
-.PHONY: help venv sysdeps demo test bench p4 clean rack train
+.PHONY: help venv sysdeps demo test bench p4 clean rack train trace
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-sysdeps:  ## Debian packages for the Mininet rack (only as root; skipped otherwise)
+sysdeps:  ## Debian packages for the Mininet rack and the compose check (only as root)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
@@ -40,8 +45,15 @@ $(STAMP): pyproject.toml
 
 venv: sysdeps $(STAMP)  ## create/update .venv
 
-demo: venv  ## the main job: a short C_nat training job vs the INT32 baseline
-	$(BIN)/nina demo --workers $(N)
+demo: venv  ## the main job: C_nat vs the INT32 baseline on an N-worker rack: N, MODE, DEMO_STEPS
+	$(BIN)/nina demo --workers $(N) --mode $(MODE) --steps $(DEMO_STEPS)
+
+trace: venv  ## summarise the switch trace of the newest run under runs/ (nina trace summary)
+	@run=$$(find runs -name switch.trace -type f -printf '%T@ %h\n' 2>/dev/null | sort -n | \
+	  tail -n 1 | cut -d' ' -f2-); \
+	if [ -z "$$run" ]; then echo "no run with a switch trace under runs/ yet (make demo writes one)"; \
+	  exit 1; fi; \
+	echo "nina trace summary $$run"; $(BIN)/nina trace summary "$$run"
 
 rack: venv  ## interactive rack (Mininet as root, else local): N, BW (Mbit/s), DELAY (ms), LOSS (%)
 	$(BIN)/nina rack --workers $(N) $(RACK_LINKS)
@@ -64,5 +76,5 @@ p4-compile:
 	mkdir -p p4/build
 	p4c --target bmv2 --arch v1model -o p4/build --p4runtime-files p4/build/nina.p4info.txtpb p4/nina.p4
 
-clean:  ## remove the venv, caches and run folders
-	rm -rf $(VENV) .pytest_cache .hypothesis runs build *.egg-info
+clean:  ## remove the venv, caches and run folders (of this checkout only)
+	cd "$(REPO)" && rm -rf -- .venv .pytest_cache .hypothesis runs build *.egg-info

@@ -43,7 +43,8 @@ class NinaSwitch(Switch):
         self.on_spawn = on_spawn          # callback(pid, argv): the launcher records it
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(run_dir, f"switch-{kind}.log")
-        self.trace_path = os.path.join(run_dir, "trace.bin") if trace else None
+        # the name `nina trace summary <run dir>` looks for
+        self.trace_path = os.path.join(os.path.abspath(run_dir), "switch.trace") if trace else None
 
     def port_intfs(self) -> list[str]:
         """Data-plane interfaces ordered by port number (port 0, `lo`, is the control one)."""

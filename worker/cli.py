@@ -112,25 +112,7 @@ def register(subparsers) -> None:
     a.add_argument("--runs-dir", default="runs", help="parent of the default folders")
     add_switch_args(a)
     a.set_defaults(func=cmd_allreduce)
-
-    d = subparsers.add_parser(
-        "demo", help="the main job: C_nat vs the INT32 baseline on a fresh local switch",
-        description="Trains the same MLP on digits with natural compression (NAT8), with "
-                    "C_nat + C_M, and with the INT32 baseline, on a fresh embedded switch "
-                    "process and real worker processes; prints a comparison table and the run "
-                    "folders.")
-    d.add_argument("--workers", type=_workers, default=4, help="worker processes (default 4)")
-    d.add_argument("--steps", type=_positive, default=150, help="steps per run (default 150)")
-    d.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
-    d.add_argument("--loss", type=_prob, default=0.0, metavar="P",
-                   help="switch loss simulator: drop each update with probability P")
-    d.add_argument("--compressors", default="nat,int32",
-                   help="what to compare (default nat,int32; e.g. nat,nat+cm,int32)")
-    d.add_argument("--out", help="run folder (default runs/<timestamp>-demo)")
-    d.add_argument("--runs-dir", default="runs", help="parent of the default run folders")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d.set_defaults(func=lambda args: __import__("worker.demo", fromlist=["run_demo"])
-                   .run_demo(args))
+    # `nina demo` is registered by topology/demo.py: it runs on a rack
 
 
 def _fail(msg: str) -> int:
@@ -139,15 +121,23 @@ def _fail(msg: str) -> int:
 
 
 class ExternalSwitch:
-    """A switch someone else runs: its data address and a Controller on its P4Runtime port."""
+    """A switch someone else runs: its data address and a Controller on its P4Runtime port.
+    A host name (a compose service) is resolved once: workers send to the address."""
 
-    def __init__(self, data_addr: tuple[str, int], grpc_addr: str):
+    def __init__(self, data_addr: tuple[str, int], grpc_addr: str,
+                 bmv2_json: str | None = None):
+        import socket
+
         from switch.controller import Controller, ControllerError
         from worker.coordinator import JobAborted
         from worker.launch import P4INFO_PATH
-        self.data_addr = data_addr
         try:
-            self.controller = Controller(grpc_addr, P4INFO_PATH, None, push="auto")
+            self.data_addr = (socket.gethostbyname(data_addr[0]), int(data_addr[1]))
+        except OSError as e:
+            raise JobAborted(f"switch address {data_addr[0]!r}: {e}") from None
+        try:
+            self.controller = Controller(grpc_addr, P4INFO_PATH, bmv2_json, push="auto",
+                                         connect_timeout=15.0)
         except ControllerError as e:
             raise JobAborted(f"controller: {e}") from None
 
@@ -212,8 +202,9 @@ def cmd_train(args) -> int:
 
 
 def compare(specs, base, n_workers, args, target, key, higher, log=print, switch=None,
-            spawn=None, spec_factory=None):
-    """Run the job once per compressor on one switch; returns (rows, run folder)."""
+            spawn=None, spec_factory=None, coord_port=None, coord_ip=None):
+    """Run the job once per compressor on one switch; returns (rows, run folder).
+    coord_ip/coord_port: a fixed coordinator address (for workers started elsewhere)."""
     from dataclasses import replace
     from worker.launch import run_training, steps_to_target
     from worker.runfolder import new_run_dir, plot_runs, write_csv, write_json, write_run
@@ -233,6 +224,10 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
             kw = {"spawn": spawn} if spawn is not None else {}
             if spec_factory is not None:
                 kw["spec_factory"] = spec_factory
+            if coord_ip is not None:
+                kw["coord_ip"] = coord_ip
+            if coord_port is not None:
+                kw.update(coord_port=coord_port, more_jobs=i < len(specs) - 1)
             out = run_training(cfg, n_workers, switch, job_id=i + 1, loss=args.loss,
                                run_dir=sub, name=spec, log=log,
                                progress=not getattr(args, "no_progress", False), **kw)
@@ -267,8 +262,8 @@ def format_table(rows: list[dict], target: float, key: str, baseline: str | None
     metric = "acc" if key == "test_accuracy" else "f-f*"
     head = (f"{'compressor':<{cw}}{'path':<{pw}}{'final ' + metric:>12}"
             f"{'steps@' + format(target, 'g'):>13}"
-            f"{'MB up':>9}{'MB down':>9}{'MB total':>10}{'bytes@tgt':>11}{'x steps':>9}"
-            f"{'x bytes':>9}{'retx':>6}")
+            f"{'MB up':>8}{'MB down':>8}{'MB total':>9}{'pkts up':>9}{'pkts down':>10}"
+            f"{'retx':>6}{'time s':>8}{'bytes@tgt':>10}{'x steps':>8}{'x bytes':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         fin = r.get("final_test_accuracy") if key == "test_accuracy" else r.get("final_test_loss")
@@ -280,12 +275,16 @@ def format_table(rows: list[dict], target: float, key: str, baseline: str | None
         lines.append(
             f"{r['compressor']:<{cw}}{r['path']:<{pw}}"
             f"{(format(fin, '.4g') if fin is not None else '-'):>12}{(st or '-'):>13}"
-            f"{r['bytes_up'] / 1e6:>9.2f}{r['bytes_down'] / 1e6:>9.2f}"
-            f"{r['bytes_total'] / 1e6:>10.2f}{(format(sb / 1e6, '.2f') if sb else '-'):>11}"
-            f"{xs:>9}{xb:>9}{r['retransmissions']:>6}")
+            f"{r['bytes_up'] / 1e6:>8.2f}{r['bytes_down'] / 1e6:>8.2f}"
+            f"{r['bytes_total'] / 1e6:>9.2f}{r.get('packets_up', 0):>9}"
+            f"{r.get('packets_down', 0):>10}{r['retransmissions']:>6}"
+            f"{(format(r['seconds'], '.1f') if r.get('seconds') is not None else '-'):>8}"
+            f"{(format(sb / 1e6, '.2f') if sb else '-'):>10}{xs:>8}{xb:>8}")
     lines.append(f"x steps / x bytes: to reach {metric} {target:g}, relative to "
-                 f"{base['compressor']} (* = whole run, target not reached). Bytes: UDP payloads "
-                 f"(NINA header + payload) of all workers, up + down, retransmissions included.")
+                 f"{base['compressor']} (* = whole run, target not reached).\nBytes and packets: "
+                 f"UDP payloads (NINA header + payload) of all workers, up (workers to switch) "
+                 f"and down (switch to workers), retransmissions included; time: the job's wall "
+                 f"time, worker start-up included.")
     return "\n".join(lines)
 
 

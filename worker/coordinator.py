@@ -50,16 +50,33 @@ def send(sock: zmq.Socket, identity: bytes | None, msg: dict, blob: bytes | None
     sock.send_multipart(frames, copy=False)
 
 
+def _bind_retrying(sock: zmq.Socket, addr: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.bind(addr)
+            return int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                sock.close(linger=0)
+                raise JobAborted(f"the coordinator cannot listen on {addr}: {e}") from None
+            time.sleep(0.1)
+
+
 class Coordinator:
     """One job's coordinator. `procs` (wid-less list of Popen) lets it notice exits at once."""
 
     def __init__(self, n_workers: int, bind_ip: str = "127.0.0.1",
-                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT, log: Callable[[str], None] = print):
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT, log: Callable[[str], None] = print,
+                 bind_port: int | None = None):
         self.n = n_workers
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 500)
-        port = self.sock.bind_to_random_port(f"tcp://{bind_ip}")
+        if bind_port:    # a fixed port external workers know (the previous job's may linger)
+            port = _bind_retrying(self.sock, f"tcp://{bind_ip}:{bind_port}", 10.0)
+        else:
+            port = self.sock.bind_to_random_port(f"tcp://{bind_ip}")
         self.endpoint = f"tcp://{bind_ip}:{port}"
         self.heartbeat_timeout = heartbeat_timeout
         self.log = log
@@ -93,8 +110,8 @@ class Coordinator:
         except (IndexError, ValueError):
             return
         t = msg.get("t")
-        if t == "hello":
-            self._hellos.append((ident, msg))
+        if t == "hello":   # a worker that repeats its hello (external, --serve) counts once
+            self._hellos = [(i, h) for i, h in self._hellos if i != ident] + [(ident, msg)]
             return
         m = self.members.get(msg.get("wid")) if t == "hb" else self.by_identity.get(ident)
         if m is None:
@@ -203,13 +220,14 @@ class Coordinator:
         for m in self.members.values():
             send(self.sock, m.identity, {"t": "go", "name": name})
 
-    def wait_done(self, timeout: float) -> dict[int, dict]:
-        """Run until every worker reported done (metrics go to on_metrics meanwhile)."""
+    def wait_done(self, timeout: float, more: bool = False) -> dict[int, dict]:
+        """Run until every worker reported done (metrics go to on_metrics meanwhile). `more`
+        tells workers that serve several jobs (worker_proc --serve) that another one follows."""
         self._wait(lambda: len(self._done) >= self.n, timeout,
                    lambda: f"workers {sorted(set(range(self.n)) - set(self._done))} did not "
                            f"finish within {timeout:.0f} s")
         for m in self.members.values():
-            send(self.sock, m.identity, {"t": "bye"})
+            send(self.sock, m.identity, {"t": "bye", "more": more})
         return dict(self._done)
 
     def close(self) -> None:

@@ -1,11 +1,12 @@
-"""`nina demo`: the project's main job in one command.
+"""The demo's jobs: the same training job with C_nat and with the INT32 baseline, one switch.
 
 The same MLP on scikit-learn's digits, trained by n worker processes through the switch with
 natural compression (NAT8 codes, 8 bits per element up) and with the INT32 baseline (SwitchML's
-block floating point, 32 bits), on one embedded switch process; a comparison table with the
-steps and bytes each needs to reach the target accuracy, and the run folders with metrics and
-plots. run_demo takes the switch and the worker spawner as arguments so a rack (e.g. Mininet)
-can run the same demo on its own hosts.
+block floating point, 32 bits); a comparison table (accuracy, steps and bytes to the target
+accuracy, bytes and packets each way, retransmissions, wall time) and the run folders with
+metrics and plots. run_demo takes the switch, the worker spawner and the coordinator address as
+arguments, so a rack (topology/demo.py: Mininet or local) or docker-compose.yml (a switch
+service and worker services) runs the same jobs on its own hosts.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ DEMO_COMPRESSORS = ("nat", "int32")
 BASELINE = "int32"
 
 
-def run_demo(args, switch=None, spawn=None, spec_factory=None, log=print) -> int:
+def run_demo(args, switch=None, spawn=None, spec_factory=None, log=print,
+             coord_ip: str | None = None, coord_port: int | None = None) -> int:
     """The demo on `switch` (default: a fresh local switch process), workers started by
-    `spawn` and described by `spec_factory` (see worker.launch.run_training)."""
+    `spawn` and described by `spec_factory` (see worker.launch.run_training); coord_ip and
+    coord_port fix the coordinator's address (workers started elsewhere join it there)."""
     from worker.cli import _fail, compare, default_target, format_table
     from worker.coordinator import JobAborted
     from worker.train import TrainConfig, default_lr
@@ -35,12 +38,17 @@ def run_demo(args, switch=None, spawn=None, spec_factory=None, log=print) -> int
     try:
         rows, folder = compare(comps, base, args.workers, args, target, key,
                                higher, log=log, switch=switch, spawn=spawn,
-                               spec_factory=spec_factory)
+                               spec_factory=spec_factory, coord_ip=coord_ip,
+                               coord_port=coord_port)
     except (JobAborted, ValueError, OSError) as e:
         return _fail(str(e))
-    print(format_table(rows, target, key, baseline=BASELINE))
+    print("\n" + format_table(rows, target, key, baseline=BASELINE))
+    print(f"\nrun folder: {folder}")
     for r in rows:
-        print(f"  {r['compressor']:<8} {r['folder']}")
-    print(f"comparison: {folder}/comparison.csv, plots {folder}/accuracy.png, {folder}/loss.png")
+        print(f"  {r['compressor']:<8} {r['folder']}  (metrics.json, metrics.csv, loss.png"
+              + (", accuracy.png)" if key == "test_accuracy" else ")"))
+    if len(rows) > 1:
+        print(f"  comparison {folder}/comparison.csv, plots {folder}/"
+              + ("accuracy.png, " if key == "test_accuracy" else "") + f"{folder}/loss.png")
     sys.stdout.flush()
     return 0

@@ -73,7 +73,8 @@ class LocalSwitch:
     """The embedded switch as a real process on loopback, plus a Controller for its jobs."""
 
     def __init__(self, log_dir: str, log: Callable[[str], None] = print,
-                 start_timeout: float = 60.0, ip: str = "127.0.0.1"):
+                 start_timeout: float = 60.0, ip: str = "127.0.0.1",
+                 trace_path: str | None = None):
         if not os.path.exists(P4INFO_PATH):   # the controller needs it: fail before spawning
             raise JobAborted(f"P4Info {P4INFO_PATH} is missing (make p4)")
         self.ip = ip
@@ -85,6 +86,9 @@ class LocalSwitch:
         self.controller = None
         cmd = [sys.executable, "-m", "nina.cli", "switch", "--mode", "local",
                "--listen", f"{ip}:{self.udp_port}", "--grpc", f"{ip}:{self.grpc_port}"]
+        self.trace_path = trace_path
+        if trace_path:
+            cmd += ["--trace", trace_path]
         with open(self.log_path, "w") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=REPO)
@@ -195,6 +199,15 @@ def slot_bitmap_reader(switch, spec: JobSpec) -> Callable[[int, int], int] | Non
     return None
 
 
+EXTERNAL_JOIN_TIMEOUT = 600.0   # s the coordinator waits for workers it did not start
+
+
+def external_worker(endpoint: str, wid: int, log_path: str) -> None:
+    """The `spawn` for workers started by someone else (containers, other machines), which
+    join the coordinator at its fixed address: nothing to start, the coordinator waits."""
+    return None
+
+
 def spawn_local_worker(endpoint: str, wid: int, log_path: str) -> subprocess.Popen:
     """A worker process on loopback (the default `spawn` of the job runners)."""
     cmd = [sys.executable, "-m", "worker.worker_proc", "--coord", endpoint, "--rank", str(wid)]
@@ -259,15 +272,21 @@ class JobInstaller:
         return lambda slot, ver: [w for w in range(spec.n_workers) if not read(slot, ver) >> w & 1]
 
 
-def _start_job(n: int, run_dir: str, spawn, coord_ip: str, log, heartbeat_timeout: float):
+def _start_job(n: int, run_dir: str, spawn, coord_ip: str, log, heartbeat_timeout: float,
+               coord_port: int | None = None):
     os.makedirs(run_dir, exist_ok=True)
-    coord = Coordinator(n, bind_ip=coord_ip, log=log, heartbeat_timeout=heartbeat_timeout)
+    coord = Coordinator(n, bind_ip=coord_ip, log=log, heartbeat_timeout=heartbeat_timeout,
+                        bind_port=coord_port)
     procs = []
     try:
         for w in range(n):
-            procs.append(spawn(coord.endpoint, w, os.path.join(run_dir, f"worker{w}.log")))
+            p = spawn(coord.endpoint, w, os.path.join(run_dir, f"worker{w}.log"))
+            if p is not None:          # None: an external worker joins by itself
+                procs.append(p)
         coord.procs = procs
-        coord.rendezvous(timeout=120.0)
+        if len(procs) < n:
+            log(f"waiting for {n - len(procs)} external workers to join {coord.endpoint}")
+        coord.rendezvous(timeout=120.0 if len(procs) == n else EXTERNAL_JOIN_TIMEOUT)
     except BaseException:
         _teardown(coord, procs)
         raise
@@ -307,12 +326,15 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
                  run_dir: str, name: str | None = None, spawn=spawn_local_worker,
                  coord_ip: str = "127.0.0.1", log: Callable[[str], None] = print,
                  progress: bool = True, on_step: Callable[[dict, list], None] | None = None,
-                 heartbeat_timeout: float = 4.0, spec_factory=None) -> JobOutcome:
+                 heartbeat_timeout: float = 4.0, spec_factory=None,
+                 coord_port: int | None = None, more_jobs: bool = False) -> JobOutcome:
     """Train cfg (worker.train.TrainConfig) with n worker processes; returns the metrics.
 
     switch: has `data_addr` and a `controller` (or install_job/remove_job); spawn(endpoint,
-    wid, log_path) -> Popen starts a worker; spec_factory(job_id, n, encoding, cm, loss,
-    members) -> JobSpec lets a rack describe its workers' ports and MACs (default: loopback).
+    wid, log_path) -> Popen starts a worker (external_worker: workers join by themselves at
+    coord_ip:coord_port); spec_factory(job_id, n, encoding, cm, loss, members) -> JobSpec
+    lets a rack describe its workers' ports and MACs (default: loopback); more_jobs tells
+    workers that serve several jobs to stay for the next one.
     """
     from worker import data as datasets
     from worker import models
@@ -332,7 +354,8 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
               "initial_model_hash": model_hash(params0)}
     out = JobOutcome(name, config)
     t0 = time.monotonic()
-    coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout)
+    coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout,
+                              coord_port)
     spec = None
     bar = None
     try:
@@ -373,7 +396,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
                 step += 1
         coord.on_metrics = on_metrics
         coord.barrier("start")
-        done = coord.wait_done(timeout=max(120.0, cfg.steps * 5.0))
+        done = coord.wait_done(timeout=max(120.0, cfg.steps * 5.0), more=more_jobs)
         out.hashes = [done[w].get("hash") for w in range(n_workers)]
         out.per_worker = {w: {k: v for k, v in done[w].items() if k not in ("t", "wid")}
                           for w in range(n_workers)}
@@ -440,6 +463,8 @@ def summarize(records, cfg, n, label, model_hash_, final) -> dict:
          "final_train_loss": last.get("train_loss"),
          "bytes_up": sum(r["bytes_up"] for r in records),
          "bytes_down": sum(r["bytes_down"] for r in records),
+         "packets_up": sum(r.get("packets_up", 0) for r in records),
+         "packets_down": sum(r.get("packets_down", 0) for r in records),
          "retransmissions": sum(r["retransmissions"] for r in records),
          "model_hash": model_hash_}
     s["bytes_total"] = s["bytes_up"] + s["bytes_down"]
@@ -453,7 +478,8 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
                   run_dir: str, window: int = DEFAULT_WINDOW, timeout: float = 10.0,
                   spawn=spawn_local_worker, coord_ip: str = "127.0.0.1",
                   log: Callable[[str], None] = print, rounding: str = "stochastic",
-                  heartbeat_timeout: float = 4.0, spec_factory=None) -> JobOutcome:
+                  heartbeat_timeout: float = 4.0, spec_factory=None,
+                  coord_port: int | None = None, more_jobs: bool = False) -> JobOutcome:
     """`calls` all-reduces of seeded random tensors by n worker processes; each worker dumps
     what it sent and received to run_dir/worker<i>.npz for an exact check (check_allreduce)."""
     from worker.worker_proc import spec_to_dict
@@ -461,7 +487,8 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
                                    "calls": calls, "loss": loss, "workers": n_workers})
     t0 = time.monotonic()
     installer = JobInstaller(switch)
-    coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout)
+    coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout,
+                              coord_port)
     spec = None
     try:
         members = [coord.members[w] for w in range(n_workers)]
@@ -476,7 +503,7 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
                        "rounding": rounding}, None)
         coord.wait_ready(timeout=120.0)
         coord.barrier("start")
-        done = coord.wait_done(timeout=max(120.0, 10.0 * calls))
+        done = coord.wait_done(timeout=max(120.0, 10.0 * calls), more=more_jobs)
         out.per_worker = {w: done[w].get("calls") for w in range(n_workers)}
     except JobAborted as e:
         coord.abort(str(e))

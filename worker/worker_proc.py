@@ -2,6 +2,11 @@
 
     python -m worker.worker_proc --coord tcp://127.0.0.1:PORT [--ip 127.0.0.1] [--rank R]
 
+A worker started by the coordinator does one job. A worker started by someone else (a
+container of docker-compose.yml, another machine) joins a coordinator listening at a fixed
+address and, with --serve, stays for the coordinator's next job (e.g. the demo's INT32 run
+after its C_nat run) until a job ends without announcing another.
+
 Tasks (sent by the coordinator in the welcome):
 - "train": Algorithm 1 (worker/train.py) for cfg.steps steps; per-step metrics to the
   coordinator; at the end a hash of the model (all workers must agree bit for bit).
@@ -113,16 +118,51 @@ def _allreduce_task(link, client, task, wid) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="A NINA worker process (started by the coordinator).")
+HELLO_REPEAT = 2.0   # s between hellos of a --serve worker still waiting for its welcome
+
+
+def _join(link, hello: dict, timeout: float, repeat: float | None):
+    """Say hello and wait for the welcome. With `repeat`, say it again every `repeat` s: a
+    hello that reached the previous job's coordinator as it closed is lost (the coordinator
+    counts a repeated hello once)."""
+    from worker.coordinator import JobAborted
+    deadline = time.monotonic() + timeout
+    while True:
+        link.send(hello)
+        left = deadline - time.monotonic()
+        try:
+            return link.expect("welcome", timeout=max(0.1, min(left, repeat or left)))
+        except JobAborted:
+            if link.abort_reason or repeat is None or time.monotonic() >= deadline:
+                raise
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="A NINA worker process (started by the coordinator,"
+                                             " or by hand/compose with a fixed --coord).")
     ap.add_argument("--coord", required=True, help="the coordinator's zmq endpoint tcp://ip:port")
     ap.add_argument("--ip", default="127.0.0.1", help="address for this worker's UDP and TCP "
                                                       "sockets (default 127.0.0.1)")
     ap.add_argument("--udp-port", type=int, default=0, help="UDP port (default: any free one)")
     ap.add_argument("--rank", type=int, default=None, help="ask for this worker id")
-    ap.add_argument("--join-timeout", type=float, default=60.0)
-    a = ap.parse_args(argv)
+    ap.add_argument("--join-timeout", type=float, default=60.0,
+                    help="seconds to wait for the coordinator's welcome (default 60)")
+    ap.add_argument("--serve", action="store_true",
+                    help="stay for the coordinator's next job while it announces one")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     _die_with_parent()
+    while True:
+        rc, more = _one_job(a)
+        if rc != 0 or not (a.serve and more):
+            return rc
+
+
+def _one_job(a) -> tuple[int, bool]:
+    """Join, run and leave one job: (exit status, whether the coordinator has another)."""
     from worker.allreduce import Aborted, SlotStalled
     from worker.coordinator import JobAborted, WorkerLink
     from worker.fallback import AllGather
@@ -136,21 +176,20 @@ def main(argv: list[str] | None = None) -> int:
              "pid": os.getpid(), "host": socket.gethostname()}
     if a.rank is not None:
         hello["rank"] = a.rank
-    link.send(hello)
     wid = "?"
     try:
-        welcome, blob = link.expect("welcome")
+        welcome, blob = _join(link, hello, a.join_timeout, HELLO_REPEAT if a.serve else None)
         wid = link.wid = welcome["wid"]
         link.start_heartbeat()
         result = run(link, welcome, blob, udp, gather)
         link.send({"t": "done", **result})
-        link.expect("bye", timeout=30.0)
-        return 0
+        bye, _ = link.expect("bye", timeout=30.0)
+        return 0, bool(bye.get("more"))
     except KeyboardInterrupt:
-        return 130   # Ctrl-C reaches the whole process group; the coordinator reports it
+        return 130, False   # Ctrl-C reaches the whole process group; the coordinator reports it
     except (JobAborted, Aborted) as e:
         print(f"worker {wid}: job aborted: {link.abort_reason or e}", file=sys.stderr)
-        return 2
+        return 2, False
     except Exception as e:  # every failure goes to the coordinator as one line
         msg = str(e) or type(e).__name__
         report = {"t": "error", "message": msg}
@@ -162,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             pass
         print(f"worker {wid}: {msg}", file=sys.stderr)
-        return 2
+        return 2, False
     finally:
         link.close()
         udp.close()

@@ -1,0 +1,211 @@
+"""`nina demo`: the project's main job in one command, on a rack.
+
+A rack of N worker hosts and the NINA switch (Mininet when root and Mininet are there, else
+processes on loopback, saying why), a short C_nat training job and the same job with the INT32
+baseline on that rack, then the summary table and where everything went: one run folder with
+the per-job metrics and plots, the switch's per-packet trace (switch.trace, read by
+`nina trace summary`) and the per-port pcaps.
+
+With --switch/--grpc the demo runs on a switch someone else started instead (the switch service
+of docker-compose.yml), and with --external-workers its coordinator waits at --coord-bind for
+worker processes started elsewhere (the worker services) instead of starting its own.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+from worker.cli import _addr, _positive, _prob, _workers
+
+EPILOG = """examples:
+  nina demo                          # 4 workers, Mininet rack as root, else local
+  nina demo --mode local --workers 2 --steps 60
+  nina demo --compressors nat,nat+cm,int32
+  nina trace summary runs/<time>-demo   # the switch's view of the demo's packets
+on a switch and workers started elsewhere (docker-compose.yml does this):
+  nina demo --switch 10.0.0.2:48864 --grpc 10.0.0.2:9559 \\
+            --external-workers --coord-bind 0.0.0.0:5555"""
+
+
+def register(subparsers) -> None:
+    from worker.models import MODELS
+    d = subparsers.add_parser(
+        "demo", help="the main job: C_nat vs the INT32 baseline on a rack, with a summary",
+        description="Starts a rack (Mininet when root and Mininet is installed, else local\n"
+                    "processes on loopback), trains the same MLP on digits with natural\n"
+                    "compression (NAT8) and with the INT32 baseline through its switch, and\n"
+                    "prints a summary table (accuracy, bytes and packets each way,\n"
+                    "retransmissions, time) and the paths of the run folder, switch trace,\n"
+                    "pcaps and plots.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--mode", choices=["auto", "mininet", "local"], default="auto",
+                   help="auto (default): Mininet when root and Mininet is installed, else local")
+    d.add_argument("--workers", type=_workers, default=4, help="worker hosts (default 4)")
+    d.add_argument("--steps", type=_positive, default=150, help="steps per job (default 150)")
+    d.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
+    d.add_argument("--loss", type=_prob, default=0.0, metavar="P",
+                   help="switch loss simulator: drop each update with probability P")
+    d.add_argument("--compressors", default="nat,int32",
+                   help="what to compare (default nat,int32; e.g. nat,nat+cm,int32)")
+    d.add_argument("--out", help="run folder (default <runs-dir>/<time>-demo)")
+    d.add_argument("--runs-dir", default="runs", help="parent of the default run folder")
+    d.add_argument("--no-trace", action="store_true", help="no switch trace (faster)")
+    d.add_argument("--no-pcap", action="store_true", help="no per-port packet captures")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = d.add_argument_group("a switch and workers started elsewhere (docker-compose.yml)")
+    g.add_argument("--switch", type=_addr, metavar="HOST:PORT",
+                   help="use this running switch's UDP data address instead of a rack "
+                        "(needs --grpc)")
+    g.add_argument("--grpc", metavar="HOST:PORT", help="that switch's P4Runtime address")
+    g.add_argument("--bmv2-json", metavar="FILE",
+                   help="push this BMv2 JSON with the P4Info when the switch (BMv2) has no "
+                        "pipeline yet")
+    g.add_argument("--macs-from-arp", action="store_true",
+                   help="put the workers' and the switch's MACs, from this host's ARP table, "
+                        "in the job (a switch that rewrites Ethernet: BMv2 on a docker network)")
+    g.add_argument("--external-workers", action="store_true",
+                   help="start no workers: wait for --workers worker processes "
+                        "(python -m worker.worker_proc --coord tcp://HOST:PORT --serve)")
+    g.add_argument("--coord-bind", type=_addr, default=("0.0.0.0", 5555), metavar="IP:PORT",
+                   help="where the coordinator listens for external workers "
+                        "(default 0.0.0.0:5555)")
+    d.set_defaults(func=cmd_demo)
+
+
+def _fail(msg: str) -> int:
+    print(f"nina demo: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_demo(args) -> int:
+    if args.switch or args.grpc:
+        if not (args.switch and args.grpc):
+            return _fail("--switch and --grpc go together (data address and P4Runtime)")
+        return _external_demo(args)
+    if args.external_workers:
+        return _fail("--external-workers needs the switch they send to: --switch and --grpc")
+    return _rack_demo(args)
+
+
+def _rack_demo(args) -> int:
+    from topology.cli import make_rack
+    from topology.rackbase import RackError
+    from worker.demo import run_demo
+    from worker.runfolder import new_run_dir
+    folder = os.path.abspath(new_run_dir("demo", args.out, args.runs_dir))
+    rack_args = argparse.Namespace(mode=args.mode, workers=args.workers, bw=None, delay=0.0,
+                                   jitter=0.0, loss=0.0, dup=0.0, reorder=0.0,
+                                   switch="embedded", run_dir=folder, no_trace=args.no_trace,
+                                   pcap=not args.no_pcap)
+    try:
+        rack = make_rack(rack_args)
+    except ValueError as e:
+        return _fail(str(e))
+    args.out = folder
+    rc = 2
+    try:
+        with rack:
+            with rack.coordinator_context():
+                rc = run_demo(args, switch=rack, spawn=rack.spawn_worker)
+            rack.reap_finished()
+    except RackError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("\ninterrupted: rack removed", file=sys.stderr)
+        return 130
+    if rc == 0:
+        _print_outputs(folder, rack.mode, args)
+    return rc
+
+
+def _print_outputs(folder: str, mode: str, args) -> None:
+    """The switch-side outputs, once the rack is down (the trace is complete then)."""
+    from switch.trace_file import TRACE_NAME
+    trace = os.path.join(folder, TRACE_NAME)
+    rel = os.path.relpath(folder)
+    where = rel if not rel.startswith("..") else folder
+    if os.path.exists(trace):
+        from nina.decisions import TRACE_DTYPE
+        n = os.path.getsize(trace) // TRACE_DTYPE.itemsize
+        print(f"switch trace: {trace} ({n} packet records)")
+    elif not args.no_trace:
+        print(f"switch trace: none written (see {folder}/switch*.log)")
+    pcaps = sorted(glob.glob(os.path.join(folder, "pcap", "*.pcap")))
+    if pcaps:
+        what = ("one per switch port, the last is the coordinator's" if mode == "mininet"
+                else "the switch's loopback traffic")
+        print(f"pcaps ({what}): {os.path.dirname(pcaps[0])}/ "
+              + " ".join(os.path.basename(p) for p in pcaps))
+    elif not args.no_pcap:
+        print("pcaps: none (" + ("local mode captures loopback only as root with tcpdump"
+                                 if mode == "local" else "tcpdump did not run") + ")")
+    if os.path.exists(trace):
+        print(f"next: nina trace summary {where}    (or: make trace)")
+
+
+def _external_demo(args) -> int:
+    from worker.cli import ExternalSwitch
+    from worker.coordinator import JobAborted
+    from worker.demo import run_demo
+    from worker.launch import external_worker
+    from worker.runfolder import new_run_dir
+    folder = os.path.abspath(new_run_dir("demo", args.out, args.runs_dir))
+    args.out = folder
+    print(f"using the switch at {args.switch[0]}:{args.switch[1]} (P4Runtime {args.grpc})")
+    try:
+        switch = ExternalSwitch(args.switch, args.grpc, args.bmv2_json)
+    except JobAborted as e:
+        return _fail(str(e))
+    kw = {}
+    if args.external_workers:
+        kw = {"spawn": external_worker, "coord_ip": args.coord_bind[0],
+              "coord_port": args.coord_bind[1]}
+    if args.macs_from_arp:
+        kw["spec_factory"] = arp_spec_factory(switch.data_addr[0])
+    try:
+        rc = run_demo(args, switch=switch, **kw)
+    finally:
+        switch.stop()
+    if rc == 0:
+        print("switch trace and pcaps: wherever the switch writes them (docker-compose.yml: "
+              "runs/compose-switch/switch.trace; nina trace summary runs/compose-switch)")
+    return rc
+
+
+def read_arp(path: str = "/proc/net/arp") -> dict[str, str]:
+    """IP -> MAC of this host's complete ARP entries."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if len(cols) >= 4 and cols[2] != "0x0" and cols[3] != "00:00:00:00:00:00":
+                    out[cols[0]] = cols[3].lower()
+    except OSError:
+        pass
+    return out
+
+
+def arp_spec_factory(switch_ip: str, arp=read_arp):
+    """A spec_factory (worker.launch.run_training) for a switch on the same L2 network as the
+    coordinator: the workers' and the switch's MACs from the ARP table, which their TCP
+    connections (coordination, P4Runtime) have filled by the time a job is installed."""
+    from dataclasses import replace
+
+    from worker.coordinator import JobAborted
+    from worker.launch import make_spec
+
+    def factory(job_id, n, encoding, cm, loss, members):
+        spec = make_spec(job_id, n, encoding, cm, loss, members, switch_ip=switch_ip)
+        table = arp()
+        missing = [w.ip for w in spec.workers if w.ip not in table]
+        if switch_ip not in table:
+            missing.append(f"{switch_ip} (the switch)")
+        if missing:
+            raise JobAborted(f"no ARP entry for {', '.join(missing)}: --macs-from-arp needs the "
+                             f"workers and the switch on this host's Ethernet segment")
+        workers = tuple(replace(w, mac=table[w.ip]) for w in spec.workers)
+        return replace(spec, workers=workers, switch_mac=table[switch_ip])
+    return factory

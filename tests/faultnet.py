@@ -158,7 +158,9 @@ class LinkedSwitch:
     def __init__(self, inner, links: ImpairedLinks):
         self.inner, self.links = inner, links
         self.data_addr = links.front_addr
-        self.controller = getattr(inner, "controller", None)
+        # Not named `controller`: the job runners would install through it directly and admit
+        # the workers' own addresses instead of the links'.
+        self._ctl = getattr(inner, "controller", None)
 
     def install_job(self, spec: JobSpec) -> None:
         workers = []
@@ -166,20 +168,20 @@ class LinkedSwitch:
             ip, port = self.links.attach(w.wid, (w.ip, w.udp_port))
             workers.append(replace(w, ip=ip, udp_port=port))
         spec = replace(spec, workers=tuple(workers))
-        if self.controller is not None:
+        if self._ctl is not None:
             from worker.launch import JobInstaller
             JobInstaller(self.inner).install(spec)
         else:
             self.inner.install_job(spec)
 
     def remove_job(self, job_id: int) -> None:
-        if self.controller is not None:
-            self.controller.remove_job(job_id)
+        if self._ctl is not None:
+            self._ctl.remove_job(job_id)
         else:
             self.inner.remove_job(job_id)
 
     def read_counters(self):
-        src = self.controller or self.inner
+        src = self._ctl or self.inner
         return src.read_counters()
 
 

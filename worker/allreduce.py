@@ -345,7 +345,14 @@ class AllReduceClient:
         done = 0
         if d.any():
             dc = chs[d]
-            out[dc] = self._decode(batch["payload"][idx[d]], agreed[dc])
+            vals = self._decode(batch["payload"][idx[d]], agreed[dc])
+            bad = ~np.isfinite(vals).all(axis=1)
+            if bad.any():
+                c = int(dc[np.argmax(bad)])
+                raise AllReduceError(
+                    f"the sum of chunk {c} (elements {c * k}..{(c + 1) * k - 1}) exceeds float32's "
+                    f"range (|x| > 3.4e38): the workers' values are too large to sum in float32")
+            out[dc] = vals
             done = len(dc)
             ahead = dc + W
             has = ahead < chunks

@@ -72,7 +72,8 @@ def int32_encode(x: np.ndarray, exp_byte: np.ndarray, shift: int,
 def decode_sums(sums: np.ndarray, exp_byte: np.ndarray, shift: int) -> np.ndarray:
     """int32 sums of a row block -> float32 values."""
     scale = integer_scale(np.asarray(exp_byte).reshape(-1, 1), shift)
-    return (np.atleast_2d(sums).astype(np.float64) * scale).astype(np.float32)
+    with np.errstate(over="ignore"):   # beyond float32's range becomes inf; callers check
+        return (np.atleast_2d(sums).astype(np.float64) * scale).astype(np.float32)
 
 
 def decode_cm(codes: np.ndarray, exp_byte: np.ndarray, shift: int) -> np.ndarray:

@@ -23,14 +23,18 @@ import numpy as np
 from nina import p4spec
 from nina.decisions import TRACE_DTYPE, TRACE_ETHERTYPE, Decision, N_DECISIONS
 from nina.wire import (CAPACITY, FLAG_CM, FLAG_VER, HEADER_FIELDS, HEADER_LEN, MAX_WORKERS,
-                       NAT8_MAG, NAT8_SIGN, NAT8_ZERO, UDP_PORT, VERSION, Encoding, MsgType, U8,
-                       I32, payload_layout)
+                       NAT8_MAG, NAT8_SIGN, NAT8_ZERO, ROUND_MOD, UDP_PORT, VERSION, Encoding,
+                       MsgType, U8, I32, payload_layout, round_flags, round_of)
 
 OUT = Path(__file__).resolve().with_name("nina.p4")
 
 ETH_LEN, IPV4_LEN, UDP_LEN = 14, 20, 8   # IPV4_LEN: without options (what results carry)
 IPV4_MAX_OPTIONS_BITS = 320               # ihl 15: 40 bytes of options
 RESULT_TTL = 64
+# flags bits that carry the round number (VER and bits 2-7): every bit but CM
+ROUND_FLAGS = 0xFF & ~FLAG_CM
+ROUND_HIGH_MASK = ROUND_FLAGS & ~FLAG_VER
+assert {round_flags(r) for r in range(ROUND_MOD)} == {f & ROUND_FLAGS for f in range(256)}
 TRACE_FIELD_LIST = 1                     # @field_list index preserved into the trace clone
 # v1model's standard_metadata.instance_type values (BMv2 simple_switch)
 INSTANCE_INGRESS_CLONE = 1
@@ -124,6 +128,9 @@ def const_block() -> str:
         *[f"const bit<8>  ENC_{e.name} = {int(e)};" for e in Encoding],
         f"const bit<8>  FLAG_VER = 0x{FLAG_VER:02X};",
         f"const bit<8>  FLAG_CM = 0x{FLAG_CM:02X};",
+        f"const bit<8>  ROUND_FLAGS = 0x{ROUND_FLAGS:02X};   // flags bits of the round number",
+        f"const bit<8>  ROUND_HIGH_MASK = 0x{ROUND_HIGH_MASK:02X};   // round >> 1 in bits 2-7",
+        f"const bit<8>  ROUND_MASK = 0x{ROUND_MOD - 1:02X};   // rounds count modulo {ROUND_MOD}",
         f"const bit<8>  NAT8_MAG = 0x{NAT8_MAG:02X};",
         f"const bit<8>  NAT8_ZERO = 0x{NAT8_ZERO:02X};",
         *[f"const bit<16> CAPACITY_{e.name} = {CAPACITY[e]};" for e in Encoding],
@@ -371,16 +378,25 @@ control JobAdmission(inout headers_t hdr, inout metadata_t meta,
 # ---------------------------------------------------------------- ingress: slot state
 def slot_state_control() -> str:
     regs = [(p4spec.REG_BITMAP, "bitmap"), (p4spec.REG_COUNT, "count"),
-            (p4spec.REG_MAX_EXP, "max_exp"), (p4spec.REG_OFFSET, "offset")]
+            (p4spec.REG_MAX_EXP, "max_exp"), (p4spec.REG_OFFSET, "offset"),
+            (p4spec.REG_ROUND, "round")]
     decls = []
     for full, local in regs:
         assert _local(full, p4spec.INGRESS) == local
         decls.append(f'@name(".{full}") register<bit<{p4spec.REGISTERS[full]}>>'
                      f"(REGISTER_SIZE) {local};")
+    assert set(full for full, _ in regs) | {p4spec.reg_acc(i)
+                                            for i in range(p4spec.N_ACCUMULATORS)} \
+        == set(p4spec.REGISTERS)
     assert p4spec.REGISTERS[p4spec.REG_COUNT] == 8 and p4spec.REGISTERS[p4spec.REG_MAX_EXP] == 8
+    assert p4spec.REGISTERS[p4spec.REG_ROUND] == 8 and ROUND_MOD == 128
+    # round_of(flags) = VER bit | (bits 2-7 >> 1), as the generated expression computes it
+    assert all(round_of(f) == (f & FLAG_VER) | ((f & ROUND_HIGH_MASK) >> 1) for f in range(256))
     return f"""\
-// Steps 2-4: the (slot, ver) state. Decides stale / retransmission / first / aggregate /
-// complete and updates bitmap, count, max_exp and offset; the accumulators are Aggregate's.
+// Steps 2-4: the (slot, ver) state. Decides retransmission / stale / first / aggregate /
+// complete and updates bitmap, count, max_exp, offset and round; the accumulators are
+// Aggregate's. The packet's round r (7 bits: VER = r & 1, flags bits 2-7 = r >> 1) tells a
+// copy of an old round of the same version from a new round.
 control SlotState(inout headers_t hdr, inout metadata_t meta) {{
 {_lines(decls, 4)}
 
@@ -389,8 +405,9 @@ control SlotState(inout headers_t hdr, inout metadata_t meta) {{
         bit<32> bm_v;
         bit<32> bm_o;
         bit<8> cnt_v;
-        bit<8> cnt_o;
         bit<8> mx_v;
+        bit<8> rd_v;
+        bit<8> rnd = (hdr.nina.flags & FLAG_VER) | ((hdr.nina.flags & ROUND_HIGH_MASK) >> 1);
         bit<32> wbit = 32w1 << hdr.nina.worker;
         meta.idx = (((bit<32>)meta.slot_base + (bit<32>)hdr.nina.slot) << 1) |
                    (bit<32>)(hdr.nina.flags & FLAG_VER);
@@ -398,23 +415,28 @@ control SlotState(inout headers_t hdr, inout metadata_t meta) {{
         bitmap.read(bm_v, meta.idx);
         bitmap.read(bm_o, other);
         count.read(cnt_v, meta.idx);
-        count.read(cnt_o, other);
         max_exp.read(mx_v, meta.idx);
+        round.read(rd_v, meta.idx);
         meta.tr_bitmap = bm_v;
         meta.tr_count = cnt_v;
         meta.tr_exponent = mx_v;
-        if ((bm_o & wbit) != 0 && cnt_o < meta.n_workers) {{
-            // stale: w is in the middle of the other version's round; an old copy
-            meta.decision = D_DROP_DUPLICATE;
-        }} else if ((bm_v & wbit) != 0) {{
-            if (cnt_v == meta.n_workers) {{
+        if ((bm_v & wbit) != 0) {{
+            // step 2: w already contributed to (slot, ver); answered only when it is this
+            // round and the round is complete; never added twice
+            if (rd_v == rnd && cnt_v == meta.n_workers) {{
                 meta.decision = D_RETRANSMIT_REPLY;
                 meta.send_result = 1;
                 meta.res_exp = mx_v;
             }} else {{
                 meta.decision = D_DROP_DUPLICATE;
             }}
+        }} else if ((bm_v != 0 && (rd_v != rnd || cnt_v >= meta.n_workers)) ||
+                   (bm_v == 0 && cnt_v != 0 && rnd != ((rd_v + 2) & ROUND_MASK))) {{
+            // step 3, stale: a packet joins only the open round of its version, and opens a
+            // new round only as the successor (round + 2) of the version's last round
+            meta.decision = D_DROP_DUPLICATE;
         }} else {{
+            // step 4: first arrival of w: claim its bit in ver, release it in the other
             bit<8> cnt_new;
             bit<8> mx_new;
             bitmap.write(meta.idx, bm_v | wbit);
@@ -425,6 +447,7 @@ control SlotState(inout headers_t hdr, inout metadata_t meta) {{
                 cnt_new = 1;
                 mx_new = hdr.nina.exponent;
                 offset.write(meta.idx, hdr.nina.offset);
+                round.write(meta.idx, rnd);
             }} else {{
                 meta.decision = D_AGGREGATE;
                 cnt_new = cnt_v + 1;
@@ -618,17 +641,17 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
                 if (meta.cm != 0) {
                     // NAT8 job with C_M: 256 codes
                     hdr.sums.setInvalid();
-                    hdr.nina.flags = (hdr.nina.flags & FLAG_VER) | FLAG_CM;
+                    hdr.nina.flags = (hdr.nina.flags & ROUND_FLAGS) | FLAG_CM;
                     hdr.udp.length = $len_cm;
                 } else {
                     // NAT8 job without C_M: 256 int32 sums
                     hdr.codes.setInvalid();
-                    hdr.nina.flags = hdr.nina.flags & FLAG_VER;
+                    hdr.nina.flags = hdr.nina.flags & ROUND_FLAGS;
                     hdr.udp.length = $len_sums;
                 }
             } else {
                 // INT32 job: 64 int32 sums
-                hdr.nina.flags = hdr.nina.flags & FLAG_VER;
+                hdr.nina.flags = hdr.nina.flags & ROUND_FLAGS;
                 hdr.udp.length = $len_words;
             }
             hdr.nina.msg_type = MSG_RESULT;

@@ -14,6 +14,9 @@ const bit<8>  ENC_INT32 = 0;
 const bit<8>  ENC_NAT8 = 1;
 const bit<8>  FLAG_VER = 0x01;
 const bit<8>  FLAG_CM = 0x02;
+const bit<8>  ROUND_FLAGS = 0xFD;   // flags bits of the round number
+const bit<8>  ROUND_HIGH_MASK = 0xFC;   // round >> 1 in bits 2-7
+const bit<8>  ROUND_MASK = 0x7F;   // rounds count modulo 128
 const bit<8>  NAT8_MAG = 0x7F;
 const bit<8>  NAT8_ZERO = 0x7F;
 const bit<16> CAPACITY_INT32 = 64;
@@ -952,21 +955,25 @@ control JobAdmission(inout headers_t hdr, inout metadata_t meta,
     }
 }
 
-// Steps 2-4: the (slot, ver) state. Decides stale / retransmission / first / aggregate /
-// complete and updates bitmap, count, max_exp and offset; the accumulators are Aggregate's.
+// Steps 2-4: the (slot, ver) state. Decides retransmission / stale / first / aggregate /
+// complete and updates bitmap, count, max_exp, offset and round; the accumulators are
+// Aggregate's. The packet's round r (7 bits: VER = r & 1, flags bits 2-7 = r >> 1) tells a
+// copy of an old round of the same version from a new round.
 control SlotState(inout headers_t hdr, inout metadata_t meta) {
     @name(".NinaIngress.bitmap") register<bit<32>>(REGISTER_SIZE) bitmap;
     @name(".NinaIngress.count") register<bit<8>>(REGISTER_SIZE) count;
     @name(".NinaIngress.max_exp") register<bit<8>>(REGISTER_SIZE) max_exp;
     @name(".NinaIngress.offset") register<bit<32>>(REGISTER_SIZE) offset;
+    @name(".NinaIngress.round") register<bit<8>>(REGISTER_SIZE) round;
 
     apply {
         bit<32> other;      // the other version of the same slot
         bit<32> bm_v;
         bit<32> bm_o;
         bit<8> cnt_v;
-        bit<8> cnt_o;
         bit<8> mx_v;
+        bit<8> rd_v;
+        bit<8> rnd = (hdr.nina.flags & FLAG_VER) | ((hdr.nina.flags & ROUND_HIGH_MASK) >> 1);
         bit<32> wbit = 32w1 << hdr.nina.worker;
         meta.idx = (((bit<32>)meta.slot_base + (bit<32>)hdr.nina.slot) << 1) |
                    (bit<32>)(hdr.nina.flags & FLAG_VER);
@@ -974,23 +981,28 @@ control SlotState(inout headers_t hdr, inout metadata_t meta) {
         bitmap.read(bm_v, meta.idx);
         bitmap.read(bm_o, other);
         count.read(cnt_v, meta.idx);
-        count.read(cnt_o, other);
         max_exp.read(mx_v, meta.idx);
+        round.read(rd_v, meta.idx);
         meta.tr_bitmap = bm_v;
         meta.tr_count = cnt_v;
         meta.tr_exponent = mx_v;
-        if ((bm_o & wbit) != 0 && cnt_o < meta.n_workers) {
-            // stale: w is in the middle of the other version's round; an old copy
-            meta.decision = D_DROP_DUPLICATE;
-        } else if ((bm_v & wbit) != 0) {
-            if (cnt_v == meta.n_workers) {
+        if ((bm_v & wbit) != 0) {
+            // step 2: w already contributed to (slot, ver); answered only when it is this
+            // round and the round is complete; never added twice
+            if (rd_v == rnd && cnt_v == meta.n_workers) {
                 meta.decision = D_RETRANSMIT_REPLY;
                 meta.send_result = 1;
                 meta.res_exp = mx_v;
             } else {
                 meta.decision = D_DROP_DUPLICATE;
             }
+        } else if ((bm_v != 0 && (rd_v != rnd || cnt_v >= meta.n_workers)) ||
+                   (bm_v == 0 && cnt_v != 0 && rnd != ((rd_v + 2) & ROUND_MASK))) {
+            // step 3, stale: a packet joins only the open round of its version, and opens a
+            // new round only as the successor (round + 2) of the version's last round
+            meta.decision = D_DROP_DUPLICATE;
         } else {
+            // step 4: first arrival of w: claim its bit in ver, release it in the other
             bit<8> cnt_new;
             bit<8> mx_new;
             bitmap.write(meta.idx, bm_v | wbit);
@@ -1001,6 +1013,7 @@ control SlotState(inout headers_t hdr, inout metadata_t meta) {
                 cnt_new = 1;
                 mx_new = hdr.nina.exponent;
                 offset.write(meta.idx, hdr.nina.offset);
+                round.write(meta.idx, rnd);
             } else {
                 meta.decision = D_AGGREGATE;
                 cnt_new = cnt_v + 1;
@@ -9552,17 +9565,17 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
                 if (meta.cm != 0) {
                     // NAT8 job with C_M: 256 codes
                     hdr.sums.setInvalid();
-                    hdr.nina.flags = (hdr.nina.flags & FLAG_VER) | FLAG_CM;
+                    hdr.nina.flags = (hdr.nina.flags & ROUND_FLAGS) | FLAG_CM;
                     hdr.udp.length = 280;
                 } else {
                     // NAT8 job without C_M: 256 int32 sums
                     hdr.codes.setInvalid();
-                    hdr.nina.flags = hdr.nina.flags & FLAG_VER;
+                    hdr.nina.flags = hdr.nina.flags & ROUND_FLAGS;
                     hdr.udp.length = 1048;
                 }
             } else {
                 // INT32 job: 64 int32 sums
-                hdr.nina.flags = hdr.nina.flags & FLAG_VER;
+                hdr.nina.flags = hdr.nina.flags & ROUND_FLAGS;
                 hdr.udp.length = 280;
             }
             hdr.nina.msg_type = MSG_RESULT;

@@ -243,3 +243,172 @@ def test_cm_of_a_power_of_two_is_itself(gen):
                 m = Machine(widths, {"hdr.sums.e0": _u32(sign * 2**p)}, randoms=[u]).run(stmts)
                 assert m.env["hdr.sums.e0"][0] == _u32(sign * 2**p)
                 assert m.env["hdr.codes.e0"][0] == (0x80 if sign < 0 else 0) | p
+
+
+# ---- SlotState (steps 2-4 of the switch algorithm) against the embedded switch ----
+
+def _statements(text: str) -> list:
+    """Tree of an apply block: ('stmt', text) and ('if', cond, then, else) items."""
+    text = re.sub(r"//[^\n]*", "", text)
+    flat, cur = [], ""
+    for ch in text:
+        cur += ch
+        if ch in ";{}":
+            flat.append(" ".join(cur.split()))
+            cur = ""
+    assert not cur.strip(), cur
+
+    def block(i: int):
+        items = []
+        while i < len(flat) and flat[i] != "}":
+            st = flat[i]
+            m = re.fullmatch(r"(?:else )?if \((.*)\) \{", st)
+            if m:
+                then, i = block(i + 1)
+                node = ["if", m[1], then, []]
+                items.append(node)
+                while i + 1 < len(flat) and flat[i + 1].startswith("else"):
+                    nxt = flat[i + 1]
+                    if nxt == "else {":
+                        node[3], i = block(i + 2)
+                    else:   # else if: a nested if in the else branch
+                        m = re.fullmatch(r"else if \((.*)\) \{", nxt)
+                        then, i = block(i + 2)
+                        inner = ["if", m[1], then, []]
+                        node[3] = [inner]
+                        node = inner
+                i += 1
+                continue
+            items.append(("stmt", st))
+            i += 1
+        return items, i
+
+    items, end = block(0)
+    assert end == len(flat), flat[end:]
+    return items
+
+
+class BlockMachine:
+    """Runs an apply block: declarations, assignments, register read/write, if/else."""
+
+    def __init__(self, widths, values, consts, regs):
+        self.widths = dict(widths)
+        self.env = {**consts, **{n: (values.get(n, 0), w) for n, w in widths.items()}}
+        self.regs = regs   # (register, index) -> value
+
+    def eval(self, text):
+        return Expr(text, self.env).parse()
+
+    def run(self, items):
+        for item in items:
+            if item[0] == "if":
+                self.run(item[2] if self.eval(item[1])[0] else item[3])
+                continue
+            st = item[1]
+            if m := re.fullmatch(r"bit<(\d+)> (\w+)(?: = (.+))?;", st):
+                self.widths[m[2]] = int(m[1])
+                self.env[m[2]] = _fit(self.eval(m[3]), int(m[1])) if m[3] else (0, int(m[1]))
+            elif m := re.fullmatch(r"(\w+)\.read\((\S+), (\S+)\);", st):
+                self.env[m[2]] = (self.regs.get((m[1], self.eval(m[3])[0]), 0),
+                                  self.widths[m[2]])
+            elif m := re.fullmatch(r"(\w+)\.write\((\S+), (.+)\);", st):
+                self.regs[(m[1], self.eval(m[2])[0])] = self.eval(m[3])[0]
+            elif m := re.fullmatch(r"([\w.]+) = (.+);", st):
+                self.env[m[1]] = _fit(self.eval(m[2]), self.widths[m[1]])
+            else:
+                raise AssertionError(f"statement not understood: {st}")
+
+
+def _cast_aware_primary(self):
+    """Expr.primary plus casts `(bit<W>)x`, which the SlotState block uses."""
+    if self.peek() == "(" and self.toks[self.i + 1:self.i + 2] == ["bit"]:
+        self.take("(")
+        self.take("bit")
+        self.take("<")
+        w = int(self.take())
+        self.take(">")
+        self.take(")")
+        return _fit(self.postfix(), w)
+    return _plain_primary(self)
+
+
+_plain_primary = Expr.primary
+Expr.primary = _cast_aware_primary
+
+
+def _consts(gen) -> dict:
+    out = {}
+    for m in re.finditer(r"const bit<(\d+)>\s+(\w+) = (0x[0-9A-Fa-f]+|\d+);", gen.const_block()):
+        out[m[2]] = (int(m[3], 0), int(m[1]))
+    return out
+
+
+def _apply_block(control_text: str) -> str:
+    body = control_text[control_text.index("apply {") + len("apply {"):]
+    return body[:body.rstrip().rstrip("}").rstrip().rindex("}")]
+
+
+def test_slot_state_decides_as_the_embedded_switch(gen):
+    """Random mixes of in-order rounds, retransmissions, duplicates and stale copies (round
+    numbers wrapping past 127) give the same decision and the same bitmap, count, max_exp,
+    offset and round registers in the generated SlotState as in switch/pipeline.py."""
+    from nina import p4spec
+    from nina.config import JobSpec, WorkerAddr
+    from nina.decisions import Decision
+    from switch.pipeline import PacketIn, Pipeline
+
+    items = _statements(_apply_block(gen.slot_state_control()))
+    consts = _consts(gen)
+    names = {"bitmap": p4spec.REG_BITMAP, "count": p4spec.REG_COUNT,
+             "max_exp": p4spec.REG_MAX_EXP, "offset": p4spec.REG_OFFSET,
+             "round": p4spec.REG_ROUND}
+    widths = {**{f"hdr.nina.{n}": b for n, b in gen.NINA},
+              **{f"meta.{n}": b for n, b in gen.JOB_PARAMS},
+              **{f"meta.{n}": b for n, b in gen.TRACE_META},
+              "meta.idx": 32, "meta.decision": 8, "meta.first": 1, "meta.do_update": 1,
+              "meta.send_result": 1, "meta.res_exp": 8}
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3):
+        base, slot = 3, 1
+        workers = tuple(WorkerAddr(w, "127.0.0.1", 5000 + w) for w in range(n))
+        spec = JobSpec(1, n, wire.Encoding.INT32, slot_base=base, slot_count=2, workers=workers)
+        pipe = Pipeline(pool_slots=8, seed=1)
+        pipe.install_job(spec)
+        regs: dict = {}
+        nxt = [124] * n            # each worker's next round; they wrap past 127
+        done = set()               # rounds completed (the workers have their results)
+        sent = []
+        decisions = set()
+        for step in range(800):
+            w = int(rng.integers(n))
+            r = nxt[w]
+            if sent and (rng.random() < 0.4 or (r - 1) % 128 not in done and r != 124):
+                w, r = sent[int(rng.integers(len(sent)))]   # a copy of an earlier packet
+            else:
+                nxt[w] = (r + 1) % 128
+            sent.append((w, r))
+            sent = sent[-12:]      # copies are held back by a few rounds at most
+            h = wire.Header(msg_type=wire.MsgType.UPDATE, encoding=wire.Encoding.INT32,
+                            flags=wire.round_flags(r), job=1, worker=w, slot=slot,
+                            exponent=int(rng.integers(256)), offset=int(rng.integers(1 << 32)))
+            before = pipe.counters_packets.copy()
+            pipe.process(PacketIn(0, 0x7F000001, 5000 + w, wire.pack_packet(h)))
+            want = int(np.flatnonzero(pipe.counters_packets != before)[0])
+            values = {f"hdr.nina.{f}": getattr(h, f) for f, _ in gen.NINA}
+            values.update({"meta.n_workers": n, "meta.slot_base": base})
+            m = BlockMachine(widths, values, consts, regs)
+            m.run(items)
+            got = m.env["meta.decision"][0]
+            assert got == want, (n, step, w, r, Decision(got).name, Decision(want).name)
+            decisions.add(Decision(got))
+            if got == Decision.COMPLETE:
+                done.add(r)
+            for ver in (0, 1):
+                idx = (base + slot) * 2 + ver
+                for local, full in names.items():
+                    assert regs.get((local, idx), 0) == pipe.read_register(full, idx), \
+                        (n, step, local, ver)
+        wanted = {Decision.COMPLETE, Decision.RETRANSMIT_REPLY, Decision.DROP_DUPLICATE}
+        if n > 1:
+            wanted |= {Decision.FIRST}
+        assert wanted <= decisions, (n, decisions)

@@ -68,7 +68,9 @@ def ctl(switch):
 @pytest.fixture
 def stub(switch):
     server, _ = switch
-    channel = grpc.insecure_channel(server.addr)
+    # p4c's BMv2 JSON of our program is ~24 MB: the read-back of the whole config needs room
+    channel = grpc.insecure_channel(server.addr,
+                                    options=[("grpc.max_receive_message_length", 1 << 28)])
     yield p4runtime_pb2_grpc.P4RuntimeStub(channel)
     channel.close()
 

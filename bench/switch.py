@@ -17,6 +17,14 @@ sender", i.e. the same syscalls per packet and no aggregation. The table gives u
 per second, the ratio switch/reflector, the all-reduced elements per second (completed rounds
 x elements per packet), NAT8's elements/s relative to INT32 at the same n and trace setting,
 and the switch's peak RSS (VmHWM). Progress goes to stderr, the table to stdout.
+
+BMv2 column (root, simple_switch_grpc on PATH, p4/build/nina.json compiled; else skipped with
+the reason printed; --no-bmv2 skips it): BMv2 running the P4 program and the embedded switch in
+interface mode, each in turn on the same veth pair, are driven by the same closed-loop load
+(n workers behind one port, a window of slots, the next round of a slot sent when all n result
+copies of the last one are back) of --bmv2-packets updates; the second table gives update
+packets/s of both and the ratio BMv2/embedded. NAT8 runs with C_M here (BMv2 cannot grow a
+256-byte update into a 1040-byte result: its packet buffers have 512 bytes of room).
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 
 from nina.p4spec import POOL_SLOTS  # noqa: E402
 from nina.wire import (CAPACITY, UDP_PORT, Encoding, Header, headroom_shift,  # noqa: E402
-                       pack_packet)
+                       pack_packet, round_flags, round_of, ROUND_MOD)
 
 SOCK_BUF = 128 << 20   # socket buffers: a whole drain must fit in the server's queue
 
@@ -124,23 +132,22 @@ def make_workers(n: int) -> list[socket.socket]:
 
 
 def make_sequence(n: int, enc: Encoding, window: int, packets: int) -> list[tuple[int, bytes]]:
-    """(worker, update) for whole rounds over `window` slots; an even number of rounds, so
-    the sequence can be replayed (versions keep alternating)."""
+    """(worker, update) for whole rounds over `window` slots; a multiple of ROUND_MOD rounds,
+    so the sequence can be replayed (round numbers wrap around and keep succeeding)."""
     rng = np.random.default_rng(1)
     cap = CAPACITY[enc]
     m = 1 << headroom_shift(n)
-    rounds = max(2, packets // (window * n) // 2 * 2)
-    pkts = {}
+    rounds = max(1, -(-packets // (window * n * ROUND_MOD))) * ROUND_MOD
+    vals = {}
     for w in range(n):
         for slot in range(window):
             for ver in (0, 1):
-                vals = rng.integers(0, 256, cap).astype(np.uint8) if enc == Encoding.NAT8 \
-                    else rng.integers(-m, m + 1, cap).astype(np.int32)
-                pkts[w, slot, ver] = pack_packet(Header(job=1, worker=w, encoding=enc,
-                                                        flags=ver, slot=slot, count=cap,
-                                                        exponent=120, offset=slot * cap), vals)
-    return [(w, pkts[w, slot, r % 2]) for r in range(rounds) for slot in range(window)
-            for w in range(n)]
+                vals[w, slot, ver] = rng.integers(0, 256, cap).astype(np.uint8) \
+                    if enc == Encoding.NAT8 else rng.integers(-m, m + 1, cap).astype(np.int32)
+    return [(w, pack_packet(Header(job=1, worker=w, encoding=enc, flags=round_flags(r),
+                                   slot=slot, count=cap, exponent=120, offset=slot * cap),
+                            vals[w, slot, r % 2]))
+            for r in range(rounds) for slot in range(window) for w in range(n)]
 
 
 def cpu_ns(pid: int) -> int:
@@ -187,6 +194,138 @@ def drain(server: "Server", socks, seq, addr) -> tuple[float, float]:
     if got < expected * 0.9:
         raise RuntimeError(f"only {got} of {expected} results came back")
     return got / (last - t0), cpu / got
+
+
+# ---------------------------------------------------------------- BMv2 vs embedded on veths
+
+FLAGS_AT = 14 + 20 + 8 + 3   # the NINA flags byte in an update frame
+RESEND_AFTER = 0.2           # s without results before the load generator retransmits
+
+
+def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
+                timeout: float = 60.0) -> float:
+    """Updates/s of the switch behind sw's host-side veth: window slots kept busy, a slot's
+    next round sent when all n copies of its result are back."""
+    from tests.conformance.planes import udp_frame
+    from nina.config import SWITCH_MAC, mac_to_int
+    rng = np.random.default_rng(2)
+    cap = CAPACITY[enc]
+    m = 1 << headroom_shift(n)
+    smac = mac_to_int(SWITCH_MAC)
+    frames = {}
+    for w in range(n):
+        for slot in range(window):
+            vals = rng.integers(0, 256, cap).astype(np.uint8) if enc == Encoding.NAT8 \
+                else rng.integers(-m, m + 1, cap).astype(np.int32)
+            data = pack_packet(Header(job=1, worker=w, encoding=enc, slot=slot, count=cap,
+                                      exponent=120, offset=slot * cap), vals)
+            frames[w, slot] = bytearray(udp_frame(smac, 0x020000000101 + w, f"10.9.0.{w + 1}",
+                                                  "10.9.0.254", 41000 + w, UDP_PORT, data))
+    rounds = max(2, packets // (window * n))
+    nxt = [0] * window            # next round of each slot
+    back = [set() for _ in range(window)]   # workers holding the current round's result
+    sent = done = 0
+
+    def send_round(slot: int, resend: bool = False) -> None:
+        nonlocal sent
+        rnd = nxt[slot] - 1 if resend else nxt[slot]
+        flags = round_flags(rnd)      # the round number rides in the flags byte
+        for w in range(n):
+            if resend and w in back[slot]:
+                continue
+            f = frames[w, slot]
+            f[FLAGS_AT] = flags
+            sw.send(0, f)
+            sent += 1
+        if not resend:
+            nxt[slot] += 1
+
+    t0 = time.perf_counter()
+    for slot in range(window):
+        send_round(slot)
+    deadline = t0 + timeout
+    while done < rounds * window:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {done} of {rounds * window} rounds in {timeout:g} s")
+        got = sw.receive(RESEND_AFTER)
+        if not got:   # the switch dropped something (a full input queue): retransmit
+            for slot in range(window):
+                if len(back[slot]) < n and nxt[slot] <= rounds:
+                    send_round(slot, resend=True)
+            continue
+        for _, frame in got:
+            if len(frame) < 42 + 16 or frame[34:36] != UDP_PORT.to_bytes(2, "big"):
+                continue          # not a result (results leave from the NINA port)
+            slot = int.from_bytes(frame[42 + 8:42 + 10], "big")
+            if round_of(frame[FLAGS_AT]) != (nxt[slot] - 1) % 128:
+                continue          # a late copy of an earlier round
+            back[slot].add(frame[42 + 6])
+            if len(back[slot]) == n:
+                back[slot] = set()
+                done += 1
+                if nxt[slot] < rounds:
+                    send_round(slot)
+                else:
+                    nxt[slot] = rounds + 1   # finished
+    return done * n / (time.perf_counter() - t0)   # useful updates, not retransmissions
+
+
+def bmv2_rows(ns: list[int], args) -> list[tuple]:
+    """(enc, n, BMv2 pps, embedded-ifaces pps) on one veth pair, each switch in turn."""
+    from nina.config import SWITCH_MAC, JobSpec, WorkerAddr
+    from tests.conformance.planes import BMV2_JSON, BMV2_P4INFO, Bmv2Switch
+    from switch.controller import Controller
+    rows = []
+    sw = Bmv2Switch(1)
+    try:
+        for enc in (Encoding.INT32, Encoding.NAT8):
+            for n in ns:
+                def spec(port):
+                    # NAT8 with C_M: BMv2 cannot grow a 256 B update into 1024 B of sums
+                    return JobSpec(1, n, enc, cm=enc == Encoding.NAT8, slot_count=args.window,
+                                   switch_ip="10.9.0.254",
+                                   switch_mac=SWITCH_MAC, workers=tuple(
+                                       WorkerAddr(w, f"10.9.0.{w + 1}", 41000 + w, port,
+                                                  f"02:00:00:00:01:{w + 1:02x}")
+                                       for w in range(n)))
+                log(f"BMv2 {enc.name} n={n}: {args.bmv2_packets} updates")
+                with Controller(sw.grpc_addr, str(BMV2_P4INFO), str(BMV2_JSON),
+                                thrift_port=sw.thrift_port, connect_timeout=30) as ctl:
+                    for old in ctl.show_jobs():
+                        ctl.remove_job(old.job_id)
+                    ctl.install_job(spec(0))
+                    bm = closed_loop(sw, 0, n, enc, args.window, args.bmv2_packets)
+                    ctl.remove_job(1)
+                log(f"embedded (interface mode) {enc.name} n={n}")
+                os.kill(sw.proc.pid, signal.SIGSTOP)   # BMv2 must not see the frames now
+                try:
+                    with tempfile.TemporaryDirectory(prefix="ninabench") as tmp:
+                        jf = Path(tmp) / "jobs.json"
+                        s = spec(1)   # interface mode numbers ports from 1
+                        jf.write_text(json.dumps([{
+                            "job_id": 1, "n_workers": n, "encoding": enc.name, "cm": s.cm,
+                            "slot_count": args.window, "switch_ip": s.switch_ip,
+                            "workers": [{"wid": w.wid, "ip": w.ip, "udp_port": w.udp_port,
+                                         "port": 1, "mac": w.mac} for w in s.workers]}]))
+                        emb = subprocess.Popen(
+                            [sys.executable, "-m", "nina.cli", "switch", "--mode", "ifaces",
+                             "--ifaces", f"{sw.tag}s0", "--jobs", str(jf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                        try:
+                            line = emb.stdout.readline()
+                            if "listening" not in line:
+                                raise RuntimeError(f"embedded switch did not start: {line!r} "
+                                                   f"{emb.stderr.read()}")
+                            ep = closed_loop(sw, 0, n, enc, args.window, args.bmv2_packets)
+                        finally:
+                            emb.send_signal(signal.SIGINT)
+                            emb.communicate(timeout=30)
+                finally:
+                    os.kill(sw.proc.pid, signal.SIGCONT)
+                rows.append((enc, n, bm, ep))
+    finally:
+        sw.close()
+    return rows
 
 
 # ---------------------------------------------------------------- runs
@@ -268,6 +407,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5, help="drains per server (best counts)")
     ap.add_argument("--window", type=int, default=32, help="slots per round")
     ap.add_argument("--workers", default="2,4,8", help="values of n")
+    ap.add_argument("--no-bmv2", action="store_true",
+                    help="skip the BMv2-vs-embedded table on veths")
+    ap.add_argument("--bmv2-packets", type=int, default=3000,
+                    help="updates per switch in the BMv2 table")
     ap.add_argument("--serve-reflector", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reply-bytes", type=int, default=272, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -316,6 +459,23 @@ def main() -> int:
           "all-reduced\nelements/s (rounds x elements per packet), wall clock and per CPU-second "
           "of the switch; NAT8/INT32: from the\nlatter, same n and trace; RSS: peak resident "
           f"set (VmHWM) of the switch process, default pool of {POOL_SLOTS} slots.")
+    if args.no_bmv2:
+        return 0
+    from tests.conformance.planes import bmv2_unavailable
+    why = bmv2_unavailable()
+    if why:
+        print(f"\nBMv2 table skipped: {why}")
+        return 0
+    brows = bmv2_rows(ns, args)
+    print(f"\nBMv2 (p4/build/nina.json) vs embedded switch in interface mode, same veth pair, "
+          f"closed loop of {args.bmv2_packets} updates, window {args.window}")
+    hdr = f"{'enc':<6}{'n':>3}{'BMv2 kpps':>11}{'embedded kpps':>15}{'BMv2/emb':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for enc, n, bm, ep in brows:
+        print(f"{enc.name:<6}{n:>3}{bm / 1e3:>11.2f}{ep / 1e3:>15.2f}{bm / ep:>10.2f}")
+    print("kpps: update packets/s (wall clock) through the switch; both switches get the "
+          "same frames from the same load generator; traces off.")
     return 0
 
 

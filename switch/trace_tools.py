@@ -30,6 +30,7 @@ class Summary:
     slots_used: dict = field(default_factory=lambda: defaultdict(set))  # job -> {slot}
     open_rounds_max: int = 0
     open_round_ns: int = 0      # integral of open rounds over time (for mean occupancy)
+    forwarded: int = 0          # non-NINA frames (plain L2 forwarding), not any job's
 
 
 def _progress(total: int, enabled: bool) -> Callable[[int], None]:
@@ -83,8 +84,11 @@ def summarize(path: Path, progress: bool = True) -> Summary:
         s.records += len(chunk)
         s.t_first = int(chunk["time_ns"][0]) if s.t_first is None else s.t_first
         s.t_last = int(chunk["time_ns"][-1])
-        keys = chunk["job"].astype(np.int64) << 16 | chunk["worker"].astype(np.int64) << 8 \
-            | chunk["decision"]
+        fwd = chunk["decision"] == Decision.FORWARDED
+        s.forwarded += int(fwd.sum())
+        nina_recs = chunk[~fwd]
+        keys = nina_recs["job"].astype(np.int64) << 16 | nina_recs["worker"].astype(np.int64) << 8 \
+            | nina_recs["decision"]
         uniq, counts = np.unique(keys, return_counts=True)
         for k, c in zip(uniq.tolist(), counts.tolist()):
             s.per_worker[(k >> 16, (k >> 8) & 0xFF)][k & 0xFF] += c
@@ -112,6 +116,8 @@ def format_summary(s: Summary) -> str:
             f"{int(c[Decision.AGGREGATE]):>6} {int(c[Decision.COMPLETE]):>8} "
             f"{int(sum(c[d] for d in RETRANSMIT_DECISIONS)):>6} "
             f"{int(sum(c[d] for d in DROP_DECISIONS)):>6}  {drop_text}")
+    if s.forwarded:
+        lines.append(f"forwarded (not NINA, plain L2): {s.forwarded} frames")
     for job, slots in sorted(s.slots_used.items()):
         lines.append(f"job {job}: {len(slots)} slots used")
     if s.latencies_ns:

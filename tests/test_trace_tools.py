@@ -76,3 +76,15 @@ def test_cli(trace, capsys, tmp_path):
     assert (tmp_path / "p" / "trace_latency.png").stat().st_size > 1000
     assert main(["trace", "summary", str(tmp_path / "nope")]) == 2
     assert "no trace at" in capsys.readouterr().err
+
+
+def test_forwarded_frames_are_not_counted_as_a_job(tmp_path):
+    recs = _round(0, 1, 0, 0, 2)
+    fwd = np.zeros(5, TRACE_DTYPE)
+    fwd["decision"] = Decision.FORWARDED
+    fwd["time_ns"] = 50_000
+    with trace_file.TraceWriter(tmp_path / trace_file.TRACE_NAME) as w:
+        w.write(np.concatenate([recs, fwd]))
+    s = summarize(tmp_path)
+    assert s.forwarded == 5 and (0, 0) not in s.per_worker
+    assert s.per_worker[(1, 1)][Decision.COMPLETE] == 1

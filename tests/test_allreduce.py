@@ -18,8 +18,7 @@ from nina.wire import (FLAG_VER, Encoding, Header, MsgType, headroom_shift,
                        nat8_to_int, pack_packet, parse_packet)
 from worker.allreduce import (AllReduceClient, AllReduceError, SlotStalled, SwitchSilent,
                               check_size)
-from worker.launch import (JobInstaller, check_allreduce, run_allreduce, slot_bitmap_reader,
-                           switch_for_checks)
+from worker.launch import JobInstaller, check_allreduce, run_allreduce, slot_bitmap_reader
 from worker.transport import UdpTransport
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -131,14 +130,6 @@ def test_client_ignores_duplicates_and_results_not_outstanding(encoding):
 
 # ---- through the embedded switch as a process ----
 
-@pytest.fixture(scope="module")
-def switch(tmp_path_factory):
-    sw = switch_for_checks(str(tmp_path_factory.mktemp("switch")), log=print)
-    if sw is None:
-        print("SKIP reason: no embedded switch (switch/pipeline.py missing)")
-        pytest.skip("no embedded switch (switch/pipeline.py missing)")
-    yield sw
-    sw.stop()
 
 
 CASES = [  # (job id, encoding, C_M, switch loss, size)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from worker.coordinator import Coordinator, JobAborted, WorkerLink
-from worker.launch import run_training, switch_for_checks
+from worker.launch import run_training
 from worker.train import TrainConfig
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -108,14 +108,6 @@ def test_rendezvous_timeout_says_how_many_joined():
         coord.close()
 
 
-@pytest.fixture(scope="module")
-def switch(tmp_path_factory):
-    sw = switch_for_checks(str(tmp_path_factory.mktemp("switch")), log=print)
-    if sw is None:
-        print("SKIP reason: no embedded switch (switch/pipeline.py missing)")
-        pytest.skip("no embedded switch (switch/pipeline.py missing)")
-    yield sw
-    sw.stop()
 
 
 def test_killed_worker_ends_the_job_with_a_clear_error(switch, tmp_path):

@@ -21,7 +21,7 @@ from faultnet import ImpairedLinks, LinkedSwitch, SwitchProcess, counters_of
 from nina.config import DEFAULT_WINDOW
 from nina.wire import Encoding
 from worker.coordinator import JobAborted
-from worker.launch import check_allreduce, run_allreduce, spawn_local_worker, switch_for_checks
+from worker.launch import check_allreduce, run_allreduce, spawn_local_worker
 
 QUIET = lambda *a, **k: None  # noqa: E731
 N = 4
@@ -35,13 +35,6 @@ def rounds(size: int, encoding: Encoding, calls: int, window: int = DEFAULT_WIND
     return calls * (chunks + min(window, chunks))
 
 
-@pytest.fixture(scope="module")
-def switch(tmp_path_factory):
-    sw = switch_for_checks(str(tmp_path_factory.mktemp("switch")), log=print)
-    if sw is None:
-        pytest.skip("no embedded switch (switch/pipeline.py missing)")
-    yield sw
-    sw.stop()
 
 
 def _delta(after: dict, before: dict) -> dict:

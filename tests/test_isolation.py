@@ -19,7 +19,7 @@ from nina import p4spec
 from nina.config import JobSpec, WorkerAddr
 from nina.wire import (FLAG_VER, Encoding, Header, MsgType, headroom_shift, nat8_to_int,
                        pack_packet, parse_packet)
-from worker.launch import check_allreduce, run_allreduce, switch_for_checks
+from worker.launch import check_allreduce, run_allreduce
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
@@ -101,13 +101,6 @@ def test_impostors_cannot_change_a_jobs_aggregate_or_bitmap():
             s.close()
 
 
-@pytest.fixture(scope="module")
-def switch(tmp_path_factory):
-    sw = switch_for_checks(str(tmp_path_factory.mktemp("switch")), log=print)
-    if sw is None:
-        pytest.skip("no embedded switch (switch/pipeline.py missing)")
-    yield sw
-    sw.stop()
 
 
 def test_two_jobs_at_once_are_both_exact(switch, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from nina.wire import Encoding
 from worker import data as datasets
 from worker import models
-from worker.launch import REPO, local_switch_unavailable, run_training, switch_for_checks
+from worker.launch import REPO, local_switch_unavailable, run_training
 from worker.train import TrainConfig, plan
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -70,14 +70,6 @@ def test_compressor_paths():
 
 # ---- end to end ----
 
-@pytest.fixture(scope="module")
-def switch(tmp_path_factory):
-    sw = switch_for_checks(str(tmp_path_factory.mktemp("switch")), log=print)
-    if sw is None:
-        print("SKIP reason: no embedded switch (switch/pipeline.py missing)")
-        pytest.skip("no embedded switch (switch/pipeline.py missing)")
-    yield sw
-    sw.stop()
 
 
 def test_nina_train_cnat_mlp_reaches_accuracy_and_writes_a_run_folder(tmp_path):

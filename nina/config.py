@@ -5,7 +5,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from nina import p4spec
-from nina.wire import MAX_WORKERS, UDP_PORT, Encoding, headroom_shift
+from nina.wire import (FLAG_CM, MAX_WORKERS, RID_PART_SHIFT, UDP_PORT, Encoding, headroom_shift,
+                       result_parts)
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:9559"   # P4Runtime (embedded switch and simple_switch_grpc)
 DEFAULT_THRIFT_PORT = 9090             # BMv2 runtime (register reads)
@@ -62,6 +63,12 @@ class JobSpec:
     @property
     def mcast_grp(self) -> int:
         return self.job_id + 1     # group 0 means "no multicast" in v1model
+
+    def replicas(self) -> list[tuple[int, int]]:
+        """The job's multicast group: (egress port, replica id = part << 8 | worker id), one
+        replica per worker and result part (nina.wire.result_parts)."""
+        parts = result_parts(self.encoding, FLAG_CM if self.cm else 0)
+        return [(w.port, p << RID_PART_SHIFT | w.wid) for w in self.workers for p in range(parts)]
 
     @property
     def loss_q16(self) -> int:

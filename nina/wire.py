@@ -22,6 +22,11 @@ HEADER_LEN = 16
 MAX_WORKERS = 32  # one bit each in a 32-bit bitmap
 ELEMENTS_NAT8 = 256  # codes per NAT8 packet
 ELEMENTS_INT32 = 64  # int32 values per INT32 packet
+# A NAT8 result without C_M is sent in parts of this many int32 sums (512 bytes), one packet
+# each: a whole 1024-byte result would grow the 256-byte update by 768 bytes, and BMv2's
+# simple_switch lets a packet grow by at most 512 (its receive buffer's headroom).
+RESULT_PART_SUMS = 128
+RID_PART_SHIFT = 8   # multicast replica id = part << RID_PART_SHIFT | worker id
 
 # Header fields in wire order: (name, numpy dtype, meaning). Multi-byte fields are big-endian.
 HEADER_FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -87,13 +92,34 @@ def payload_layout(msg_type: int, encoding: int, flags: int = 0) -> Layout:
     """The payload every packet of this kind carries (fixed size, so P4 can parse it).
 
     Updates: INT32 -> 64 int32 (256 B); NAT8 -> 256 codes (256 B). Results: INT32 -> 64 int32
-    sums; NAT8 -> 256 int32 sums (1024 B), or with FLAG_CM 256 C_M codes (256 B).
+    sums; NAT8 -> one part of RESULT_PART_SUMS int32 sums (512 B; see result_parts), or with
+    FLAG_CM 256 C_M codes (256 B).
     """
     if encoding == Encoding.INT32:
         return Layout(I32, ELEMENTS_INT32)
     if msg_type == MsgType.RESULT and not flags & FLAG_CM:
-        return Layout(I32, ELEMENTS_NAT8)
+        return Layout(I32, RESULT_PART_SUMS)
     return Layout(U8, ELEMENTS_NAT8)
+
+
+def result_parts(encoding: int, flags: int = 0) -> int:
+    """How many result packets a full chunk's result is split into (2 for NAT8 without C_M)."""
+    if encoding == Encoding.NAT8 and not flags & FLAG_CM:
+        return ELEMENTS_NAT8 // RESULT_PART_SUMS
+    return 1
+
+
+def result_part_count(count: int, part: int, encoding: int, flags: int = 0) -> int | None:
+    """Elements in result part `part` of a chunk of `count` elements; None: the part is not sent.
+
+    Part p covers elements [p * P, (p + 1) * P) of the chunk (P = the part's capacity) and carries
+    offset + p * P in its header. Part 0 is always sent (a priming result has count 0); a later
+    part only when the chunk reaches into it.
+    """
+    cap = payload_layout(MsgType.RESULT, encoding, flags).capacity
+    if not 0 <= part < result_parts(encoding, flags) or (part and count <= part * cap):
+        return None
+    return min(cap, count - part * cap)
 
 
 CAPACITY = {Encoding.INT32: ELEMENTS_INT32, Encoding.NAT8: ELEMENTS_NAT8}

@@ -23,8 +23,9 @@ import numpy as np
 from nina import p4spec
 from nina.decisions import TRACE_DTYPE, TRACE_ETHERTYPE, Decision, N_DECISIONS
 from nina.wire import (CAPACITY, FLAG_CM, FLAG_VER, HEADER_FIELDS, HEADER_LEN, MAX_WORKERS,
-                       NAT8_MAG, NAT8_SIGN, NAT8_ZERO, ROUND_MOD, UDP_PORT, VERSION, Encoding,
-                       MsgType, U8, I32, payload_layout, round_flags, round_of)
+                       NAT8_MAG, NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD,
+                       UDP_PORT, VERSION, Encoding, Layout, MsgType, U8, I32, payload_layout,
+                       result_part_count, result_parts, round_flags, round_of)
 
 OUT = Path(__file__).resolve().with_name("nina.p4")
 
@@ -38,18 +39,24 @@ assert {round_flags(r) for r in range(ROUND_MOD)} == {f & ROUND_FLAGS for f in r
 TRACE_FIELD_LIST = 1                     # @field_list index preserved into the trace clone
 # v1model's standard_metadata.instance_type values (BMv2 simple_switch)
 INSTANCE_INGRESS_CLONE = 1
-INSTANCE_REPLICATION = 5
 
-# ---- the three payload shapes (wire.payload_layout), one P4 header each ----
+# ---- the payload shapes (wire.payload_layout), one P4 header each ----
 # (instance name, type name, layout); a result reuses the update's shape where they agree.
 UPD_INT32 = payload_layout(MsgType.UPDATE, Encoding.INT32)
 UPD_NAT8 = payload_layout(MsgType.UPDATE, Encoding.NAT8)
-RES_SUMS = payload_layout(MsgType.RESULT, Encoding.NAT8, 0)
+RES_PART = payload_layout(MsgType.RESULT, Encoding.NAT8, 0)
+# A NAT8 chunk's 256 sums: built in ingress, never emitted whole; egress moves the replica's
+# part into hdr.part (BMv2 lets a packet grow by at most 512 bytes).
+SUMS = Layout(I32, UPD_NAT8.capacity)
+N_PARTS = result_parts(Encoding.NAT8, 0)
 assert payload_layout(MsgType.RESULT, Encoding.INT32) == UPD_INT32
 assert payload_layout(MsgType.RESULT, Encoding.INT32, FLAG_CM) == UPD_INT32
 assert payload_layout(MsgType.RESULT, Encoding.NAT8, FLAG_CM) == UPD_NAT8
-assert UPD_INT32.dtype == I32 and UPD_NAT8.dtype == U8 and RES_SUMS.dtype == I32
-assert RES_SUMS.capacity == UPD_NAT8.capacity == p4spec.N_ACCUMULATORS
+assert UPD_INT32.dtype == I32 and UPD_NAT8.dtype == U8 and RES_PART.dtype == I32
+assert SUMS.capacity == p4spec.N_ACCUMULATORS and RES_PART.capacity == RESULT_PART_SUMS
+assert N_PARTS * RESULT_PART_SUMS == SUMS.capacity
+assert result_parts(Encoding.INT32, 0) == result_parts(Encoding.NAT8, FLAG_CM) == 1
+assert RES_PART.nbytes - UPD_NAT8.nbytes <= 512   # BMv2's growth limit
 assert CAPACITY[Encoding.INT32] == UPD_INT32.capacity <= p4spec.N_ACCUMULATORS
 # Every update has the same payload size, and the switch accepts nothing but updates: a NINA
 # packet of any other UDP length is malformed, whatever its header says (as the embedded switch).
@@ -57,7 +64,8 @@ UPDATE_PAYLOAD_LEN = UPD_INT32.nbytes
 assert all(payload_layout(MsgType.UPDATE, e).nbytes == UPDATE_PAYLOAD_LEN for e in Encoding)
 PAYLOADS = (("words", "words_t", UPD_INT32),   # INT32 update and INT32 result: int32 values
             ("codes", "codes_t", UPD_NAT8),    # NAT8 update and C_M result: 8-bit codes
-            ("sums", "sums_t", RES_SUMS))      # NAT8 result without C_M: int32 sums
+            ("sums", "sums_t", SUMS),          # NAT8 sums (ingress only, never emitted)
+            ("part", "part_t", RES_PART))      # a part of a NAT8 result without C_M
 
 # A wider payload layout rule than the three shapes would need new parser states: fail loudly.
 for _mt in (0, *MsgType):
@@ -67,7 +75,7 @@ for _mt in (0, *MsgType):
             if _enc == Encoding.INT32:
                 assert _l == UPD_INT32
             elif _mt == MsgType.RESULT and not _fl & FLAG_CM:
-                assert _l == RES_SUMS
+                assert _l == RES_PART
             else:
                 assert _l == UPD_NAT8
 
@@ -153,7 +161,9 @@ def const_block() -> str:
         f"const bit<16> TRACE_ETHERTYPE = 0x{TRACE_ETHERTYPE:04X};",
         f"const bit<32> TRACE_FRAME_LEN = {ETH_LEN + TRACE_LEN};   // Ethernet + trace record",
         f"const bit<32> INSTANCE_INGRESS_CLONE = {INSTANCE_INGRESS_CLONE};",
-        f"const bit<32> INSTANCE_REPLICATION = {INSTANCE_REPLICATION};",
+        f"const bit<16> RID_WORKER_MASK = 0x{(1 << RID_PART_SHIFT) - 1:X};   // replica id: "
+        f"part << {RID_PART_SHIFT} | worker",
+        f"const bit<16> RESULT_PART_SUMS = {RESULT_PART_SUMS};",
     ]
     return "\n".join(out) + "\n"
 
@@ -173,6 +183,9 @@ def metadata_struct() -> str:
         ("bit<1>", "do_update", "add this packet's payload into the accumulators"),
         ("bit<1>", "send_result", "COMPLETE (multicast) or RETRANSMIT_REPLY (unicast)"),
         ("bit<1>", "is_result", "egress: this copy is a result to rewrite per worker"),
+        ("bit<1>", "reply_only", "RETRANSMIT_REPLY: only the sender's replicas are kept"),
+        ("bit<8>", "reply_to", "the sender of a RETRANSMIT_REPLY"),
+        ("bit<8>", "part", "egress: the result part this replica carries"),
         ("bit<8>", "res_exp", "max_exp of (slot, ver) after this packet"),
     ]
     lines = [f"{t:<8} {n};{'':<{max(1, 14 - len(n))}}// {c}" for t, n, c in rows]
@@ -521,7 +534,7 @@ def _cm_element(i: int) -> list[str]:
 def master_compress_control() -> str:
     assert NAT8_SIGN == 0x80 and NAT8_MAG == 0x7F  # code = sign bit ++ 7-bit p
     decls, calls = element_actions(
-        "compress", range(RES_SUMS.capacity), _cm_element,
+        "compress", range(SUMS.capacity), _cm_element,
         locals_=("bit<1> neg;", "bit<32> mag;", "bit<32> t;", "bit<8> b;", "bit<8> p;",
                  "bit<32> pw;", "bit<32> u;"))
     body = _lines("\n".join(decls).splitlines(), 4)
@@ -631,8 +644,9 @@ def _udp_len(layout) -> int:
 
 RESULT_BUILD = Template("""\
 // Turn a completing update (COMPLETE: multicast to the job's group) or a retransmission to a
-// complete slot (RETRANSMIT_REPLY: unicast back out of the ingress port) into the result that
-// every copy shares; NinaEgress rewrites the per-worker fields. Everything else is dropped.
+// complete slot (RETRANSMIT_REPLY: the same group, egress keeps the sender's replicas only)
+// into the result that every copy shares; NinaEgress rewrites the per-worker fields and picks
+// each replica's part of a NAT8 result. Everything else is dropped.
 control ResultBuild(inout headers_t hdr, inout metadata_t meta,
                     inout standard_metadata_t standard_metadata) {
     apply {
@@ -644,10 +658,10 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
                     hdr.nina.flags = (hdr.nina.flags & ROUND_FLAGS) | FLAG_CM;
                     hdr.udp.length = $len_cm;
                 } else {
-                    // NAT8 job without C_M: 256 int32 sums
+                    // NAT8 job without C_M: 256 int32 sums, sent as parts
                     hdr.codes.setInvalid();
                     hdr.nina.flags = hdr.nina.flags & ROUND_FLAGS;
-                    hdr.udp.length = $len_sums;
+                    hdr.udp.length = $len_part;
                 }
             } else {
                 // INT32 job: 64 int32 sums
@@ -663,10 +677,11 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
             hdr.ipv4.totalLen = IPV4_LEN + hdr.udp.length;
             hdr.ipv4.ttl = RESULT_TTL;
             meta.is_result = 1;
-            meta.dst_worker = hdr.nina.worker;   // the sender, for a unicast reply
             if (meta.decision == D_RETRANSMIT_REPLY) {
-                standard_metadata.egress_spec = standard_metadata.ingress_port;
-            } else if (meta.mcast_grp != 0) {
+                meta.reply_only = 1;
+                meta.reply_to = hdr.nina.worker;
+            }
+            if (meta.mcast_grp != 0) {
                 standard_metadata.mcast_grp = meta.mcast_grp;
             } else {
                 mark_to_drop(standard_metadata);
@@ -682,7 +697,7 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
 def result_build_control() -> str:
     return RESULT_BUILD.substitute(
         len_cm=_udp_len(payload_layout(MsgType.RESULT, Encoding.NAT8, FLAG_CM)),
-        len_sums=_udp_len(payload_layout(MsgType.RESULT, Encoding.NAT8, 0)),
+        len_part=_udp_len(RES_PART),
         len_words=_udp_len(payload_layout(MsgType.RESULT, Encoding.INT32, 0)))
 
 
@@ -727,6 +742,7 @@ def init_metadata() -> list[str]:
     return ["meta.decision = D_FORWARDED;", "meta.job_hit = 0;", "meta.admitted = 0;",
             "meta.accepted = 0;", "meta.first = 0;", "meta.do_update = 0;",
             "meta.send_result = 0;", "meta.is_result = 0;", "meta.res_exp = 0;",
+            "meta.reply_only = 0;", "meta.reply_to = 0;", "meta.part = 0;",
             "meta.tr_bitmap = 0;", "meta.tr_count = 0;", "meta.tr_exponent = 0;"]
 
 
@@ -769,10 +785,33 @@ def result_rewrite_control() -> str:
     body = ["hdr.ethernet.dstAddr = dmac;", "hdr.ethernet.srcAddr = smac;",
             "hdr.ipv4.dstAddr = dip;", "hdr.ipv4.srcAddr = sip;",
             "hdr.udp.dstPort = dport;", "hdr.udp.srcPort = NINA_UDP_PORT;"]
+    P = RESULT_PART_SUMS
+    takes, branches = [], []
+    for part in range(N_PARTS):
+        copy = [f"hdr.part.e{i} = hdr.sums.e{part * P + i};" for i in range(P)]
+        takes.append(f"    action take_part_{part}() {{\n        hdr.part.setValid();\n"
+                     f"{_lines(copy, 8)}\n    }}\n")
+        # the part's header: offset + part * P, count = the chunk's elements inside the part
+        # (nina.wire.result_part_count); a part the chunk does not reach is not sent
+        cond = "meta.part == 0" if part == 0 else \
+            f"meta.part == {part} && hdr.nina.count > {part * P}"
+        stmts = [f"take_part_{part}();"]
+        if part:
+            stmts += [f"hdr.nina.count = hdr.nina.count - {part * P};",
+                      f"hdr.nina.offset = hdr.nina.offset + {part * P};"]
+        stmts += ["if (hdr.nina.count > RESULT_PART_SUMS) {",
+                  "    hdr.nina.count = RESULT_PART_SUMS;", "}"]
+        branches.append(("if" if part == 0 else "} else if") + f" ({cond}) {{\n"
+                        + _lines(stmts, 4))
+    for part, want in enumerate(result_part_count(300, p, Encoding.NAT8) for p in range(N_PARTS)):
+        assert want == min(P, 300 - part * P)   # the count rule written out above
+    chain = "\n".join(branches) + "\n} else {\n    keep = 0;\n}"
     return f"""\
-// Per copy of a result: the multicast replica's egress_rid (or, for a unicast retransmission
-// reply, the sender) is the destination worker; worker_addr gives its addresses. A copy for
-// a worker without an entry is dropped.
+// Per copy of a result: the multicast replica's egress_rid = part << {RID_PART_SHIFT} | worker names
+// the destination worker (worker_addr gives its addresses) and, for a NAT8 result without
+// C_M, which part of the 256 sums the copy carries. A copy for a worker without an entry, a
+// part the result does not have, and, for a retransmission reply, every copy not for the
+// sender are dropped.
 control ResultRewrite(inout headers_t hdr, inout metadata_t meta,
                       inout standard_metadata_t standard_metadata) {{
 {action_decl(spec, p4spec.EGRESS, body)}
@@ -781,13 +820,27 @@ control ResultRewrite(inout headers_t hdr, inout metadata_t meta,
         mark_to_drop(standard_metadata);
     }}
 
+{"".join(takes)}
 {table_decl(spec, p4spec.EGRESS, "drop")}
     apply {{
-        if (standard_metadata.instance_type == INSTANCE_REPLICATION) {{
-            meta.dst_worker = (bit<8>)standard_metadata.egress_rid;
+        bit<1> keep = 1;
+        meta.dst_worker = (bit<8>)(standard_metadata.egress_rid & RID_WORKER_MASK);
+        meta.part = (bit<8>)(standard_metadata.egress_rid >> {RID_PART_SHIFT});
+        if (meta.reply_only == 1 && meta.dst_worker != meta.reply_to) {{
+            keep = 0;
         }}
-        hdr.nina.worker = meta.dst_worker;
-        worker_addr.apply();
+        if (hdr.sums.isValid()) {{
+{_lines(chain.splitlines(), 12)}
+            hdr.sums.setInvalid();
+        }} else if (meta.part != 0) {{
+            keep = 0;
+        }}
+        if (keep == 1) {{
+            hdr.nina.worker = meta.dst_worker;
+            worker_addr.apply();
+        }} else {{
+            mark_to_drop(standard_metadata);
+        }}
     }}
 }}
 """
@@ -895,8 +948,11 @@ def generate() -> str:
                      "INT32 update / INT32 result: 64 big-endian int32 (256 bytes)"),
         payload_type("codes_t", UPD_NAT8,
                      "NAT8 update / C_M result: 256 codes sign<<7 | offset (256 bytes)"),
-        payload_type("sums_t", RES_SUMS,
-                     "NAT8 result without C_M: 256 big-endian int32 sums (1024 bytes)"),
+        payload_type("sums_t", SUMS,
+                     "NAT8 sums of a chunk: 256 int32 (ingress only; egress emits a part)"),
+        payload_type("part_t", RES_PART,
+                     f"NAT8 result without C_M: one part, {RESULT_PART_SUMS} big-endian int32 "
+                     f"sums ({RES_PART.nbytes} bytes)"),
         header_type("trace_t", TRACE,
                     "trace record: nina.decisions.TRACE_DTYPE's fields, big-endian"),
         headers_struct(),

@@ -55,7 +55,8 @@ const bit<8>  TRACE_FIELD_LIST = 1;
 const bit<16> TRACE_ETHERTYPE = 0x88B5;
 const bit<32> TRACE_FRAME_LEN = 46;   // Ethernet + trace record
 const bit<32> INSTANCE_INGRESS_CLONE = 1;
-const bit<32> INSTANCE_REPLICATION = 5;
+const bit<16> RID_WORKER_MASK = 0xFF;   // replica id: part << 8 | worker
+const bit<16> RESULT_PART_SUMS = 128;
 
 
 // ---------------------------------------------------------------- headers
@@ -438,7 +439,7 @@ header codes_t {
     bit<8> e255;
 }
 
-// NAT8 result without C_M: 256 big-endian int32 sums (1024 bytes)
+// NAT8 sums of a chunk: 256 int32 (ingress only; egress emits a part)
 header sums_t {
     bit<32> e0;
     bit<32> e1;
@@ -698,6 +699,138 @@ header sums_t {
     bit<32> e255;
 }
 
+// NAT8 result without C_M: one part, 128 big-endian int32 sums (512 bytes)
+header part_t {
+    bit<32> e0;
+    bit<32> e1;
+    bit<32> e2;
+    bit<32> e3;
+    bit<32> e4;
+    bit<32> e5;
+    bit<32> e6;
+    bit<32> e7;
+    bit<32> e8;
+    bit<32> e9;
+    bit<32> e10;
+    bit<32> e11;
+    bit<32> e12;
+    bit<32> e13;
+    bit<32> e14;
+    bit<32> e15;
+    bit<32> e16;
+    bit<32> e17;
+    bit<32> e18;
+    bit<32> e19;
+    bit<32> e20;
+    bit<32> e21;
+    bit<32> e22;
+    bit<32> e23;
+    bit<32> e24;
+    bit<32> e25;
+    bit<32> e26;
+    bit<32> e27;
+    bit<32> e28;
+    bit<32> e29;
+    bit<32> e30;
+    bit<32> e31;
+    bit<32> e32;
+    bit<32> e33;
+    bit<32> e34;
+    bit<32> e35;
+    bit<32> e36;
+    bit<32> e37;
+    bit<32> e38;
+    bit<32> e39;
+    bit<32> e40;
+    bit<32> e41;
+    bit<32> e42;
+    bit<32> e43;
+    bit<32> e44;
+    bit<32> e45;
+    bit<32> e46;
+    bit<32> e47;
+    bit<32> e48;
+    bit<32> e49;
+    bit<32> e50;
+    bit<32> e51;
+    bit<32> e52;
+    bit<32> e53;
+    bit<32> e54;
+    bit<32> e55;
+    bit<32> e56;
+    bit<32> e57;
+    bit<32> e58;
+    bit<32> e59;
+    bit<32> e60;
+    bit<32> e61;
+    bit<32> e62;
+    bit<32> e63;
+    bit<32> e64;
+    bit<32> e65;
+    bit<32> e66;
+    bit<32> e67;
+    bit<32> e68;
+    bit<32> e69;
+    bit<32> e70;
+    bit<32> e71;
+    bit<32> e72;
+    bit<32> e73;
+    bit<32> e74;
+    bit<32> e75;
+    bit<32> e76;
+    bit<32> e77;
+    bit<32> e78;
+    bit<32> e79;
+    bit<32> e80;
+    bit<32> e81;
+    bit<32> e82;
+    bit<32> e83;
+    bit<32> e84;
+    bit<32> e85;
+    bit<32> e86;
+    bit<32> e87;
+    bit<32> e88;
+    bit<32> e89;
+    bit<32> e90;
+    bit<32> e91;
+    bit<32> e92;
+    bit<32> e93;
+    bit<32> e94;
+    bit<32> e95;
+    bit<32> e96;
+    bit<32> e97;
+    bit<32> e98;
+    bit<32> e99;
+    bit<32> e100;
+    bit<32> e101;
+    bit<32> e102;
+    bit<32> e103;
+    bit<32> e104;
+    bit<32> e105;
+    bit<32> e106;
+    bit<32> e107;
+    bit<32> e108;
+    bit<32> e109;
+    bit<32> e110;
+    bit<32> e111;
+    bit<32> e112;
+    bit<32> e113;
+    bit<32> e114;
+    bit<32> e115;
+    bit<32> e116;
+    bit<32> e117;
+    bit<32> e118;
+    bit<32> e119;
+    bit<32> e120;
+    bit<32> e121;
+    bit<32> e122;
+    bit<32> e123;
+    bit<32> e124;
+    bit<32> e125;
+    bit<32> e126;
+    bit<32> e127;
+}
+
 // trace record: nina.decisions.TRACE_DTYPE's fields, big-endian
 header trace_t {
     bit<64> time_ns;
@@ -726,6 +859,7 @@ struct headers_t {
     words_t words;
     codes_t codes;
     sums_t sums;
+    part_t part;
 }
 
 struct metadata_t {
@@ -749,6 +883,9 @@ struct metadata_t {
     bit<1>   do_update;     // add this packet's payload into the accumulators
     bit<1>   send_result;   // COMPLETE (multicast) or RETRANSMIT_REPLY (unicast)
     bit<1>   is_result;     // egress: this copy is a result to rewrite per worker
+    bit<1>   reply_only;    // RETRANSMIT_REPLY: only the sender's replicas are kept
+    bit<8>   reply_to;      // the sender of a RETRANSMIT_REPLY
+    bit<8>   part;          // egress: the result part this replica carries
     bit<8>   res_exp;       // max_exp of (slot, ver) after this packet
     // trace record of this packet, preserved into the trace clone
     @field_list(1) bit<64> tr_time_ns;
@@ -9555,8 +9692,9 @@ control Aggregate(inout headers_t hdr, inout metadata_t meta) {
 }
 
 // Turn a completing update (COMPLETE: multicast to the job's group) or a retransmission to a
-// complete slot (RETRANSMIT_REPLY: unicast back out of the ingress port) into the result that
-// every copy shares; NinaEgress rewrites the per-worker fields. Everything else is dropped.
+// complete slot (RETRANSMIT_REPLY: the same group, egress keeps the sender's replicas only)
+// into the result that every copy shares; NinaEgress rewrites the per-worker fields and picks
+// each replica's part of a NAT8 result. Everything else is dropped.
 control ResultBuild(inout headers_t hdr, inout metadata_t meta,
                     inout standard_metadata_t standard_metadata) {
     apply {
@@ -9568,10 +9706,10 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
                     hdr.nina.flags = (hdr.nina.flags & ROUND_FLAGS) | FLAG_CM;
                     hdr.udp.length = 280;
                 } else {
-                    // NAT8 job without C_M: 256 int32 sums
+                    // NAT8 job without C_M: 256 int32 sums, sent as parts
                     hdr.codes.setInvalid();
                     hdr.nina.flags = hdr.nina.flags & ROUND_FLAGS;
-                    hdr.udp.length = 1048;
+                    hdr.udp.length = 536;
                 }
             } else {
                 // INT32 job: 64 int32 sums
@@ -9587,10 +9725,11 @@ control ResultBuild(inout headers_t hdr, inout metadata_t meta,
             hdr.ipv4.totalLen = IPV4_LEN + hdr.udp.length;
             hdr.ipv4.ttl = RESULT_TTL;
             meta.is_result = 1;
-            meta.dst_worker = hdr.nina.worker;   // the sender, for a unicast reply
             if (meta.decision == D_RETRANSMIT_REPLY) {
-                standard_metadata.egress_spec = standard_metadata.ingress_port;
-            } else if (meta.mcast_grp != 0) {
+                meta.reply_only = 1;
+                meta.reply_to = hdr.nina.worker;
+            }
+            if (meta.mcast_grp != 0) {
                 standard_metadata.mcast_grp = meta.mcast_grp;
             } else {
                 mark_to_drop(standard_metadata);
@@ -9655,6 +9794,9 @@ control NinaIngress(inout headers_t hdr, inout metadata_t meta,
         meta.send_result = 0;
         meta.is_result = 0;
         meta.res_exp = 0;
+        meta.reply_only = 0;
+        meta.reply_to = 0;
+        meta.part = 0;
         meta.tr_bitmap = 0;
         meta.tr_count = 0;
         meta.tr_exponent = 0;
@@ -9676,9 +9818,11 @@ control NinaIngress(inout headers_t hdr, inout metadata_t meta,
 
 // ---------------------------------------------------------------- egress
 
-// Per copy of a result: the multicast replica's egress_rid (or, for a unicast retransmission
-// reply, the sender) is the destination worker; worker_addr gives its addresses. A copy for
-// a worker without an entry is dropped.
+// Per copy of a result: the multicast replica's egress_rid = part << 8 | worker names
+// the destination worker (worker_addr gives its addresses) and, for a NAT8 result without
+// C_M, which part of the 256 sums the copy carries. A copy for a worker without an entry, a
+// part the result does not have, and, for a retransmission reply, every copy not for the
+// sender are dropped.
 control ResultRewrite(inout headers_t hdr, inout metadata_t meta,
                       inout standard_metadata_t standard_metadata) {
     @name(".NinaEgress.set_worker_addr")
@@ -9696,6 +9840,269 @@ control ResultRewrite(inout headers_t hdr, inout metadata_t meta,
         mark_to_drop(standard_metadata);
     }
 
+    action take_part_0() {
+        hdr.part.setValid();
+        hdr.part.e0 = hdr.sums.e0;
+        hdr.part.e1 = hdr.sums.e1;
+        hdr.part.e2 = hdr.sums.e2;
+        hdr.part.e3 = hdr.sums.e3;
+        hdr.part.e4 = hdr.sums.e4;
+        hdr.part.e5 = hdr.sums.e5;
+        hdr.part.e6 = hdr.sums.e6;
+        hdr.part.e7 = hdr.sums.e7;
+        hdr.part.e8 = hdr.sums.e8;
+        hdr.part.e9 = hdr.sums.e9;
+        hdr.part.e10 = hdr.sums.e10;
+        hdr.part.e11 = hdr.sums.e11;
+        hdr.part.e12 = hdr.sums.e12;
+        hdr.part.e13 = hdr.sums.e13;
+        hdr.part.e14 = hdr.sums.e14;
+        hdr.part.e15 = hdr.sums.e15;
+        hdr.part.e16 = hdr.sums.e16;
+        hdr.part.e17 = hdr.sums.e17;
+        hdr.part.e18 = hdr.sums.e18;
+        hdr.part.e19 = hdr.sums.e19;
+        hdr.part.e20 = hdr.sums.e20;
+        hdr.part.e21 = hdr.sums.e21;
+        hdr.part.e22 = hdr.sums.e22;
+        hdr.part.e23 = hdr.sums.e23;
+        hdr.part.e24 = hdr.sums.e24;
+        hdr.part.e25 = hdr.sums.e25;
+        hdr.part.e26 = hdr.sums.e26;
+        hdr.part.e27 = hdr.sums.e27;
+        hdr.part.e28 = hdr.sums.e28;
+        hdr.part.e29 = hdr.sums.e29;
+        hdr.part.e30 = hdr.sums.e30;
+        hdr.part.e31 = hdr.sums.e31;
+        hdr.part.e32 = hdr.sums.e32;
+        hdr.part.e33 = hdr.sums.e33;
+        hdr.part.e34 = hdr.sums.e34;
+        hdr.part.e35 = hdr.sums.e35;
+        hdr.part.e36 = hdr.sums.e36;
+        hdr.part.e37 = hdr.sums.e37;
+        hdr.part.e38 = hdr.sums.e38;
+        hdr.part.e39 = hdr.sums.e39;
+        hdr.part.e40 = hdr.sums.e40;
+        hdr.part.e41 = hdr.sums.e41;
+        hdr.part.e42 = hdr.sums.e42;
+        hdr.part.e43 = hdr.sums.e43;
+        hdr.part.e44 = hdr.sums.e44;
+        hdr.part.e45 = hdr.sums.e45;
+        hdr.part.e46 = hdr.sums.e46;
+        hdr.part.e47 = hdr.sums.e47;
+        hdr.part.e48 = hdr.sums.e48;
+        hdr.part.e49 = hdr.sums.e49;
+        hdr.part.e50 = hdr.sums.e50;
+        hdr.part.e51 = hdr.sums.e51;
+        hdr.part.e52 = hdr.sums.e52;
+        hdr.part.e53 = hdr.sums.e53;
+        hdr.part.e54 = hdr.sums.e54;
+        hdr.part.e55 = hdr.sums.e55;
+        hdr.part.e56 = hdr.sums.e56;
+        hdr.part.e57 = hdr.sums.e57;
+        hdr.part.e58 = hdr.sums.e58;
+        hdr.part.e59 = hdr.sums.e59;
+        hdr.part.e60 = hdr.sums.e60;
+        hdr.part.e61 = hdr.sums.e61;
+        hdr.part.e62 = hdr.sums.e62;
+        hdr.part.e63 = hdr.sums.e63;
+        hdr.part.e64 = hdr.sums.e64;
+        hdr.part.e65 = hdr.sums.e65;
+        hdr.part.e66 = hdr.sums.e66;
+        hdr.part.e67 = hdr.sums.e67;
+        hdr.part.e68 = hdr.sums.e68;
+        hdr.part.e69 = hdr.sums.e69;
+        hdr.part.e70 = hdr.sums.e70;
+        hdr.part.e71 = hdr.sums.e71;
+        hdr.part.e72 = hdr.sums.e72;
+        hdr.part.e73 = hdr.sums.e73;
+        hdr.part.e74 = hdr.sums.e74;
+        hdr.part.e75 = hdr.sums.e75;
+        hdr.part.e76 = hdr.sums.e76;
+        hdr.part.e77 = hdr.sums.e77;
+        hdr.part.e78 = hdr.sums.e78;
+        hdr.part.e79 = hdr.sums.e79;
+        hdr.part.e80 = hdr.sums.e80;
+        hdr.part.e81 = hdr.sums.e81;
+        hdr.part.e82 = hdr.sums.e82;
+        hdr.part.e83 = hdr.sums.e83;
+        hdr.part.e84 = hdr.sums.e84;
+        hdr.part.e85 = hdr.sums.e85;
+        hdr.part.e86 = hdr.sums.e86;
+        hdr.part.e87 = hdr.sums.e87;
+        hdr.part.e88 = hdr.sums.e88;
+        hdr.part.e89 = hdr.sums.e89;
+        hdr.part.e90 = hdr.sums.e90;
+        hdr.part.e91 = hdr.sums.e91;
+        hdr.part.e92 = hdr.sums.e92;
+        hdr.part.e93 = hdr.sums.e93;
+        hdr.part.e94 = hdr.sums.e94;
+        hdr.part.e95 = hdr.sums.e95;
+        hdr.part.e96 = hdr.sums.e96;
+        hdr.part.e97 = hdr.sums.e97;
+        hdr.part.e98 = hdr.sums.e98;
+        hdr.part.e99 = hdr.sums.e99;
+        hdr.part.e100 = hdr.sums.e100;
+        hdr.part.e101 = hdr.sums.e101;
+        hdr.part.e102 = hdr.sums.e102;
+        hdr.part.e103 = hdr.sums.e103;
+        hdr.part.e104 = hdr.sums.e104;
+        hdr.part.e105 = hdr.sums.e105;
+        hdr.part.e106 = hdr.sums.e106;
+        hdr.part.e107 = hdr.sums.e107;
+        hdr.part.e108 = hdr.sums.e108;
+        hdr.part.e109 = hdr.sums.e109;
+        hdr.part.e110 = hdr.sums.e110;
+        hdr.part.e111 = hdr.sums.e111;
+        hdr.part.e112 = hdr.sums.e112;
+        hdr.part.e113 = hdr.sums.e113;
+        hdr.part.e114 = hdr.sums.e114;
+        hdr.part.e115 = hdr.sums.e115;
+        hdr.part.e116 = hdr.sums.e116;
+        hdr.part.e117 = hdr.sums.e117;
+        hdr.part.e118 = hdr.sums.e118;
+        hdr.part.e119 = hdr.sums.e119;
+        hdr.part.e120 = hdr.sums.e120;
+        hdr.part.e121 = hdr.sums.e121;
+        hdr.part.e122 = hdr.sums.e122;
+        hdr.part.e123 = hdr.sums.e123;
+        hdr.part.e124 = hdr.sums.e124;
+        hdr.part.e125 = hdr.sums.e125;
+        hdr.part.e126 = hdr.sums.e126;
+        hdr.part.e127 = hdr.sums.e127;
+    }
+    action take_part_1() {
+        hdr.part.setValid();
+        hdr.part.e0 = hdr.sums.e128;
+        hdr.part.e1 = hdr.sums.e129;
+        hdr.part.e2 = hdr.sums.e130;
+        hdr.part.e3 = hdr.sums.e131;
+        hdr.part.e4 = hdr.sums.e132;
+        hdr.part.e5 = hdr.sums.e133;
+        hdr.part.e6 = hdr.sums.e134;
+        hdr.part.e7 = hdr.sums.e135;
+        hdr.part.e8 = hdr.sums.e136;
+        hdr.part.e9 = hdr.sums.e137;
+        hdr.part.e10 = hdr.sums.e138;
+        hdr.part.e11 = hdr.sums.e139;
+        hdr.part.e12 = hdr.sums.e140;
+        hdr.part.e13 = hdr.sums.e141;
+        hdr.part.e14 = hdr.sums.e142;
+        hdr.part.e15 = hdr.sums.e143;
+        hdr.part.e16 = hdr.sums.e144;
+        hdr.part.e17 = hdr.sums.e145;
+        hdr.part.e18 = hdr.sums.e146;
+        hdr.part.e19 = hdr.sums.e147;
+        hdr.part.e20 = hdr.sums.e148;
+        hdr.part.e21 = hdr.sums.e149;
+        hdr.part.e22 = hdr.sums.e150;
+        hdr.part.e23 = hdr.sums.e151;
+        hdr.part.e24 = hdr.sums.e152;
+        hdr.part.e25 = hdr.sums.e153;
+        hdr.part.e26 = hdr.sums.e154;
+        hdr.part.e27 = hdr.sums.e155;
+        hdr.part.e28 = hdr.sums.e156;
+        hdr.part.e29 = hdr.sums.e157;
+        hdr.part.e30 = hdr.sums.e158;
+        hdr.part.e31 = hdr.sums.e159;
+        hdr.part.e32 = hdr.sums.e160;
+        hdr.part.e33 = hdr.sums.e161;
+        hdr.part.e34 = hdr.sums.e162;
+        hdr.part.e35 = hdr.sums.e163;
+        hdr.part.e36 = hdr.sums.e164;
+        hdr.part.e37 = hdr.sums.e165;
+        hdr.part.e38 = hdr.sums.e166;
+        hdr.part.e39 = hdr.sums.e167;
+        hdr.part.e40 = hdr.sums.e168;
+        hdr.part.e41 = hdr.sums.e169;
+        hdr.part.e42 = hdr.sums.e170;
+        hdr.part.e43 = hdr.sums.e171;
+        hdr.part.e44 = hdr.sums.e172;
+        hdr.part.e45 = hdr.sums.e173;
+        hdr.part.e46 = hdr.sums.e174;
+        hdr.part.e47 = hdr.sums.e175;
+        hdr.part.e48 = hdr.sums.e176;
+        hdr.part.e49 = hdr.sums.e177;
+        hdr.part.e50 = hdr.sums.e178;
+        hdr.part.e51 = hdr.sums.e179;
+        hdr.part.e52 = hdr.sums.e180;
+        hdr.part.e53 = hdr.sums.e181;
+        hdr.part.e54 = hdr.sums.e182;
+        hdr.part.e55 = hdr.sums.e183;
+        hdr.part.e56 = hdr.sums.e184;
+        hdr.part.e57 = hdr.sums.e185;
+        hdr.part.e58 = hdr.sums.e186;
+        hdr.part.e59 = hdr.sums.e187;
+        hdr.part.e60 = hdr.sums.e188;
+        hdr.part.e61 = hdr.sums.e189;
+        hdr.part.e62 = hdr.sums.e190;
+        hdr.part.e63 = hdr.sums.e191;
+        hdr.part.e64 = hdr.sums.e192;
+        hdr.part.e65 = hdr.sums.e193;
+        hdr.part.e66 = hdr.sums.e194;
+        hdr.part.e67 = hdr.sums.e195;
+        hdr.part.e68 = hdr.sums.e196;
+        hdr.part.e69 = hdr.sums.e197;
+        hdr.part.e70 = hdr.sums.e198;
+        hdr.part.e71 = hdr.sums.e199;
+        hdr.part.e72 = hdr.sums.e200;
+        hdr.part.e73 = hdr.sums.e201;
+        hdr.part.e74 = hdr.sums.e202;
+        hdr.part.e75 = hdr.sums.e203;
+        hdr.part.e76 = hdr.sums.e204;
+        hdr.part.e77 = hdr.sums.e205;
+        hdr.part.e78 = hdr.sums.e206;
+        hdr.part.e79 = hdr.sums.e207;
+        hdr.part.e80 = hdr.sums.e208;
+        hdr.part.e81 = hdr.sums.e209;
+        hdr.part.e82 = hdr.sums.e210;
+        hdr.part.e83 = hdr.sums.e211;
+        hdr.part.e84 = hdr.sums.e212;
+        hdr.part.e85 = hdr.sums.e213;
+        hdr.part.e86 = hdr.sums.e214;
+        hdr.part.e87 = hdr.sums.e215;
+        hdr.part.e88 = hdr.sums.e216;
+        hdr.part.e89 = hdr.sums.e217;
+        hdr.part.e90 = hdr.sums.e218;
+        hdr.part.e91 = hdr.sums.e219;
+        hdr.part.e92 = hdr.sums.e220;
+        hdr.part.e93 = hdr.sums.e221;
+        hdr.part.e94 = hdr.sums.e222;
+        hdr.part.e95 = hdr.sums.e223;
+        hdr.part.e96 = hdr.sums.e224;
+        hdr.part.e97 = hdr.sums.e225;
+        hdr.part.e98 = hdr.sums.e226;
+        hdr.part.e99 = hdr.sums.e227;
+        hdr.part.e100 = hdr.sums.e228;
+        hdr.part.e101 = hdr.sums.e229;
+        hdr.part.e102 = hdr.sums.e230;
+        hdr.part.e103 = hdr.sums.e231;
+        hdr.part.e104 = hdr.sums.e232;
+        hdr.part.e105 = hdr.sums.e233;
+        hdr.part.e106 = hdr.sums.e234;
+        hdr.part.e107 = hdr.sums.e235;
+        hdr.part.e108 = hdr.sums.e236;
+        hdr.part.e109 = hdr.sums.e237;
+        hdr.part.e110 = hdr.sums.e238;
+        hdr.part.e111 = hdr.sums.e239;
+        hdr.part.e112 = hdr.sums.e240;
+        hdr.part.e113 = hdr.sums.e241;
+        hdr.part.e114 = hdr.sums.e242;
+        hdr.part.e115 = hdr.sums.e243;
+        hdr.part.e116 = hdr.sums.e244;
+        hdr.part.e117 = hdr.sums.e245;
+        hdr.part.e118 = hdr.sums.e246;
+        hdr.part.e119 = hdr.sums.e247;
+        hdr.part.e120 = hdr.sums.e248;
+        hdr.part.e121 = hdr.sums.e249;
+        hdr.part.e122 = hdr.sums.e250;
+        hdr.part.e123 = hdr.sums.e251;
+        hdr.part.e124 = hdr.sums.e252;
+        hdr.part.e125 = hdr.sums.e253;
+        hdr.part.e126 = hdr.sums.e254;
+        hdr.part.e127 = hdr.sums.e255;
+    }
+
     @name(".NinaEgress.worker_addr")
     table worker_addr {
         key = {
@@ -9711,11 +10118,38 @@ control ResultRewrite(inout headers_t hdr, inout metadata_t meta,
     }
 
     apply {
-        if (standard_metadata.instance_type == INSTANCE_REPLICATION) {
-            meta.dst_worker = (bit<8>)standard_metadata.egress_rid;
+        bit<1> keep = 1;
+        meta.dst_worker = (bit<8>)(standard_metadata.egress_rid & RID_WORKER_MASK);
+        meta.part = (bit<8>)(standard_metadata.egress_rid >> 8);
+        if (meta.reply_only == 1 && meta.dst_worker != meta.reply_to) {
+            keep = 0;
         }
-        hdr.nina.worker = meta.dst_worker;
-        worker_addr.apply();
+        if (hdr.sums.isValid()) {
+            if (meta.part == 0) {
+                take_part_0();
+                if (hdr.nina.count > RESULT_PART_SUMS) {
+                    hdr.nina.count = RESULT_PART_SUMS;
+                }
+            } else if (meta.part == 1 && hdr.nina.count > 128) {
+                take_part_1();
+                hdr.nina.count = hdr.nina.count - 128;
+                hdr.nina.offset = hdr.nina.offset + 128;
+                if (hdr.nina.count > RESULT_PART_SUMS) {
+                    hdr.nina.count = RESULT_PART_SUMS;
+                }
+            } else {
+                keep = 0;
+            }
+            hdr.sums.setInvalid();
+        } else if (meta.part != 0) {
+            keep = 0;
+        }
+        if (keep == 1) {
+            hdr.nina.worker = meta.dst_worker;
+            worker_addr.apply();
+        } else {
+            mark_to_drop(standard_metadata);
+        }
     }
 }
 
@@ -9732,6 +10166,7 @@ control TraceEmit(inout headers_t hdr, in metadata_t meta) {
         hdr.words.setInvalid();
         hdr.codes.setInvalid();
         hdr.sums.setInvalid();
+        hdr.part.setInvalid();
         hdr.trace.setValid();
         hdr.trace.time_ns = meta.tr_time_ns;
         hdr.trace.ingress_port = meta.tr_ingress_port;
@@ -9807,6 +10242,7 @@ control NinaDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.words);
         packet.emit(hdr.codes);
         packet.emit(hdr.sums);
+        packet.emit(hdr.part);
     }
 }
 

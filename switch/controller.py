@@ -511,8 +511,8 @@ class Controller:
         try:
             with self._errors(f"job {spec.job_id}: multicast group {spec.mcast_grp}"):
                 group = self.sh.MulticastGroupEntry(spec.mcast_grp)
-                for w in sorted(spec.workers, key=lambda w: w.wid):
-                    group.add(w.port, w.wid)
+                for port, rid in sorted(spec.replicas(), key=lambda r: r[1]):
+                    group.add(port, rid)
                 group.insert()
                 group_done = True
             smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)

@@ -25,8 +25,9 @@ from nina import p4spec
 from nina.config import JobSpec, ip_to_int, mac_to_int
 from nina.decisions import N_DECISIONS, Decision
 from nina.wire import (ROUND_MOD, ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
-                       HEADER_LEN, MAX_WORKERS, UDP_PORT, VERSION, Encoding, MsgType,
-                       cm_codes_to_int, int_to_cm_codes, nat8_to_int)
+                       HEADER_LEN, MAX_WORKERS, RESULT_PART_SUMS, RID_PART_SHIFT, UDP_PORT, VERSION,
+                       Encoding, MsgType, cm_codes_to_int, int_to_cm_codes, nat8_to_int,
+                       result_part_count, result_parts)
 from switch.tables import P4Error, TableStore
 
 ETH_IP_UDP_LEN = 14 + 20 + 8   # frame bytes around a UDP payload (local mode has no frame)
@@ -54,6 +55,7 @@ _UPDATE, _RESULT = int(MsgType.UPDATE), int(MsgType.RESULT)
 _INT32, _NAT8 = int(Encoding.INT32), int(Encoding.NAT8)
 _CAPACITY = (ELEMENTS_INT32, ELEMENTS_NAT8)   # indexed by encoding
 _I32BE = np.dtype(">i4")
+_PART_BYTES = RESULT_PART_SUMS * _I32BE.itemsize
 _WORKER_BYTE = HEADER_DTYPE.fields["worker"][1]   # rewritten per result copy
 _MASK32 = 0xFFFFFFFF
 _ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
@@ -102,7 +104,7 @@ def nat8_lut(shift: int) -> np.ndarray:
 class _Job:
     """A job_table entry, decoded once, with what the fast path needs precomputed."""
     __slots__ = ("job", "n", "wlimit", "slot_base", "slot_count", "base2", "shift", "encoding",
-                 "cm", "flag_cm", "mcast_grp", "loss_q16", "lut", "replicas", "addr")
+                 "cm", "flag_cm", "parts", "mcast_grp", "loss_q16", "lut", "replicas", "addr")
 
     def __init__(self, job: int, params: tuple, pool_slots: int):
         (n, slot_base, slot_count, shift, encoding, cm, mcast_grp, loss_q16) = params
@@ -115,6 +117,7 @@ class _Job:
         self.shift, self.encoding = shift, encoding
         self.cm = bool(cm) and encoding == _NAT8  # C_M is defined on NAT8 jobs only
         self.flag_cm = FLAG_CM if self.cm else 0
+        self.parts = result_parts(encoding, self.flag_cm) if encoding in (_INT32, _NAT8) else 1
         self.mcast_grp, self.loss_q16 = mcast_grp, loss_q16
         self.lut = nat8_lut(shift) if encoding == _NAT8 else None
         self.replicas: list[tuple] = []   # (egress port, rid, dmac, dip, dport, smac, sip)
@@ -231,13 +234,7 @@ class Pipeline:
             # when complete, else consumed; a packet of another round is stale. Never add twice.
             if rounds[idx] == rnd and counts[idx] == n:
                 decision = D_REPLY
-                a = j.addr.get(w)
-                if a is not None:
-                    out.append(PacketOut(
-                        ingress_port, a[0], a[1], a[2], a[3], a[4], UDP_PORT,
-                        _HDR.pack(VERSION, _RESULT, enc, (flags & _ROUND_FLAGS) | j.flag_cm,
-                                  job, w, max_exp[idx], slot, count, offset)
-                        + self._result_body(j, idx, False)))
+                out = self._result_copies(j, idx, enc, flags, slot, count, offset, False, w)
             else:
                 decision = D_DUP
         elif (b and (rounds[idx] != rnd or counts[idx] >= n)) or \
@@ -275,20 +272,39 @@ class Pipeline:
                 decision = D_AGGREGATE
             if c == n:
                 decision = D_COMPLETE
-                # One result packet, its worker byte patched per copy (cheaper than packing).
-                pkt = bytearray(_HDR.pack(VERSION, _RESULT, enc,
-                                          (flags & _ROUND_FLAGS) | j.flag_cm, job, 0,
-                                          max_exp[idx], slot, count, offset))
-                pkt += self._result_body(j, idx, True)
-                for port, rid, dmac, dip, dport, smac, sip in j.replicas:
-                    pkt[_WORKER_BYTE] = rid & 0xFF
-                    out.append(PacketOut(port, dmac, dip, dport, smac, sip, UDP_PORT,
-                                         bytes(pkt)))
+                out = self._result_copies(j, idx, enc, flags, slot, count, offset, True, None)
         self._ctr_pkts[decision] += 1
         self._ctr_bytes[decision] += frame_len
         if self.trace is not None:
             self.trace.emit(time.time_ns(), ingress_port, job, slot, w, decision, v,
                             max_exp[idx], counts[idx], bitmap[idx], offset, count)
+        return out
+
+    def _result_copies(self, j: _Job, idx: int, enc: int, flags: int, slot: int, count: int,
+                       offset: int, completing: bool, only: int | None) -> list[PacketOut]:
+        """The result of (slot, ver) idx, one copy per replica of the job's group: replica
+        (port, part << 8 | wid) carries result part `part` to worker wid; a part the result
+        does not have is not sent. only: just worker `only`'s copies (a retransmission reply)."""
+        flags = (flags & _ROUND_FLAGS) | j.flag_cm
+        body = self._result_body(j, idx, completing)
+        head = (VERSION, _RESULT, enc, flags, j.job, 0, self._max_exp[idx], slot)
+        if j.parts == 1:
+            parts = [bytearray(_HDR.pack(*head, count, offset) + body)]
+        else:
+            parts = []
+            for p in range(j.parts):
+                pc = result_part_count(count, p, enc, flags)
+                parts.append(None if pc is None else bytearray(
+                    _HDR.pack(*head, pc, offset + p * RESULT_PART_SUMS)
+                    + body[p * _PART_BYTES:(p + 1) * _PART_BYTES]))
+        out = []
+        for port, rid, dmac, dip, dport, smac, sip in j.replicas:
+            w, p = rid & 0xFF, rid >> RID_PART_SHIFT
+            if (only is not None and w != only) or p >= len(parts) or parts[p] is None:
+                continue
+            pkt = parts[p]
+            pkt[_WORKER_BYTE] = w   # one packet per part, its worker byte patched per copy
+            out.append(PacketOut(port, dmac, dip, dport, smac, sip, UDP_PORT, bytes(pkt)))
         return out
 
     def _result_body(self, j: _Job, idx: int, completing: bool) -> bytes:
@@ -357,7 +373,7 @@ class Pipeline:
                 jobs[job].addr[wid] = a
         for j in jobs.values():
             for port, rid in self.mcast_groups.get(j.mcast_grp, ()) if j.mcast_grp else ():
-                a = j.addr.get(rid)
+                a = j.addr.get(rid & 0xFF)
                 if a is not None:   # a replica with no egress rewrite entry is dropped
                     j.replicas.append((port, rid) + tuple(a))
         self._jobs = jobs
@@ -476,7 +492,7 @@ class Pipeline:
             t.insert(_WORKER_T, (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port))
             t.insert(_ADDR_T, (spec.job_id, w.wid),
                      (mac_to_int(w.mac), ip_to_int(w.ip), w.udp_port, smac, sip))
-        self.write_mcast_group(spec.mcast_grp, [(w.port, w.wid) for w in spec.workers])
+        self.write_mcast_group(spec.mcast_grp, spec.replicas())
         self.reset_job_state(spec.slot_base, spec.slot_count)
 
     def remove_job(self, job_id: int) -> None:

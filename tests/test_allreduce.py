@@ -93,14 +93,18 @@ class ScriptedSwitch:
             h, vals = parse_packet(buf)
             ints = nat8_to_int(vals, s) if h.encoding == Encoding.NAT8 else vals.astype(np.int32)
 
-            def res(**kw):
+            # a NAT8 result comes as parts of 128 sums (part 0 always), INT32 as one packet
+            step = 128 if h.encoding == Encoding.NAT8 else 64
+
+            def res(start=0, **kw):
                 f = dict(msg_type=MsgType.RESULT, encoding=h.encoding, flags=h.flags,
                          job=h.job, worker=0, exponent=h.exponent, slot=h.slot,
-                         count=h.count, offset=h.offset)
+                         count=min(step, h.count - start), offset=h.offset + start)
                 f.update(kw)
-                return pack_packet(Header(**f), ints)
+                return pack_packet(Header(**f), ints[start:start + f["count"]])
+            whole = [res(a) for a in range(0, max(h.count, 1), step)]
             for p in (res(flags=h.flags ^ FLAG_VER), res(offset=h.offset + 1),
-                      res(job=h.job + 1), b"\x01\x02junk", res(), res()):
+                      res(job=h.job + 1), b"\x01\x02junk", *whole[::-1], *whole):
                 self.sock.sendto(p, addr)
 
     def close(self):

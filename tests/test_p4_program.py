@@ -20,7 +20,7 @@ import pytest
 
 from nina import p4spec
 from nina.decisions import TRACE_DTYPE, Decision
-from nina.wire import HEADER_FIELDS, ELEMENTS_INT32, ELEMENTS_NAT8
+from nina.wire import HEADER_FIELDS, ELEMENTS_INT32, ELEMENTS_NAT8, RESULT_PART_SUMS
 
 ROOT = Path(__file__).resolve().parents[1]
 P4_DIR = ROOT / "p4"
@@ -122,6 +122,7 @@ def test_bmv2_json_header_layouts():
     assert headers["words"] == [(f"e{i}", 32) for i in range(ELEMENTS_INT32)]
     assert headers["codes"] == [(f"e{i}", 8) for i in range(ELEMENTS_NAT8)]
     assert headers["sums"] == [(f"e{i}", 32) for i in range(ELEMENTS_NAT8)]
+    assert headers["part"] == [(f"e{i}", 32) for i in range(RESULT_PART_SUMS)]
 
 
 def test_bmv2_json_registers_and_counters():

@@ -90,7 +90,7 @@ def test_unpack_rejects_bad_bytes():
     (MsgType.UPDATE, Encoding.INT32, 0, 256, 64),
     (MsgType.UPDATE, Encoding.NAT8, 0, 256, 256),
     (MsgType.RESULT, Encoding.INT32, 0, 256, 64),
-    (MsgType.RESULT, Encoding.NAT8, 0, 1024, 256),
+    (MsgType.RESULT, Encoding.NAT8, 0, 512, 128),   # one of two parts
     (MsgType.RESULT, Encoding.NAT8, FLAG_CM, 256, 256),
 ])
 def test_payload_layouts(msg_type, encoding, flags, nbytes, capacity):
@@ -183,3 +183,22 @@ def test_round_numbers_ride_in_flags():
         seen.add(f)
     assert len(seen) == wire.ROUND_MOD
     assert wire.round_flags(wire.ROUND_MOD + 5) == wire.round_flags(5)
+
+
+@pytest.mark.parametrize("encoding,flags,count,want", [
+    (Encoding.NAT8, 0, 256, [128, 128]),
+    (Encoding.NAT8, 0, 200, [128, 72]),
+    (Encoding.NAT8, 0, 129, [128, 1]),
+    (Encoding.NAT8, 0, 128, [128, None]),
+    (Encoding.NAT8, 0, 5, [5, None]),
+    (Encoding.NAT8, 0, 0, [0, None]),        # a priming result: part 0 only
+    (Encoding.NAT8, FLAG_CM, 256, [256]),
+    (Encoding.INT32, 0, 64, [64]),
+    (Encoding.INT32, 0, 0, [0]),
+])
+def test_result_parts_split_only_nat8_sums(encoding, flags, count, want):
+    parts = wire.result_parts(encoding, flags)
+    assert [wire.result_part_count(count, p, encoding, flags) for p in range(parts)] == want
+    assert wire.result_part_count(count, parts, encoding, flags) is None
+    # a result part never grows the 256-byte update by more than BMv2's 512 bytes
+    assert wire.payload_layout(MsgType.RESULT, encoding, flags).nbytes - 256 <= 512

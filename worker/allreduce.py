@@ -29,7 +29,7 @@ import numpy as np
 from nina.config import DEFAULT_WINDOW, JobSpec
 from nina.wire import (ROUND_MOD, CAPACITY, FLAG_CM, FLAG_VER, Encoding, MsgType, WireError,
                        batch_dtype, empty_batch, nat8_to_int, pack_batch, parse_packet,
-                       unpack_batch)
+                       payload_layout, result_parts, unpack_batch)
 from worker import switch_encoding as se
 
 MAX_OFFSET = 0xFFFFFFFF  # the header's u32 chunk offset
@@ -137,6 +137,10 @@ class AllReduceClient:
         self.broken: str | None = None
         self._n = 0
         self._res_size = batch_dtype(MsgType.RESULT, self.encoding, self.result_flags).itemsize
+        # A result may come in parts (NAT8 without C_M: two packets of 128 sums), each with its
+        # own offset and count; a slot is done when every part of its chunk has arrived.
+        self.parts = result_parts(self.encoding, self.result_flags)
+        self.part_k = payload_layout(MsgType.RESULT, self.encoding, self.result_flags).capacity
 
     # ---- encoding ----------------------------------------------------------------------------
 
@@ -198,6 +202,8 @@ class AllReduceClient:
         o_deadline = np.full(W, np.inf)
         o_rto = np.zeros(W)
         o_retx = np.zeros(W, bool)
+        o_parts = np.zeros(W, np.uint8)   # bitmask of the result parts received
+        o_exp = np.zeros(W, np.uint8)     # the exponent the result carries
         o_pkt: list[bytes | None] = [None] * W
         remaining = chunks
 
@@ -238,6 +244,7 @@ class AllReduceClient:
             o_chunk[slots], o_prime[slots], o_ver[slots] = chunk_ids, prime, vers
             o_first[slots], o_deadline[slots], o_rto[slots] = now, now + rto, rto
             o_retx[slots] = False
+            o_parts[slots] = 0
             self.transport.send(pkts)
             if prime:
                 stats.priming_packets += m
@@ -251,7 +258,8 @@ class AllReduceClient:
             bufs = self.transport.recv(wait)
             if bufs:
                 remaining -= self._accept(bufs, stats, o_chunk, o_prime, o_ver, o_first,
-                                          o_retx, o_deadline, agreed, out, chunks, send)
+                                          o_retx, o_deadline, o_parts, o_exp, agreed, out,
+                                          chunks, send)
             now = time.monotonic()
             late = np.flatnonzero(o_deadline <= now)
             if len(late):
@@ -302,28 +310,63 @@ class AllReduceClient:
                 return None
 
     def _accept(self, bufs, stats, o_chunk, o_prime, o_ver, o_first, o_retx, o_deadline,
-                agreed, out, chunks, send) -> int:
+                o_parts, o_exp, agreed, out, chunks, send) -> int:
         batch = self._parse(bufs, stats)
         if batch is None:
             return 0
         h = batch["hdr"]
-        W, k = self.window, self.k
+        W, k, pk = self.window, self.k, self.part_k
         slot = h["slot"].astype(np.int64)
         ok = (h["job"] == self.spec.job_id) & (h["worker"] == self.wid) & (slot < W)
         s = np.minimum(slot, W - 1)
         ch = o_chunk[s]
+        prime = o_prime[s]
         ver = ((h["flags"] & FLAG_VER) | ((h["flags"] & 0xFC) >> 1)).astype(np.uint8)  # round
-        exp_count = np.where(o_prime[s], 0, np.minimum(k, np.maximum(0, self._n - ch * k)))
-        ok &= (ch >= 0) & (ver == o_ver[s]) & (h["offset"] == ch * k) & (h["count"] == exp_count)
+        # which part of the chunk's result this packet is, and the count it must then carry
+        # (nina.wire.result_part_count): part p holds elements [p * pk, (p + 1) * pk)
+        rel = h["offset"].astype(np.int64) - ch * k
+        part = np.clip(rel // pk, 0, self.parts - 1)
+        chunk_count = np.where(prime, 0, np.clip(self._n - ch * k, 0, k))
+        part_count = np.clip(chunk_count - part * pk, 0, pk)
+        ok &= (ch >= 0) & (ver == o_ver[s]) & (rel == part * pk) & (h["count"] == part_count)
+        ok &= ((part == 0) | (part_count > 0)) & ((o_parts[s] >> part) & 1 == 0)
         idx = np.flatnonzero(ok)
         if len(idx):
-            _, first_of = np.unique(s[idx], return_index=True)  # one copy per slot
-            idx = idx[first_of]
+            _, first_of = np.unique(s[idx] * self.parts + part[idx], return_index=True)
+            idx = idx[first_of]   # one copy per (slot, part)
         stats.ignored += len(bufs) - len(idx)
         if not len(idx):
             return 0
+        # data parts: decode with the chunk's agreed exponent into their place
+        d = idx[~prime[idx]]
+        if len(d):
+            dc = ch[d]
+            vals = self._decode(batch["payload"][d], agreed[dc])
+            bad = ~np.isfinite(vals).all(axis=1)
+            if bad.any():
+                c = int(dc[np.argmax(bad)])
+                raise AllReduceError(
+                    f"the sum of chunk {c} (elements {c * k}..{(c + 1) * k - 1}) exceeds float32's "
+                    f"range (|x| > 3.4e38): the workers' values are too large to sum in float32")
+            cols = part[d][:, None] * pk + np.arange(pk)
+            out[dc[:, None], cols] = vals
+        np.bitwise_or.at(o_parts, s[idx], (1 << part[idx]).astype(np.uint8))
+        o_exp[s[idx]] = h["exponent"][idx]   # every part carries the same exponent
+        # slots whose every part is in: a priming result is one part, a chunk ceil(count / pk)
+        cand = np.unique(s[idx])
+        need = np.where(o_prime[cand], 1,
+                        -(-np.clip(self._n - o_chunk[cand] * k, 1, k) // pk))   # ceil
+        return self._complete(cand[o_parts[cand] == (1 << need) - 1], o_chunk, o_prime,
+                              o_first, o_retx, o_deadline, o_exp, agreed, chunks, send)
+
+    def _complete(self, slots, o_chunk, o_prime, o_first, o_retx, o_deadline, o_exp, agreed,
+                  chunks, send) -> int:
+        """Finish the rounds of `slots` (their results are in): timing, next chunk out."""
+        if not len(slots):
+            return 0
+        W = self.window
         now = time.monotonic()
-        slots, chs, prime = s[idx], ch[idx], o_prime[s[idx]]
+        chs, prime = o_chunk[slots], o_prime[slots]
         fresh = ~o_retx[slots]  # Karn: time only rounds that were never retransmitted
         if fresh.any():
             rtt = float(np.max(now - o_first[slots[fresh]]))
@@ -332,8 +375,8 @@ class AllReduceClient:
             else:   # RFC 6298 smoothing
                 self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
                 self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        exps = h["exponent"][idx]
-        self.results_seen += len(idx)
+        exps = o_exp[slots]
+        self.results_seen += len(slots)
         self.round[slots] = (self.round[slots] + 1) % ROUND_MOD
         o_chunk[slots] = -1
         o_deadline[slots] = np.inf
@@ -345,14 +388,6 @@ class AllReduceClient:
         done = 0
         if d.any():
             dc = chs[d]
-            vals = self._decode(batch["payload"][idx[d]], agreed[dc])
-            bad = ~np.isfinite(vals).all(axis=1)
-            if bad.any():
-                c = int(dc[np.argmax(bad)])
-                raise AllReduceError(
-                    f"the sum of chunk {c} (elements {c * k}..{(c + 1) * k - 1}) exceeds float32's "
-                    f"range (|x| > 3.4e38): the workers' values are too large to sum in float32")
-            out[dc] = vals
             done = len(dc)
             ahead = dc + W
             has = ahead < chunks

@@ -22,8 +22,8 @@ import numpy as np
 from nina import p4spec
 from nina.config import JobSpec, WorkerAddr
 from nina.decisions import Decision
-from nina.wire import (FLAG_CM, HEADER_DTYPE, round_flags, NAT8_SIGN, NAT8_ZERO, Encoding, Header, MsgType,
-                       pack_packet)
+from nina.wire import (FLAG_CM, HEADER_DTYPE, NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, Encoding,
+                       Header, MsgType, pack_packet, round_flags)
 
 D = Decision
 PORT = 0   # local mode: every worker is behind ingress port 0
@@ -160,12 +160,18 @@ def result_header(spec: JobSpec, w: int, slot: int, ver: int, count: int, offset
 
 def results(spec: JobSpec, slot: int, ver: int, count: int, offset: int, exponent: int,
             sums: list[int], to: list[int] | None = None) -> tuple[Expected, ...]:
-    """The result copies for workers `to` (default: all, i.e. the multicast)."""
+    """The result copies for workers `to` (default: all, i.e. the multicast). A NAT8 result
+    without C_M comes as parts of RESULT_PART_SUMS sums, each with its own offset and count:
+    part 0 always, a later part when the chunk reaches into it."""
+    part = RESULT_PART_SUMS if spec.encoding == Encoding.NAT8 else CAP[spec.encoding]
+    starts = [0] + list(range(part, count, part))
     out = []
     for w in (range(spec.n_workers) if to is None else to):
-        h = result_header(spec, w, slot, ver, count, offset, exponent)
-        vals = np.array(sums[:count], np.int32)
-        out.append(Expected(PORT, src(spec, w), data=pack_packet(h, vals)))
+        for a in starts:
+            n = min(part, count - a)
+            h = result_header(spec, w, slot, ver, n, offset + a, exponent)
+            out.append(Expected(PORT, src(spec, w),
+                                data=pack_packet(h, np.array(sums[a:a + n], np.int32))))
     return tuple(out)
 
 

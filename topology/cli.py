@@ -16,6 +16,7 @@ EPILOG = """prompt commands (also for --run):
 examples:
   sudo nina rack --workers 4 --bw 100 --delay 1
   sudo nina rack --loss 5 --run "allreduce --size 100000" --run counters
+  sudo nina rack --switch bmv2 --run "allreduce --size 5000 --encoding int32" --run counters
   nina rack --mode local --run "train --compressor nat --steps 50\""""
 
 
@@ -64,7 +65,9 @@ def register(subparsers) -> None:
                         "needs --delay)")
     p.add_argument("--switch", choices=["embedded", "bmv2"], default="embedded",
                    help="data plane: the embedded NINA switch (default) or BMv2 "
-                        "simple_switch_grpc with p4/build/nina.json")
+                        "simple_switch_grpc with p4/build/nina.json (slow: jobs default to "
+                        "--window 8; traces come from the P4 program's clones on a monitor "
+                        "port s1-mon, collected into <run dir>/switch.trace)")
     p.add_argument("--run", action="append", metavar="COMMAND", default=[],
                    help="run this prompt command and continue (repeatable); with --run the "
                         "rack ends after the last one instead of prompting")
@@ -164,7 +167,8 @@ def _allreduce_parser() -> _Parser:
     p.add_argument("--loss", type=float, default=0.0,
                    help="switch loss simulator: drop each update with this probability")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    p.add_argument("--window", type=int, default=None,
+                   help=f"slots in flight per worker (default {DEFAULT_WINDOW}; 8 on BMv2)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds a slot may stay incomplete (default 10)")
     return p

@@ -57,7 +57,7 @@ class AllReduceReport:
 
 def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = False,
                   calls: int = 1, seed: int = 0, loss: float = 0.0,
-                  window: int = DEFAULT_WINDOW, timeout: float = 10.0,
+                  window: int | None = None, timeout: float = 10.0,
                   log=print) -> AllReduceReport:
     from worker.launch import check_allreduce
     from worker.launch import run_allreduce as run_job
@@ -66,6 +66,8 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
     enc = ENCODINGS[encoding]
     if cm and enc != Encoding.NAT8:
         raise ValueError("--cm needs --encoding nat8")
+    if window is None:
+        window = getattr(rack, "default_window", DEFAULT_WINDOW)
     job_id = rack.next_job_id()
     run_dir = rack.job_dir("allreduce", job_id)
     t0 = time.monotonic()
@@ -103,7 +105,8 @@ def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=None)
     p.add_argument("--loss", type=float, default=0.0,
                    help="switch loss simulator probability (the links have their own loss)")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    p.add_argument("--window", type=int, default=None,
+                   help=f"slots in flight per worker (default {DEFAULT_WINDOW}; 8 on BMv2)")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -123,7 +126,10 @@ def run_train(rack, argv: list[str] | str, log=print,
     data = "lsq" if args.model == "lsq" else "digits"
     base = TrainConfig(model=args.model, data=data, steps=args.steps, lr=args.lr,
                        batch=args.batch, seed=args.seed, hidden=args.hidden,
-                       eval_every=args.eval_every, window=args.window, timeout=args.timeout)
+                       eval_every=args.eval_every,
+                       window=(args.window if args.window is not None
+                               else getattr(rack, "default_window", DEFAULT_WINDOW)),
+                       timeout=args.timeout)
     target, key, higher = default_target(args.model)
     if args.target is not None:
         target = args.target

@@ -5,7 +5,9 @@ OpenFlow controller, turn checksum/segmentation offloads off on every rack inter
 switch copies frames between veths with raw sockets, so a frame must leave a host complete,
 with its real checksum and at most MTU-sized), static ARP everywhere (the switch forwards by
 MAC and floods nothing), start the switch process on s1's interfaces, apply link impairments,
-connect the Controller over loopback gRPC and install one l2_forward entry per host.
+connect the Controller over loopback gRPC and install one l2_forward entry per host. A BMv2
+switch with tracing on also gets a monitor port (topology/monitor.py): the controller points
+the trace clone session at it and a collector writes <run dir>/switch.trace from it.
 stop(): the reverse, also after an error, Ctrl-C or SIGTERM; every step is safe to repeat.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nina.config import SWITCH_MAC, SWITCH_RACK_IP
 from nina.wire import UDP_PORT
 from topology import impair
 from topology.impair import Impairments, LinkShape
+from topology.monitor import MonitorError, TraceMonitor
 from topology.netns import coordinator_in_host
 from topology.rack import COORD_NAME, HostPlan, SWITCH_NAME, make_topo, rack_plan
 from topology.rackbase import RackBase, RackController, RackError
@@ -35,6 +38,10 @@ BMV2_JSON_PATH = os.environ.get("NINA_BMV2_JSON") or os.path.join(REPO, "p4", "b
                                                                   "nina.json")
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
+# BMv2 runs this program at a few hundred updates/s and queues everything (the coordination TCP
+# too) in one FIFO: 32 slots per worker in flight build seconds of queue when the CPU is shared,
+# the clients' retransmissions pile onto it and heartbeats time out. 8 keeps the queue short.
+BMV2_WINDOW = 8
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -43,7 +50,8 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 def _remove_stale_intfs(plans: list[HostPlan], log) -> None:
     """Interfaces with our nodes' names left in the root namespace by a crash."""
-    names = [h.switch_intf for h in plans] + [h.host_intf for h in plans]
+    names = [h.switch_intf for h in plans] + [h.host_intf for h in plans] + \
+        list(TraceMonitor.intfs)
     stale = [n for n in names if os.path.exists(f"/sys/class/net/{n}")]
     for n in stale:
         _run(["ip", "link", "del", n])
@@ -62,6 +70,8 @@ class MininetRack(RackBase):
         self.plans = rack_plan(n_workers)
         self.shape = shape
         self.switch_kind = switch_kind
+        if switch_kind == "bmv2":
+            self.default_window = BMV2_WINDOW
         self.trace = trace
         self.pcap = pcap
         self.switch_cls = switch_cls
@@ -72,6 +82,9 @@ class MininetRack(RackBase):
         self.data_addr = (SWITCH_RACK_IP, UDP_PORT)
         self.coord_ip = self.plans[-1].ip
         self._pcaps: list[subprocess.Popen] = []
+        # BMv2 writes no trace file itself: with tracing on, it gets a monitor port
+        self.monitor = TraceMonitor(self.run_dir, log) if (switch_kind == "bmv2"
+                                                           and trace) else None
         self._stopped = False
 
     # ---- RackBase ----
@@ -112,6 +125,8 @@ class MininetRack(RackBase):
         _remove_stale_intfs(self.plans, self.log)
         self.state.intfs = [h.switch_intf for h in self.plans] + [h.host_intf
                                                                     for h in self.plans]
+        if self.monitor:
+            self.state.intfs += list(self.monitor.intfs)
         self.state.save()
 
         t0 = time.monotonic()
@@ -121,7 +136,8 @@ class MininetRack(RackBase):
         cls = self.switch_cls or NinaSwitch
         switch = partial(cls, kind=self.switch_kind, grpc_addr=self.grpc_addr,
                          run_dir=self.run_dir, trace=self.trace,
-                         thrift_port=free_tcp_port(), on_spawn=self.state.add_pid)
+                         thrift_port=free_tcp_port(), on_spawn=self.state.add_pid,
+                         monitor_intf=self.monitor.switch_intf if self.monitor else None)
         self.net = Mininet(topo=make_topo(self.n_workers), switch=switch,
                            controller=None, link=Link,
                            autoSetMacs=False, autoStaticArp=False, build=False)
@@ -136,9 +152,12 @@ class MininetRack(RackBase):
         self._configure_interfaces()
         self._static_arp()
         try:
+            if self.monitor:
+                self.monitor.create_link()
+                self.state.add_pid(self.monitor.start_capture(), self.monitor.cmd)
             self.net.start()  # runs NinaSwitch.start: the switch process, waits for its gRPC
             self.impairments.apply(self.net, self.plans[:-1], self.run_dir)
-        except RuntimeError as e:
+        except (RuntimeError, MonitorError) as e:
             raise RackError(str(e)) from None
         finally:
             for pid, cmd in self.impairments.started():
@@ -147,10 +166,15 @@ class MininetRack(RackBase):
             self._start_pcaps()
         self._connect_controller()
         self._install_forwarding()
+        self._point_trace_clones()
         self.log(f"rack up in {time.monotonic() - t0:.1f} s: switch pid {self.switch.proc.pid}"
                  f", P4Runtime {self.grpc_addr}, data plane {SWITCH_RACK_IP}:{UDP_PORT}"
                  + (f", impairments via {self.impairments.method}"
-                    if self.impairments.method != "none" else ""))
+                    if self.impairments.method != "none" else "")
+                 + (f"; BMv2: jobs use a window of {self.default_window} slots per worker "
+                    f"unless given --window" if self.switch_kind == "bmv2" else "")
+                 + (f"; trace clones on port {self.switch.monitor_port} -> "
+                    f"{self.monitor.trace_path}" if self.monitor else ""))
 
     def _connect_controller(self) -> None:
         from switch.controller import Controller, ControllerError
@@ -172,6 +196,17 @@ class MininetRack(RackBase):
                 self.controller.set_forward(h.mac, h.port)
         except ControllerError as e:
             raise RackError(f"installing forwarding: {e}") from None
+
+    def _point_trace_clones(self) -> None:
+        """Tracing on BMv2 is the trace clone session aimed at the monitor port; without it
+        (--no-trace) BMv2 makes no clones at all."""
+        if not self.monitor:
+            return
+        from switch.controller import ControllerError
+        try:
+            self.controller.set_monitor_port(self.switch.monitor_port)
+        except ControllerError as e:
+            raise RackError(f"pointing trace clones at the monitor port: {e}") from None
 
     def _complete_spec(self, spec):
         """worker/launch.py knows a worker by IP and UDP port; the switch also needs its port
@@ -236,8 +271,10 @@ class MininetRack(RackBase):
             return
         self._stopped = True
         errors = []
+        # the collector stops after the switch: every clone BMv2 sent is in its socket by then
         for step in (self._reap_all, self._close_controller, self._stop_pcaps,
-                     self.impairments.teardown, self._stop_switch, self._stop_net):
+                     self.impairments.teardown, self._stop_switch, self._stop_monitor,
+                     self._stop_net):
             try:
                 step()
             except Exception as e:          # keep tearing down; report at the end
@@ -256,6 +293,10 @@ class MininetRack(RackBase):
     def _stop_switch(self) -> None:
         if self.switch is not None:
             self.switch.stop_process()
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
 
     def _stop_net(self) -> None:
         if self.net is None:
@@ -285,6 +326,9 @@ class MininetRack(RackBase):
             rows.append(f"{h.name:5} {h.ip:12} {h.mac:18} {h.port} ({h.switch_intf})")
         rows.append(f"{SWITCH_NAME:5} {SWITCH_RACK_IP:12} {SWITCH_MAC:18} "
                     f"({self.switch_kind}, pid {self.switch.proc.pid if self.switch_alive() else '-'})")
+        if self.monitor and self.switch.monitor_port:
+            rows.append(f"{'mon':5} {'-':12} {'-':18} {self.switch.monitor_port} "
+                        f"({self.switch.monitor_intf}: trace clones -> {self.monitor.trace_path})")
         return "\n".join(rows)
 
     def pingall(self, timeout: float = 1.0) -> tuple[int, int]:

@@ -3,7 +3,9 @@
 Addresses are fixed so a trace, a pcap or a controller entry can be read without a lookup table:
 worker host h<i> (i = 1..N) is 10.0.0.<i> with MAC 02:00:00:00:00:<i>, the coordinator host hc
 is 10.0.0.100, and the switch answers as nina.config.SWITCH_MAC / SWITCH_RACK_IP. Link i joins
-h<i> to switch port i (interface s1-eth<i>); the coordinator is on port N + 1.
+h<i> to switch port i (interface s1-eth<i>); the coordinator is on port N + 1. A BMv2 switch
+with tracing on also has a monitor port N + 2 (s1-mon), a veth whose other end (nina-mon0) the
+trace collector reads.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ COORD_MAC = "02:00:00:00:00:64"
 PREFIX_LEN = 24
 WORKER_UDP_PORT = 0xBEE1       # each worker host's NINA socket (one per host, per job base)
 COORD_PORT = 5555              # the job coordinator's zmq port on hc
+MONITOR_SWITCH_INTF = "s1-mon"     # the BMv2 monitor port's end (trace clones leave here)
+MONITOR_CAPTURE_INTF = "nina-mon0"  # its peer in the root namespace: topology/trace_capture.py
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ def switch_intfs(n_workers: int) -> list[str]:
     return [h.switch_intf for h in rack_plan(n_workers)]
 
 
+def monitor_port(n_workers: int) -> int:
+    """The BMv2 monitor port: one above the coordinator's, the switch's highest."""
+    return n_workers + 2
+
+
 def make_topo(n_workers: int):
     """A Mininet Topo for the plan. Links are plain veth pairs; bandwidth, delay, loss,
     duplication and reordering are applied after build by topology/impair.py (it copes with
@@ -75,4 +84,5 @@ def make_topo(n_workers: int):
 
 __all__ = ["HostPlan", "rack_plan", "worker_plan", "switch_intfs", "make_topo", "SWITCH_NAME",
            "COORD_NAME", "COORD_IP", "COORD_MAC", "SWITCH_MAC", "SWITCH_RACK_IP",
-           "WORKER_UDP_PORT", "COORD_PORT"]
+           "WORKER_UDP_PORT", "COORD_PORT", "MONITOR_SWITCH_INTF", "MONITOR_CAPTURE_INTF",
+           "monitor_port"]

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 
+from nina.config import DEFAULT_WINDOW
 from topology.runenv import RackState, project_python, stop_pid
 
 
@@ -58,6 +59,7 @@ class RackBase:
     # -- to provide in a subclass --
     data_addr: tuple[str, int] = ("", 0)           # where workers send their updates
     coord_ip: str = "127.0.0.1"
+    default_window: int = DEFAULT_WINDOW           # slots in flight per worker, unless asked
 
     def worker_node(self, wid: int) -> str:
         return f"h{wid + 1}"

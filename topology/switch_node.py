@@ -3,7 +3,9 @@
 No Open vSwitch and no OpenFlow controller: start() runs either the embedded NINA data plane
 (`nina switch --mode ifaces`, raw AF_PACKET sockets on s1-eth1..N) or BMv2's
 simple_switch_grpc (`-i 1@s1-eth1 ...`) in the root namespace, with P4Runtime on loopback;
-stop() ends exactly that process. Port p is the p-th interface (s1-eth<p>).
+stop() ends exactly that process. Port p is the p-th interface (s1-eth<p>); a BMv2 switch
+given a `monitor_intf` (a veth the rack created) has it as one more port, the highest, where the
+P4 program's trace clones leave.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class NinaSwitch(Switch):
 
     def __init__(self, name, kind: str = "embedded", grpc_addr: str = "127.0.0.1:9559",
                  run_dir: str = ".", trace: bool = True, thrift_port: int = 9090,
-                 on_spawn=None, **params):
+                 on_spawn=None, monitor_intf: str | None = None, **params):
         if kind not in SWITCH_KINDS:
             raise ValueError(f"switch kind must be one of {SWITCH_KINDS}, got {kind!r}")
         super().__init__(name, **params)
@@ -41,6 +43,7 @@ class NinaSwitch(Switch):
         self.trace = trace
         self.thrift_port = thrift_port
         self.on_spawn = on_spawn          # callback(pid, argv): the launcher records it
+        self.monitor_intf = monitor_intf if kind == "bmv2" else None
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(run_dir, f"switch-{kind}.log")
         # the name `nina trace summary <run dir>` looks for
@@ -49,6 +52,11 @@ class NinaSwitch(Switch):
     def port_intfs(self) -> list[str]:
         """Data-plane interfaces ordered by port number (port 0, `lo`, is the control one)."""
         return [self.intfs[p].name for p in sorted(self.intfs) if p > 0]
+
+    @property
+    def monitor_port(self) -> int | None:
+        """BMv2 port of the monitor interface (None: no monitor port)."""
+        return len(self.port_intfs()) + 1 if self.monitor_intf else None
 
     def command(self) -> list[str]:
         intfs = self.port_intfs()
@@ -64,6 +72,8 @@ class NinaSwitch(Switch):
         cmd = [BMV2_BINARY, "--device-id", "0"]
         for port, name in enumerate(intfs, start=1):
             cmd += ["-i", f"{port}@{name}"]
+        if self.monitor_intf:
+            cmd += ["-i", f"{self.monitor_port}@{self.monitor_intf}"]
         return cmd + ["--no-p4", "--thrift-port", str(self.thrift_port), "--",
                       "--grpc-server-addr", self.grpc_addr]
 

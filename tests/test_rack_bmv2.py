@@ -1,5 +1,5 @@
 """The Mininet rack on BMv2 (simple_switch_grpc running p4/build/nina.json): all-reduces through
-the P4 program are exact (INT32, and NAT8 with C_M), the P4 trace clones reach the monitor port
+the P4 program are exact (INT32, NAT8 with C_M, NAT8 with results in parts), the P4 trace clones reach the monitor port
 and become a switch.trace that `nina trace summary` reads with one record per processed packet
 (decision totals equal the switch's own counters, one COMPLETE per round), --no-trace makes no
 monitor port, and the teardown leaves no interface or process behind. The collector itself is
@@ -152,6 +152,11 @@ def test_bmv2_rack_exact_allreduces_and_trace_from_the_monitor_port(tmp_path):
                              log=print)
         print(nat8.summary())
         assert nat8.exact, nat8.problems
+        # NAT8 without C_M: results in two parts of 128 sums; the last chunk (100 elements)
+        # has part 0 only
+        parts = run_allreduce(rack, size=2148, encoding="nat8", window=WINDOW, log=print)
+        print(parts.summary())
+        assert parts.exact, parts.problems
         counters = _settled_counters(rack.controller)
         pids += [p.pid for p in rack._procs.values()]
     # teardown: nothing of the rack is left, and the collector wrote its index
@@ -168,7 +173,8 @@ def test_bmv2_rack_exact_allreduces_and_trace_from_the_monitor_port(tmp_path):
     per_job = {}
     for (job, _w), c in s.per_worker.items():
         per_job[job] = per_job.get(job, 0) + c
-    rounds = {int32.job_id: _rounds(3000, 64), nat8.job_id: _rounds(2048, 256)}
+    rounds = {int32.job_id: _rounds(3000, 64), nat8.job_id: _rounds(2048, 256),
+              parts.job_id: _rounds(2148, 256)}
     for job, n_rounds in rounds.items():
         c = per_job[job]
         assert c[Decision.COMPLETE] == n_rounds, (job, c)

@@ -12,7 +12,8 @@ Sections (each a table of ratios against a baseline measured in the same run):
 4. the poster's table: bits per element on the wire and omega, measured and bound
    (bench/compress.py);
 5. all-reduce time vs loss rate with retransmission counts.
-Progress goes to stderr; `make bench` runs this script.
+Progress goes to stderr; `make bench` runs this script. NINA_BMV2_PERF=PATH adds a
+performance build of simple_switch_grpc to section 1's BMv2 table.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ sys.path.insert(0, str(REPO))
 from nina.wire import Encoding  # noqa: E402
 
 PY = sys.executable
+# BMv2's performance build for section 1's BMv2 table, when this machine has one
+BMV2_PERF = ["--bmv2-perf", os.environ["NINA_BMV2_PERF"]] if os.environ.get("NINA_BMV2_PERF") \
+    else []
 QUIET = lambda *a, **k: None  # noqa: E731
 TRAIN_COMPRESSORS = ["none", "int32", "nat", "nat+cm", "dither_nat:s=7", "ef+topk:k=0.01"]  # no commas: bench/train.py splits on them
 POSTER_OPS = ["none", "nat", "nat9", "dither_nat:s=7,p=inf", "dither_sta:s=7,p=2",
@@ -275,7 +279,7 @@ def main(argv=None) -> int:
     if "1" in want:
         parts.append("## 1. Embedded switch packet rate vs a bare reflector\n\n```\n" +
                      run_script(["bench/switch.py", "--packets", "8000", "--repeat", "3",
-                                 "--workers", "4"], 1800) + "\n```\n")
+                                 "--workers", "4", *BMV2_PERF], 1800) + "\n```\n")
     net = None
     try:
         if "2" in want or "5" in want:

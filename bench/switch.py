@@ -20,15 +20,17 @@ and the switch's peak RSS (VmHWM). Progress goes to stderr, the table to stdout.
 
 BMv2 column (root, simple_switch_grpc on PATH, p4/build/nina.json compiled; else skipped with
 the reason printed; --no-bmv2 skips it): BMv2 running the P4 program and the embedded switch in
-interface mode, each in turn on the same veth pair, are driven by the same closed-loop load
+interface mode, each in turn on a veth pair of its own (the embedded one on BMv2's), are driven by the same closed-loop load
 (n workers behind one port, a window of slots, the next round of a slot sent when all n result
 copies of the last one are back) of --bmv2-packets updates; the second table gives update
-packets/s of both and the ratio BMv2/embedded. NAT8 runs with C_M here (BMv2 cannot grow a
-256-byte update into a 1040-byte result: its packet buffers have 512 bytes of room).
+packets/s of both and the ratio BMv2/embedded, for INT32, NAT8 (results in two parts) and
+NAT8 with C_M. --bmv2-perf PATH adds BMv2's performance build (a simple_switch_grpc built with
+logging macros and the event logger off, -O3) as a third switch in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -46,8 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 
 from nina.p4spec import POOL_SLOTS  # noqa: E402
-from nina.wire import (CAPACITY, UDP_PORT, Encoding, Header, headroom_shift,  # noqa: E402
-                       pack_packet, round_flags, round_of, ROUND_MOD)
+from nina.wire import (CAPACITY, FLAG_CM, UDP_PORT, Encoding, Header,  # noqa: E402
+                       MsgType, headroom_shift, pack_packet, payload_layout, result_parts,
+                       round_flags, round_of, ROUND_MOD)
 
 SOCK_BUF = 128 << 20   # socket buffers: a whole drain must fit in the server's queue
 
@@ -58,8 +61,9 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- the reflector server
 
-def serve_reflector(reply_bytes: int) -> int:
-    """The switch's I/O loop with a pipeline that only answers the sender."""
+def serve_reflector(reply_bytes: int, replies: int) -> int:
+    """The switch's I/O loop with a pipeline that only answers the sender (`replies` packets of
+    `reply_bytes`, as many as the switch sends per update: a NAT8 result comes in parts)."""
     from switch.io_udp import UdpIO
     from switch.pipeline import PacketOut
 
@@ -70,7 +74,7 @@ def serve_reflector(reply_bytes: int) -> int:
 
         def process_rx(self, nbytes, ingress_port, src_ip, src_port):
             return [PacketOut(0, 0, src_ip, src_port, 0, 0, UDP_PORT,
-                              bytes(self.rx_buffer[:16]) + self.pad)]
+                              bytes(self.rx_buffer[:16]) + self.pad)] * replies
 
     io = UdpIO("127.0.0.1", 0, SOCK_BUF)
     signal.signal(signal.SIGINT, lambda *_: io.stop())
@@ -156,7 +160,7 @@ def cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
-def drain(server: "Server", socks, seq, addr) -> tuple[float, float]:
+def drain(server: "Server", socks, seq, addr, per_update: int) -> tuple[float, float]:
     """Queue seq in the paused server, resume it; returns (packets/s until the last result,
     server CPU seconds per packet)."""
     poller = select.poll()
@@ -175,7 +179,7 @@ def drain(server: "Server", socks, seq, addr) -> tuple[float, float]:
         c0 = cpu_ns(server.proc.pid)
         t0 = time.perf_counter()
         os.kill(server.proc.pid, signal.SIGCONT)
-    expected = len(seq)     # one result per update, for the switch and the reflector alike
+    expected = len(seq) * per_update   # the switch and the reflector alike
     got, last = 0, t0
     while got < expected:
         events = poller.poll(2000)
@@ -202,14 +206,17 @@ FLAGS_AT = 14 + 20 + 8 + 3   # the NINA flags byte in an update frame
 RESEND_AFTER = 0.2           # s without results before the load generator retransmits
 
 
-def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
-                timeout: float = 60.0) -> float:
+def closed_loop(sw, port: int, n: int, enc: Encoding, cm: bool, window: int, packets: int,
+                timeout: float = 120.0) -> float:
     """Updates/s of the switch behind sw's host-side veth: window slots kept busy, a slot's
-    next round sent when all n copies of its result are back."""
+    next round sent when all n copies (every part) of its result are back."""
     from tests.conformance.planes import udp_frame
     from nina.config import SWITCH_MAC, mac_to_int
     rng = np.random.default_rng(2)
     cap = CAPACITY[enc]
+    flags = FLAG_CM if cm else 0
+    parts = result_parts(enc, flags)
+    part_k = payload_layout(MsgType.RESULT, enc, flags).capacity
     m = 1 << headroom_shift(n)
     smac = mac_to_int(SWITCH_MAC)
     frames = {}
@@ -223,7 +230,8 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
                                                   "10.9.0.254", 41000 + w, UDP_PORT, data))
     rounds = max(2, packets // (window * n))
     nxt = [0] * window            # next round of each slot
-    back = [set() for _ in range(window)]   # workers holding the current round's result
+    back = [set() for _ in range(window)]   # (worker, part) of the current round's result back
+    whole = n * parts
     sent = done = 0
 
     def send_round(slot: int, resend: bool = False) -> None:
@@ -231,7 +239,7 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
         rnd = nxt[slot] - 1 if resend else nxt[slot]
         flags = round_flags(rnd)      # the round number rides in the flags byte
         for w in range(n):
-            if resend and w in back[slot]:
+            if resend and all((w, p) in back[slot] for p in range(parts)):
                 continue
             f = frames[w, slot]
             f[FLAGS_AT] = flags
@@ -250,7 +258,7 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
         got = sw.receive(RESEND_AFTER)
         if not got:   # the switch dropped something (a full input queue): retransmit
             for slot in range(window):
-                if len(back[slot]) < n and nxt[slot] <= rounds:
+                if len(back[slot]) < whole and nxt[slot] <= rounds:
                     send_round(slot, resend=True)
             continue
         for _, frame in got:
@@ -259,8 +267,9 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
             slot = int.from_bytes(frame[42 + 8:42 + 10], "big")
             if round_of(frame[FLAGS_AT]) != (nxt[slot] - 1) % 128:
                 continue          # a late copy of an earlier round
-            back[slot].add(frame[42 + 6])
-            if len(back[slot]) == n:
+            part = (int.from_bytes(frame[42 + 12:42 + 16], "big") - slot * cap) // part_k
+            back[slot].add((frame[42 + 6], part))
+            if len(back[slot]) == whole:
                 back[slot] = set()
                 done += 1
                 if nxt[slot] < rounds:
@@ -270,61 +279,84 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, window: int, packets: int,
     return done * n / (time.perf_counter() - t0)   # useful updates, not retransmissions
 
 
+BMV2_CASES = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, True))
+
+
+def embedded_ifaces(sw, spec, window: int) -> subprocess.Popen:
+    """`nina switch --mode ifaces` on sw's switch-side veth, with the job installed."""
+    with tempfile.TemporaryDirectory(prefix="ninabench") as tmp:
+        jf = Path(tmp) / "jobs.json"
+        jf.write_text(json.dumps([{
+            "job_id": 1, "n_workers": spec.n_workers, "encoding": spec.encoding.name,
+            "cm": spec.cm, "slot_count": window, "switch_ip": spec.switch_ip,
+            "workers": [{"wid": w.wid, "ip": w.ip, "udp_port": w.udp_port,
+                         "port": 1, "mac": w.mac} for w in spec.workers]}]))
+        emb = subprocess.Popen(
+            [sys.executable, "-m", "nina.cli", "switch", "--mode", "ifaces",
+             "--ifaces", f"{sw.tag}s0", "--jobs", str(jf)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        line = emb.stdout.readline()   # the job file is read before this line
+    if "listening" not in line:
+        emb.kill()
+        raise RuntimeError(f"embedded switch did not start: {line!r} {emb.stderr.read()}")
+    return emb
+
+
 def bmv2_rows(ns: list[int], args) -> list[tuple]:
-    """(enc, n, BMv2 pps, embedded-ifaces pps) on one veth pair, each switch in turn."""
+    """(enc, cm, n, {switch: updates/s}) on one veth pair: BMv2 (and its performance build,
+    with --bmv2-perf) and the embedded switch in interface mode, each in turn."""
     from nina.config import SWITCH_MAC, JobSpec, WorkerAddr
     from tests.conformance.planes import BMV2_JSON, BMV2_P4INFO, Bmv2Switch
     from switch.controller import Controller
+    builds = {"BMv2": "simple_switch_grpc"}
+    if args.bmv2_perf:
+        builds["BMv2 perf"] = args.bmv2_perf
+    switches = {}
     rows = []
-    sw = Bmv2Switch(1)
     try:
-        for enc in (Encoding.INT32, Encoding.NAT8):
+        for i, (name, binary) in enumerate(builds.items()):   # a veth pair each
+            switches[name] = Bmv2Switch(1, binary=binary, tag_suffix="abc"[i])
+        for name, sw in switches.items():   # only the switch under test sees the frames
+            os.kill(sw.proc.pid, signal.SIGSTOP)
+        for enc, cm in BMV2_CASES:
             for n in ns:
                 def spec(port):
-                    # NAT8 with C_M: BMv2 cannot grow a 256 B update into 1024 B of sums
-                    return JobSpec(1, n, enc, cm=enc == Encoding.NAT8, slot_count=args.window,
-                                   switch_ip="10.9.0.254",
-                                   switch_mac=SWITCH_MAC, workers=tuple(
-                                       WorkerAddr(w, f"10.9.0.{w + 1}", 41000 + w, port,
-                                                  f"02:00:00:00:01:{w + 1:02x}")
-                                       for w in range(n)))
-                log(f"BMv2 {enc.name} n={n}: {args.bmv2_packets} updates")
-                with Controller(sw.grpc_addr, str(BMV2_P4INFO), str(BMV2_JSON),
-                                thrift_port=sw.thrift_port, connect_timeout=30) as ctl:
-                    for old in ctl.show_jobs():
-                        ctl.remove_job(old.job_id)
-                    ctl.install_job(spec(0))
-                    bm = closed_loop(sw, 0, n, enc, args.window, args.bmv2_packets)
-                    ctl.remove_job(1)
-                log(f"embedded (interface mode) {enc.name} n={n}")
-                os.kill(sw.proc.pid, signal.SIGSTOP)   # BMv2 must not see the frames now
-                try:
-                    with tempfile.TemporaryDirectory(prefix="ninabench") as tmp:
-                        jf = Path(tmp) / "jobs.json"
-                        s = spec(1)   # interface mode numbers ports from 1
-                        jf.write_text(json.dumps([{
-                            "job_id": 1, "n_workers": n, "encoding": enc.name, "cm": s.cm,
-                            "slot_count": args.window, "switch_ip": s.switch_ip,
-                            "workers": [{"wid": w.wid, "ip": w.ip, "udp_port": w.udp_port,
-                                         "port": 1, "mac": w.mac} for w in s.workers]}]))
-                        emb = subprocess.Popen(
-                            [sys.executable, "-m", "nina.cli", "switch", "--mode", "ifaces",
-                             "--ifaces", f"{sw.tag}s0", "--jobs", str(jf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-                        try:
-                            line = emb.stdout.readline()
-                            if "listening" not in line:
-                                raise RuntimeError(f"embedded switch did not start: {line!r} "
-                                                   f"{emb.stderr.read()}")
-                            ep = closed_loop(sw, 0, n, enc, args.window, args.bmv2_packets)
-                        finally:
-                            emb.send_signal(signal.SIGINT)
-                            emb.communicate(timeout=30)
-                finally:
+                    return JobSpec(1, n, enc, cm=cm, slot_count=args.window,
+                                   switch_ip="10.9.0.254", switch_mac=SWITCH_MAC,
+                                   workers=tuple(WorkerAddr(w, f"10.9.0.{w + 1}", 41000 + w,
+                                                            port, f"02:00:00:00:01:{w + 1:02x}")
+                                                 for w in range(n)))
+                what = f"{enc.name}{'+C_M' if cm else ''} n={n}"
+                rates = {}
+                for name, sw in switches.items():
+                    log(f"{name} {what}: {args.bmv2_packets} updates")
                     os.kill(sw.proc.pid, signal.SIGCONT)
-                rows.append((enc, n, bm, ep))
+                    try:
+                        with Controller(sw.grpc_addr, str(BMV2_P4INFO), str(BMV2_JSON),
+                                        thrift_port=sw.thrift_port, connect_timeout=30) as ctl:
+                            for old in ctl.show_jobs():
+                                ctl.remove_job(old.job_id)
+                            ctl.install_job(spec(0))
+                            rates[name] = closed_loop(sw, 0, n, enc, cm, args.window,
+                                                      args.bmv2_packets)
+                            ctl.remove_job(1)
+                    finally:
+                        os.kill(sw.proc.pid, signal.SIGSTOP)
+                log(f"embedded (interface mode) {what}")
+                sw = next(iter(switches.values()))
+                emb = embedded_ifaces(sw, spec(1), args.window)   # ifaces number ports from 1
+                try:
+                    rates["embedded"] = closed_loop(sw, 0, n, enc, cm, args.window,
+                                                    args.bmv2_packets)
+                finally:
+                    emb.send_signal(signal.SIGINT)
+                    emb.communicate(timeout=30)
+                rows.append((enc, cm, n, rates))
     finally:
-        sw.close()
+        for sw in switches.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sw.proc.pid, signal.SIGCONT)
+            sw.close()
     return rows
 
 
@@ -341,9 +373,11 @@ class Target:
         self.cpus: list[float] = []
         ports = [s.getsockname()[1] for s in self.socks]
         name = f"{kind}-{enc.name}-{n}-{int(trace)}"
+        self.parts = result_parts(enc)   # result packets per update, switch and reflector
         if kind == "reflector":
-            reply = 16 + (64 * 4 if enc == Encoding.INT32 else 256 * 4)  # the switch's result
-            cmd = [sys.executable, __file__, "--serve-reflector", "--reply-bytes", str(reply)]
+            reply = 16 + payload_layout(MsgType.RESULT, enc).nbytes   # the switch's result
+            cmd = [sys.executable, __file__, "--serve-reflector", "--reply-bytes", str(reply),
+                   "--replies", str(self.parts)]
         else:
             jobs = [{"job_id": 1, "n_workers": n, "encoding": enc.name,
                      "slot_count": args.window,
@@ -358,7 +392,7 @@ class Target:
         self.server = Server(cmd)
 
     def drain(self) -> None:
-        rate, cpu = drain(self.server, self.socks, self.seq, self.server.addr)
+        rate, cpu = drain(self.server, self.socks, self.seq, self.server.addr, self.parts)
         self.rates.append(rate)
         self.cpus.append(cpu)
 
@@ -413,13 +447,18 @@ def main() -> int:
                     help="updates per switch in the BMv2 table")
     ap.add_argument("--serve-reflector", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reply-bytes", type=int, default=272, help=argparse.SUPPRESS)
+    ap.add_argument("--replies", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--bmv2-perf", metavar="PATH",
+                    help="also measure this simple_switch_grpc (BMv2's performance build)")
     args = ap.parse_args()
     if args.serve_reflector:
-        return serve_reflector(args.reply_bytes)
+        return serve_reflector(args.reply_bytes, args.replies)
     try:
         ns = [int(x) for x in args.workers.split(",")]
     except ValueError:
         ap.error(f"--workers wants a comma list of integers, got {args.workers!r}")
+    if args.bmv2_perf and not os.access(args.bmv2_perf, os.X_OK):
+        ap.error(f"--bmv2-perf {args.bmv2_perf}: not an executable file")
     if any(not 1 <= n <= 32 for n in ns):
         ap.error("--workers values must be in 1..32")
     if os.geteuid() != 0:
@@ -453,7 +492,7 @@ def main() -> int:
               f"{sw['pps'] / n * CAPACITY[enc] / 1e6:>9.2f}{e / 1e6:>12.2f}"
               f"{e / cap_eps[Encoding.INT32, n, trace]:>10.2f}x{sw['rss']:>9.1f}")
     print("kpps: update packets/s through the server, wall clock (reflector: the same I/O loop "
-          "and load, one result-sized\nreply per packet); us/pkt: server CPU time per packet "
+          "and load, the switch's result\npackets per update: 2 parts for NAT8); us/pkt: server CPU time per packet "
           "(main thread, /proc/PID/schedstat), robust to load from\nother processes; cpu "
           "ratio: reflector/switch CPU per packet = capacity ratio on an idle core; Melem/s: "
           "all-reduced\nelements/s (rounds x elements per packet), wall clock and per CPU-second "
@@ -467,15 +506,21 @@ def main() -> int:
         print(f"\nBMv2 table skipped: {why}")
         return 0
     brows = bmv2_rows(ns, args)
-    print(f"\nBMv2 (p4/build/nina.json) vs embedded switch in interface mode, same veth pair, "
+    names = list(brows[0][3])
+    print(f"\nBMv2 (p4/build/nina.json) vs embedded switch in interface mode, veth pairs, "
           f"closed loop of {args.bmv2_packets} updates, window {args.window}")
-    hdr = f"{'enc':<6}{'n':>3}{'BMv2 kpps':>11}{'embedded kpps':>15}{'BMv2/emb':>10}"
+    hdr = f"{'enc':<10}{'n':>3}" + "".join(f"{k + ' upd/s':>17}" for k in names) + \
+        "".join(f"{k + '/emb':>15}" for k in names if k != "embedded")
     print(hdr)
     print("-" * len(hdr))
-    for enc, n, bm, ep in brows:
-        print(f"{enc.name:<6}{n:>3}{bm / 1e3:>11.2f}{ep / 1e3:>15.2f}{bm / ep:>10.2f}")
-    print("kpps: update packets/s (wall clock) through the switch; both switches get the "
-          "same frames from the same load generator; traces off.")
+    for enc, cm, n, rates in brows:
+        print(f"{enc.name + ('+C_M' if cm else ''):<10}{n:>3}"
+              + "".join(f"{rates[k]:>17.0f}" for k in names)
+              + "".join(f"{rates[k] / rates['embedded']:>15.3f}" for k in names
+                        if k != "embedded"))
+    print("upd/s: update packets/s (wall clock) through the switch; every switch gets the same "
+          "frames from the same load\ngenerator; traces off. BMv2 perf: the performance build "
+          "(--bmv2-perf).")
     return 0
 
 

@@ -221,8 +221,9 @@ class Bmv2Switch:
     AF_PACKET sockets), P4Runtime and thrift on free loopback ports. IPv6 is off on both
     ends and no address is assigned, so the kernel sends nothing on them."""
 
-    def __init__(self, ports: int = 1, log_file: str | None = None):
-        self.tag = f"ninab{os.getpid() % 100000}"
+    def __init__(self, ports: int = 1, log_file: str | None = None,
+                 binary: str = "simple_switch_grpc", tag_suffix: str = ""):
+        self.tag = f"ninab{os.getpid() % 100000}{tag_suffix}"   # <= 15 chars with s<k>
         self.ports = ports
         self.grpc_addr = f"127.0.0.1:{_free_tcp_port()}"
         self.thrift_port = _free_tcp_port()
@@ -232,7 +233,7 @@ class Bmv2Switch:
         try:
             for k in range(ports):
                 self._veth(f"{self.tag}s{k}", f"{self.tag}h{k}")
-            cmd = ["simple_switch_grpc", "--no-p4", "--device-id", "0",
+            cmd = [binary, "--no-p4", "--device-id", "0",
                    "--thrift-port", str(self.thrift_port),
                    "--notifications-addr", f"ipc:///tmp/{self.tag}-notifications.ipc"]
             for k in range(ports):

@@ -27,7 +27,7 @@ from nina.decisions import N_DECISIONS, Decision
 from nina.wire import (ROUND_MOD, ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
                        HEADER_LEN, MAX_WORKERS, RESULT_PART_SUMS, RID_PART_SHIFT, UDP_PORT, VERSION,
                        Encoding, MsgType, cm_codes_to_int, int_to_cm_codes, nat8_to_int,
-                       result_part_count, result_parts)
+                       result_parts)
 from switch.tables import P4Error, TableStore
 
 ETH_IP_UDP_LEN = 14 + 20 + 8   # frame bytes around a UDP payload (local mode has no frame)
@@ -290,17 +290,19 @@ class Pipeline:
         head = (VERSION, _RESULT, enc, flags, j.job, 0, self._max_exp[idx], slot)
         if j.parts == 1:
             parts = [bytearray(_HDR.pack(*head, count, offset) + body)]
-        else:
+        else:   # nina.wire.result_part_count, inlined: part p only if the chunk reaches it
             parts = []
             for p in range(j.parts):
-                pc = result_part_count(count, p, enc, flags)
-                parts.append(None if pc is None else bytearray(
-                    _HDR.pack(*head, pc, offset + p * RESULT_PART_SUMS)
-                    + body[p * _PART_BYTES:(p + 1) * _PART_BYTES]))
+                a = p * RESULT_PART_SUMS
+                if p and count <= a:
+                    break
+                parts.append(bytearray(_HDR.pack(*head, min(RESULT_PART_SUMS, count - a),
+                                                 offset + a)
+                                       + body[p * _PART_BYTES:(p + 1) * _PART_BYTES]))
         out = []
         for port, rid, dmac, dip, dport, smac, sip in j.replicas:
             w, p = rid & 0xFF, rid >> RID_PART_SHIFT
-            if (only is not None and w != only) or p >= len(parts) or parts[p] is None:
+            if (only is not None and w != only) or p >= len(parts):
                 continue
             pkt = parts[p]
             pkt[_WORKER_BYTE] = w   # one packet per part, its worker byte patched per copy

@@ -133,12 +133,15 @@ def run_train(rack, argv: list[str] | str, log=print,
     target, key, higher = default_target(args.model)
     if args.target is not None:
         target = args.target
-    args.out = os.path.join(rack.run_dir, f"train-{rack.next_job_id()}")
+    first = rack.next_job_id()   # the folder is named after the first job's id
+    ids = iter([first])
+    args.out = os.path.join(rack.run_dir, f"train-{first}")
     args.runs_dir = rack.run_dir
     try:
         with rack.coordinator_context():
             rows, folder = compare(specs, base, rack.n_workers, args, target, key, higher,
-                                   log=log, switch=rack, spawn=rack.spawn_worker)
+                                   log=log, switch=rack, spawn=rack.spawn_worker,
+                                   next_job_id=lambda: next(ids, None) or rack.next_job_id())
     finally:
         rack.reap_finished()
     return rows, format_table(rows, target, key) + f"\nrun folder: {folder}"

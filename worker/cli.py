@@ -202,9 +202,10 @@ def cmd_train(args) -> int:
 
 
 def compare(specs, base, n_workers, args, target, key, higher, log=print, switch=None,
-            spawn=None, spec_factory=None, coord_port=None, coord_ip=None):
+            spawn=None, spec_factory=None, coord_port=None, coord_ip=None, next_job_id=None):
     """Run the job once per compressor on one switch; returns (rows, run folder).
-    coord_ip/coord_port: a fixed coordinator address (for workers started elsewhere)."""
+    coord_ip/coord_port: a fixed coordinator address (for workers started elsewhere);
+    next_job_id: a callable giving each job its id (a rack's, so traces tell jobs apart)."""
     from dataclasses import replace
     from worker.launch import run_training, steps_to_target
     from worker.runfolder import new_run_dir, plot_runs, write_csv, write_json, write_run
@@ -228,7 +229,8 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
                 kw["coord_ip"] = coord_ip
             if coord_port is not None:
                 kw.update(coord_port=coord_port, more_jobs=i < len(specs) - 1)
-            out = run_training(cfg, n_workers, switch, job_id=i + 1, loss=args.loss,
+            job_id = next_job_id() if next_job_id is not None else i + 1
+            out = run_training(cfg, n_workers, switch, job_id=job_id, loss=args.loss,
                                run_dir=sub, name=spec, log=log,
                                progress=not getattr(args, "no_progress", False), **kw)
             files = write_run(sub, out.config, out.records, out.summary)

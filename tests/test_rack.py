@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from rackcheck import pid_alive, rack_intfs
+
 from topology import fallback
 from topology.impair import LinkShape, _netem_args, _nft_rules
 from topology.rack import rack_plan, switch_intfs
@@ -111,19 +113,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (processes
                                                           "users, interfaces)")
 
 
-def _our_intfs() -> list[str]:
-    names = switch_intfs(4) + [h.host_intf for h in rack_plan(4)]
-    return [n for n in names if os.path.exists(f"/sys/class/net/{n}")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _netns() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
@@ -138,10 +127,10 @@ def _assert_gone(pids: list[int], netns_before: str) -> None:
     from topology import impair
     from topology.runenv import STATE_FILE
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_our_intfs() or any(_alive(p) for p in pids)):
+    while time.monotonic() < deadline and (rack_intfs(4) or any(pid_alive(p) for p in pids)):
         time.sleep(0.1)
-    assert _our_intfs() == []
-    assert [p for p in pids if _alive(p)] == []
+    assert rack_intfs(4) == []
+    assert [p for p in pids if pid_alive(p)] == []
     assert _netns() == netns_before
     assert not os.path.exists(STATE_FILE)
     r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
@@ -232,7 +221,7 @@ def test_rack_cli_run_mode(tmp_path):
     assert "pingall: 6/6 answered" in r.stdout
     assert "EXACT" in r.stdout and "COMPLETE" in r.stdout
     assert "job 1 slot 0 ver 1" in r.stdout
-    assert _our_intfs() == []
+    assert rack_intfs(4) == []
 
 
 @pytest.mark.root

@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+from rackcheck import pid_alive, rack_intfs
+
 from nina.decisions import TRACE_DTYPE, TRACE_ETHERTYPE, TRACE_WIRE_DTYPE, Decision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,21 +49,6 @@ if SKIP:
 pytestmark = pytest.mark.root
 needs_bmv2_rack = pytest.mark.skipif(SKIP is not None, reason=str(SKIP))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (veths, raw sockets)")
-
-
-def _rack_intfs(n_workers: int) -> list[str]:
-    from topology.rack import MONITOR_CAPTURE_INTF, MONITOR_SWITCH_INTF, rack_plan
-    names = [h.switch_intf for h in rack_plan(n_workers)] + \
-        [h.host_intf for h in rack_plan(n_workers)] + [MONITOR_SWITCH_INTF, MONITOR_CAPTURE_INTF]
-    return [n for n in names if os.path.exists(f"/sys/class/net/{n}")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _settled_counters(ctl, timeout: float = 10.0) -> dict:
@@ -161,10 +148,10 @@ def test_bmv2_rack_exact_allreduces_and_trace_from_the_monitor_port(tmp_path):
         pids += [p.pid for p in rack._procs.values()]
     # teardown: nothing of the rack is left, and the collector wrote its index
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_rack_intfs(WORKERS) or any(map(_alive, pids))):
+    while time.monotonic() < deadline and (rack_intfs(WORKERS) or any(map(pid_alive, pids))):
         time.sleep(0.1)
-    assert _rack_intfs(WORKERS) == []
-    assert [p for p in pids if _alive(p)] == []
+    assert rack_intfs(WORKERS) == []
+    assert [p for p in pids if pid_alive(p)] == []
     assert (tmp_path / "switch.trace.json").exists()
     log = (tmp_path / "trace-capture.log").read_text()
     assert "LOST" not in log, log
@@ -211,4 +198,4 @@ def test_bmv2_rack_cli_without_trace_has_no_monitor_port(tmp_path):
     assert "EXACT" in r.stdout and "COMPLETE" in r.stdout
     assert "s1-mon" not in r.stdout
     assert not (tmp_path / "switch.trace").exists()
-    assert _rack_intfs(1) == []
+    assert rack_intfs(1) == []

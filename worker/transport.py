@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nina.wire import HEADER_LEN
 
 _BUF = 4 << 20          # socket buffers: a full window of every worker's results fits
-_MAX_DGRAM = 2048       # larger than any NINA packet (16 + 1024 bytes)
+_MAX_DGRAM = 2048       # larger than any NINA packet (16 + 512 bytes at most)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from nina import p4spec
 from nina.config import DEFAULT_SWITCH_IP
 from nina.wire import UDP_PORT
 from switch.io_udp import SOCKET_BUFFER
+from nina.cli_types import positive_int
 
 DESCRIPTION = """\
 Run the embedded NINA switch: the Python/numpy implementation of the P4 pipeline.
@@ -34,16 +35,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, p
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("switch", help="run the embedded switch (local UDP or raw ifaces)",
                               description=DESCRIPTION,
@@ -58,13 +49,13 @@ def register(subparsers) -> None:
                    help="ifaces mode: interfaces, switch ports 1..N in this order")
     p.add_argument("--trace", metavar="FILE",
                    help="write a trace record per packet to FILE (+ FILE.json header)")
-    p.add_argument("--pool-slots", type=_positive, default=p4spec.POOL_SLOTS, metavar="N",
+    p.add_argument("--pool-slots", type=positive_int, default=p4spec.POOL_SLOTS, metavar="N",
                    help=f"aggregation slots in the switch (default {p4spec.POOL_SLOTS})")
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="seed of the data plane's random source (C_M rounding, loss)")
     p.add_argument("--grpc", metavar="ADDR", default=None,
                    help="also serve P4Runtime on ADDR (e.g. 127.0.0.1:9559) for the controller")
-    p.add_argument("--socket-buffer", type=_positive, default=SOCKET_BUFFER, metavar="BYTES",
+    p.add_argument("--socket-buffer", type=positive_int, default=SOCKET_BUFFER, metavar="BYTES",
                    help=f"local mode socket buffers (default {SOCKET_BUFFER >> 20} MiB; as root "
                         f"beyond net.core.rmem_max); bigger absorbs longer bursts")
     p.add_argument("--jobs", metavar="FILE", default=None,

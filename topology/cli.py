@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from nina.config import DEFAULT_WINDOW
+from nina.cli_types import nonnegative, percentage, worker_count
 
 EPILOG = """prompt commands (also for --run):
   allreduce [--size N] [--encoding nat8|int32] [--cm] [--calls C] [--loss P] [--seed S]
@@ -20,27 +21,6 @@ examples:
   nina rack --mode local --run "train --compressor nat --steps 50\""""
 
 
-def _pct(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v < 100.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a percentage in [0, 100)")
-    return v
-
-
-def _nonneg(text: str) -> float:
-    v = float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
-
-
-def _workers(text: str) -> int:
-    v = int(text)
-    if not 1 <= v <= 32:
-        raise argparse.ArgumentTypeError(f"{text}: a job has 1..32 workers (one bitmap bit each)")
-    return v
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "rack", help="start an emulated rack (Mininet or local) and use it interactively",
@@ -50,17 +30,17 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["auto", "mininet", "local"], default="auto",
                    help="auto (default): Mininet when root and Mininet is installed, else local")
-    p.add_argument("--workers", type=_workers, default=4, help="worker hosts (default 4)")
+    p.add_argument("--workers", type=worker_count, default=4, help="worker hosts (default 4)")
     p.add_argument("--bw", type=float, default=None, metavar="MBIT",
                    help="bandwidth of each worker link in Mbit/s (default unlimited)")
-    p.add_argument("--delay", type=_nonneg, default=0.0, metavar="MS",
+    p.add_argument("--delay", type=nonnegative, default=0.0, metavar="MS",
                    help="one-way delay of each worker link direction (ms)")
-    p.add_argument("--jitter", type=_nonneg, default=0.0, metavar="MS", help="delay jitter (ms)")
-    p.add_argument("--loss", type=_pct, default=0.0, metavar="PCT",
+    p.add_argument("--jitter", type=nonnegative, default=0.0, metavar="MS", help="delay jitter (ms)")
+    p.add_argument("--loss", type=percentage, default=0.0, metavar="PCT",
                    help="packet loss of each worker link direction (percent)")
-    p.add_argument("--dup", type=_pct, default=0.0, metavar="PCT",
+    p.add_argument("--dup", type=percentage, default=0.0, metavar="PCT",
                    help="packet duplication per direction (percent)")
-    p.add_argument("--reorder", type=_pct, default=0.0, metavar="PCT",
+    p.add_argument("--reorder", type=percentage, default=0.0, metavar="PCT",
                    help="packets sent without the delay, overtaking others (percent; "
                         "needs --delay)")
     p.add_argument("--switch", choices=["embedded", "bmv2"], default="embedded",

@@ -17,7 +17,7 @@ import glob
 import os
 import sys
 
-from worker.cli import _addr, _positive, _prob, _workers
+from nina.cli_types import host_port, positive_int, probability, worker_count
 
 EPILOG = """examples:
   nina demo                          # 4 workers, Mininet rack as root, else local
@@ -42,10 +42,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--mode", choices=["auto", "mininet", "local"], default="auto",
                    help="auto (default): Mininet when root and Mininet is installed, else local")
-    d.add_argument("--workers", type=_workers, default=4, help="worker hosts (default 4)")
-    d.add_argument("--steps", type=_positive, default=150, help="steps per job (default 150)")
+    d.add_argument("--workers", type=worker_count, default=4, help="worker hosts (default 4)")
+    d.add_argument("--steps", type=positive_int, default=150, help="steps per job (default 150)")
     d.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
-    d.add_argument("--loss", type=_prob, default=0.0, metavar="P",
+    d.add_argument("--loss", type=probability, default=0.0, metavar="P",
                    help="switch loss simulator: drop each update with probability P")
     d.add_argument("--compressors", default="nat,int32",
                    help="what to compare (default nat,int32; e.g. nat,nat+cm,int32)")
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     d.add_argument("--no-pcap", action="store_true", help="no per-port packet captures")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = d.add_argument_group("a switch and workers started elsewhere (docker-compose.yml)")
-    g.add_argument("--switch", type=_addr, metavar="HOST:PORT",
+    g.add_argument("--switch", type=host_port, metavar="HOST:PORT",
                    help="use this running switch's UDP data address instead of a rack "
                         "(needs --grpc)")
     g.add_argument("--grpc", metavar="HOST:PORT", help="that switch's P4Runtime address")
@@ -68,7 +68,7 @@ def register(subparsers) -> None:
     g.add_argument("--external-workers", action="store_true",
                    help="start no workers: wait for --workers worker processes "
                         "(python -m worker.worker_proc --coord tcp://HOST:PORT --serve)")
-    g.add_argument("--coord-bind", type=_addr, default=("0.0.0.0", 5555), metavar="IP:PORT",
+    g.add_argument("--coord-bind", type=host_port, default=("0.0.0.0", 5555), metavar="IP:PORT",
                    help="where the coordinator listens for external workers "
                         "(default 0.0.0.0:5555)")
     d.set_defaults(func=cmd_demo)

@@ -6,6 +6,7 @@ import os
 import sys
 
 from nina.config import DEFAULT_WINDOW
+from nina.cli_types import host_port, positive_int, probability, worker_count
 
 TRAIN_EPILOG = """compressors (--compressor / --compare):
   in the switch: none (INT32, nearest rounding: the uncompressed baseline), int32 (INT32,
@@ -18,49 +19,16 @@ examples:
   nina train --compressor nat --loss 0.05 --steps 50"""
 
 
-def _addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
-    return host or "127.0.0.1", int(port)
-
-
-def _prob(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1)")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return v
-
-
-def _workers(text: str) -> int:
-    from nina.wire import MAX_WORKERS
-    v = _positive(text)
-    if v > MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_WORKERS} workers per job (one bit each "
-                                         f"in the switch's 32-bit bitmap), got {v}")
-    return v
-
-
 def add_switch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("switch (default: start a fresh embedded switch process)")
     g.add_argument("--mode", choices=["local"], default="local",
                    help="local: the switch and the workers are processes on loopback")
-    g.add_argument("--switch", type=_addr, metavar="IP:PORT",
+    g.add_argument("--switch", type=host_port, metavar="IP:PORT",
                    help="use a running switch: its UDP data address (needs --grpc)")
     g.add_argument("--grpc", metavar="IP:PORT", help="the running switch's P4Runtime address")
-    g.add_argument("--loss", type=_prob, default=0.0, metavar="P",
+    g.add_argument("--loss", type=probability, default=0.0, metavar="P",
                    help="switch loss simulator: drop each update with probability P")
-    g.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
+    g.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help=f"slots in flight per worker (default {DEFAULT_WINDOW})")
     g.add_argument("--timeout", type=float, default=10.0,
                    help="seconds a slot may stay incomplete before the job fails (default 10)")
@@ -75,19 +43,19 @@ def register(subparsers) -> None:
                     "and the embedded switch as a process; writes a run folder with metrics "
                     "and plots.", epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=_workers, default=4, help="worker processes (default 4)")
+    p.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
     p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
     p.add_argument("--compare", metavar="LIST",
                    help="comma-separated compressors: run the same job once per compressor and "
                         "print a comparison table (the first is the baseline of the ratios)")
     p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
-    p.add_argument("--steps", type=_positive, default=300, help="default 300")
+    p.add_argument("--steps", type=positive_int, default=300, help="default 300")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default 0.5; 0.1 for lsq)")
-    p.add_argument("--batch", type=_positive, default=32, help="minibatch per worker (default 32)")
-    p.add_argument("--hidden", type=_positive, default=32, help="MLP hidden units (default 32)")
+    p.add_argument("--batch", type=positive_int, default=32, help="minibatch per worker (default 32)")
+    p.add_argument("--hidden", type=positive_int, default=32, help="MLP hidden units (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and sampling")
-    p.add_argument("--eval-every", type=_positive, default=1, help="test evaluation period")
+    p.add_argument("--eval-every", type=positive_int, default=1, help="test evaluation period")
     p.add_argument("--target", type=float, default=None,
                    help="accuracy (or, for lsq, f - f*) whose steps and bytes the comparison "
                         "table reports (default 0.93 for digits, 0.002 for lsq)")
@@ -102,11 +70,11 @@ def register(subparsers) -> None:
         description="n worker processes all-reduce seeded random tensors through the switch; "
                     "every result is checked against the exact sum of what the workers sent "
                     "(bit for bit; with C_M: a neighbouring power of two of it).")
-    a.add_argument("--workers", type=_workers, default=4, help="worker processes (default 4)")
-    a.add_argument("--size", type=_positive, default=100_000, help="elements per tensor")
+    a.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
+    a.add_argument("--size", type=positive_int, default=100_000, help="elements per tensor")
     a.add_argument("--encoding", choices=["nat8", "int32"], default="nat8")
     a.add_argument("--cm", action="store_true", help="master compression in the switch (NAT8)")
-    a.add_argument("--calls", type=_positive, default=3, help="all-reduces per worker")
+    a.add_argument("--calls", type=positive_int, default=3, help="all-reduces per worker")
     a.add_argument("--seed", type=int, default=0, help="seed of the random tensors")
     a.add_argument("--out", help="folder for logs and dumps (default runs/<timestamp>-allreduce)")
     a.add_argument("--runs-dir", default="runs", help="parent of the default folders")

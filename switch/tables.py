@@ -64,29 +64,7 @@ class TableStore:
 
     # ---- validation ----
     def _key(self, t: p4spec.Table, key: Sequence[int] | Mapping[str, int]) -> tuple:
-        if isinstance(key, Mapping):
-            names = [k for k, _ in t.keys]
-            unknown = set(key) - set(names)
-            if unknown:
-                raise TableError("INVALID_ARGUMENT",
-                                 f"table '{t.name}': unknown match field "
-                                 f"'{sorted(unknown)[0]}'")
-            missing = [n for n in names if n not in key]
-            if missing:
-                raise TableError("INVALID_ARGUMENT",
-                                 f"table '{t.name}': missing match field '{missing[0]}'")
-            key = [key[n] for n in names]
-        key = tuple(key)
-        if len(key) != len(t.keys):
-            raise TableError("INVALID_ARGUMENT",
-                             f"table '{t.name}': wrong number of match fields "
-                             f"(expected {len(t.keys)}, got {len(key)})")
-        for (fname, bits), v in zip(t.keys, key):
-            if not _fits(v, bits):
-                raise TableError("INVALID_ARGUMENT",
-                                 f"table '{t.name}': match field '{fname}' value {v!r} "
-                                 f"does not fit {bits} bits")
-        return key
+        return _checked_values(f"table '{t.name}'", "match field", t.keys, key)
 
     def _params(self, t: p4spec.Table, action: str | None,
                 params: Sequence[int] | Mapping[str, int] | None) -> tuple:
@@ -94,29 +72,9 @@ class TableStore:
             raise TableError("INVALID_ARGUMENT",
                              f"table '{t.name}': unknown action '{action}' "
                              f"(the table's action is '{t.action}')")
-        params = () if params is None else params
-        if isinstance(params, Mapping):
-            names = [p.name for p in t.params]
-            unknown = set(params) - set(names)
-            if unknown:
-                raise TableError("INVALID_ARGUMENT",
-                                 f"action '{t.action}': unknown param '{sorted(unknown)[0]}'")
-            missing = [n for n in names if n not in params]
-            if missing:
-                raise TableError("INVALID_ARGUMENT",
-                                 f"action '{t.action}': missing param '{missing[0]}'")
-            params = [params[n] for n in names]
-        params = tuple(params)
-        if len(params) != len(t.params):
-            raise TableError("INVALID_ARGUMENT",
-                             f"action '{t.action}': wrong number of params "
-                             f"(expected {len(t.params)}, got {len(params)})")
-        for p, v in zip(t.params, params):
-            if not _fits(v, p.bits):
-                raise TableError("INVALID_ARGUMENT",
-                                 f"action '{t.action}': param '{p.name}' value {v!r} "
-                                 f"does not fit {p.bits} bits")
-        return params
+        return _checked_values(f"action '{t.action}'", "param",
+                               [(p.name, p.bits) for p in t.params],
+                               () if params is None else params)
 
     # ---- writes ----
     def insert(self, table: str, key, params=None, action: str | None = None) -> None:
@@ -176,3 +134,29 @@ class TableStore:
     def _notify(self, table: str, op: str, key: tuple, params: tuple | None) -> None:
         for fn in self._listeners:
             fn(table, op, key, params)
+
+
+def _checked_values(where: str, what: str, fields: Sequence[tuple[str, int]],
+                    values: Sequence[int] | Mapping[str, int]) -> tuple:
+    """Match fields or action params, given in order or by name, as a tuple in field order;
+    every error is the INVALID_ARGUMENT a P4Runtime server gives, naming the field."""
+    names = [n for n, _ in fields]
+    if isinstance(values, Mapping):
+        unknown = set(values) - set(names)
+        if unknown:
+            raise TableError("INVALID_ARGUMENT",
+                             f"{where}: unknown {what} '{sorted(unknown)[0]}'")
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise TableError("INVALID_ARGUMENT", f"{where}: missing {what} '{missing[0]}'")
+        values = [values[n] for n in names]
+    values = tuple(values)
+    if len(values) != len(fields):
+        raise TableError("INVALID_ARGUMENT",
+                         f"{where}: wrong number of {what}s (expected {len(fields)}, "
+                         f"got {len(values)})")
+    for (name, bits), v in zip(fields, values):
+        if not _fits(v, bits):
+            raise TableError("INVALID_ARGUMENT",
+                             f"{where}: {what} '{name}' value {v!r} does not fit {bits} bits")
+    return values

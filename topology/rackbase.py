@@ -124,10 +124,9 @@ class RackBase:
 
     def _close_controller(self) -> None:
         if self.controller is not None:
-            try:
+            # teardown: a failing close must not hide the error being unwound
+            with contextlib.suppress(Exception):
                 self.controller.close()
-            except Exception:
-                pass
             self.controller = None
 
     # -- signals: SIGTERM/SIGHUP end the rack through the same teardown as an exception --

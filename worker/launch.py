@@ -8,6 +8,7 @@ goes wrong ends as JobAborted with a one-line reason.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -134,10 +135,9 @@ class LocalSwitch:
 
     def stop(self) -> None:
         if self.controller is not None:
-            try:
+            # teardown: a failing close must not hide the error being unwound
+            with contextlib.suppress(Exception):
                 self.controller.close()
-            except Exception:
-                pass
             self.controller = None
         stop_process(self.proc)
 

@@ -282,15 +282,12 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, cm: bool, window: int, pac
 BMV2_CASES = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, True))
 
 
-def embedded_ifaces(sw, spec, window: int) -> subprocess.Popen:
+def embedded_ifaces(sw, spec) -> subprocess.Popen:
     """`nina switch --mode ifaces` on sw's switch-side veth, with the job installed."""
+    from worker.worker_proc import spec_to_dict
     with tempfile.TemporaryDirectory(prefix="ninabench") as tmp:
         jf = Path(tmp) / "jobs.json"
-        jf.write_text(json.dumps([{
-            "job_id": 1, "n_workers": spec.n_workers, "encoding": spec.encoding.name,
-            "cm": spec.cm, "slot_count": window, "switch_ip": spec.switch_ip,
-            "workers": [{"wid": w.wid, "ip": w.ip, "udp_port": w.udp_port,
-                         "port": 1, "mac": w.mac} for w in spec.workers]}]))
+        jf.write_text(json.dumps([spec_to_dict(spec)]))
         emb = subprocess.Popen(
             [sys.executable, "-m", "nina.cli", "switch", "--mode", "ifaces",
              "--ifaces", f"{sw.tag}s0", "--jobs", str(jf)],
@@ -344,7 +341,7 @@ def bmv2_rows(ns: list[int], args) -> list[tuple]:
                         os.kill(sw.proc.pid, signal.SIGSTOP)
                 log(f"embedded (interface mode) {what}")
                 sw = next(iter(switches.values()))
-                emb = embedded_ifaces(sw, spec(1), args.window)   # ifaces number ports from 1
+                emb = embedded_ifaces(sw, spec(1))   # interface mode numbers ports from 1
                 try:
                     rates["embedded"] = closed_loop(sw, 0, n, enc, cm, args.window,
                                                     args.bmv2_packets)

@@ -803,8 +803,11 @@ def result_rewrite_control() -> str:
                   "    hdr.nina.count = RESULT_PART_SUMS;", "}"]
         branches.append(("if" if part == 0 else "} else if") + f" ({cond}) {{\n"
                         + _lines(stmts, 4))
-    for part, want in enumerate(result_part_count(300, p, Encoding.NAT8) for p in range(N_PARTS)):
-        assert want == min(P, 300 - part * P)   # the count rule written out above
+    for count in range(SUMS.capacity + 1):   # the count rule written out above, checked
+        for part in range(N_PARTS):
+            sent = part == 0 or count > part * P
+            assert result_part_count(count, part, Encoding.NAT8) == \
+                (min(P, count - part * P) if sent else None)
     chain = "\n".join(branches) + "\n} else {\n    keep = 0;\n}"
     return f"""\
 // Per copy of a result: the multicast replica's egress_rid = part << {RID_PART_SHIFT} | worker names

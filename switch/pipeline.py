@@ -56,6 +56,7 @@ _INT32, _NAT8 = int(Encoding.INT32), int(Encoding.NAT8)
 _CAPACITY = (ELEMENTS_INT32, ELEMENTS_NAT8)   # indexed by encoding
 _I32BE = np.dtype(">i4")
 _PART_BYTES = RESULT_PART_SUMS * _I32BE.itemsize
+_RID_WORKER = (1 << RID_PART_SHIFT) - 1   # replica id = part << RID_PART_SHIFT | worker
 _WORKER_BYTE = HEADER_DTYPE.fields["worker"][1]   # rewritten per result copy
 _MASK32 = 0xFFFFFFFF
 _ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
@@ -117,7 +118,7 @@ class _Job:
         self.shift, self.encoding = shift, encoding
         self.cm = bool(cm) and encoding == _NAT8  # C_M is defined on NAT8 jobs only
         self.flag_cm = FLAG_CM if self.cm else 0
-        self.parts = result_parts(encoding, self.flag_cm) if encoding in (_INT32, _NAT8) else 1
+        self.parts = result_parts(encoding, self.flag_cm)
         self.mcast_grp, self.loss_q16 = mcast_grp, loss_q16
         self.lut = nat8_lut(shift) if encoding == _NAT8 else None
         self.replicas: list[tuple] = []   # (egress port, rid, dmac, dip, dport, smac, sip)
@@ -301,7 +302,7 @@ class Pipeline:
                                        + body[p * _PART_BYTES:(p + 1) * _PART_BYTES]))
         out = []
         for port, rid, dmac, dip, dport, smac, sip in j.replicas:
-            w, p = rid & 0xFF, rid >> RID_PART_SHIFT
+            w, p = rid & _RID_WORKER, rid >> RID_PART_SHIFT
             if (only is not None and w != only) or p >= len(parts):
                 continue
             pkt = parts[p]
@@ -375,7 +376,7 @@ class Pipeline:
                 jobs[job].addr[wid] = a
         for j in jobs.values():
             for port, rid in self.mcast_groups.get(j.mcast_grp, ()) if j.mcast_grp else ():
-                a = j.addr.get(rid & 0xFF)
+                a = j.addr.get(rid & _RID_WORKER)
                 if a is not None:   # a replica with no egress rewrite entry is dropped
                     j.replicas.append((port, rid) + tuple(a))
         self._jobs = jobs

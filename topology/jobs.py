@@ -8,6 +8,7 @@ gradients cross it as NINA packets.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import time
@@ -67,7 +68,7 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
     if cm and enc != Encoding.NAT8:
         raise ValueError("--cm needs --encoding nat8")
     if window is None:
-        window = getattr(rack, "default_window", DEFAULT_WINDOW)
+        window = rack.default_window
     job_id = rack.next_job_id()
     run_dir = rack.job_dir("allreduce", job_id)
     t0 = time.monotonic()
@@ -128,20 +129,21 @@ def run_train(rack, argv: list[str] | str, log=print,
                        batch=args.batch, seed=args.seed, hidden=args.hidden,
                        eval_every=args.eval_every,
                        window=(args.window if args.window is not None
-                               else getattr(rack, "default_window", DEFAULT_WINDOW)),
+                               else rack.default_window),
                        timeout=args.timeout)
     target, key, higher = default_target(args.model)
     if args.target is not None:
         target = args.target
-    first = rack.next_job_id()   # the folder is named after the first job's id
-    ids = iter([first])
+    # the folder is named after the first job's id; the jobs take that id and the next ones
+    first = rack.next_job_id()
+    ids = itertools.chain([first], iter(rack.next_job_id, None))
     args.out = os.path.join(rack.run_dir, f"train-{first}")
     args.runs_dir = rack.run_dir
     try:
         with rack.coordinator_context():
             rows, folder = compare(specs, base, rack.n_workers, args, target, key, higher,
                                    log=log, switch=rack, spawn=rack.spawn_worker,
-                                   next_job_id=lambda: next(ids, None) or rack.next_job_id())
+                                   next_job_id=lambda: next(ids))
     finally:
         rack.reap_finished()
     return rows, format_table(rows, target, key) + f"\nrun folder: {folder}"

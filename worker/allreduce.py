@@ -203,7 +203,6 @@ class AllReduceClient:
         o_rto = np.zeros(W)
         o_retx = np.zeros(W, bool)
         o_parts = np.zeros(W, np.uint8)   # bitmask of the result parts received
-        o_exp = np.zeros(W, np.uint8)     # the exponent the result carries
         o_pkt: list[bytes | None] = [None] * W
         remaining = chunks
 
@@ -258,8 +257,8 @@ class AllReduceClient:
             bufs = self.transport.recv(wait)
             if bufs:
                 remaining -= self._accept(bufs, stats, o_chunk, o_prime, o_ver, o_first,
-                                          o_retx, o_deadline, o_parts, o_exp, agreed, out,
-                                          chunks, send)
+                                          o_retx, o_deadline, o_parts, agreed, out, chunks,
+                                          send)
             now = time.monotonic()
             late = np.flatnonzero(o_deadline <= now)
             if len(late):
@@ -310,7 +309,7 @@ class AllReduceClient:
                 return None
 
     def _accept(self, bufs, stats, o_chunk, o_prime, o_ver, o_first, o_retx, o_deadline,
-                o_parts, o_exp, agreed, out, chunks, send) -> int:
+                o_parts, agreed, out, chunks, send) -> int:
         batch = self._parse(bufs, stats)
         if batch is None:
             return 0
@@ -351,17 +350,18 @@ class AllReduceClient:
             cols = part[d][:, None] * pk + np.arange(pk)
             out[dc[:, None], cols] = vals
         np.bitwise_or.at(o_parts, s[idx], (1 << part[idx]).astype(np.uint8))
-        o_exp[s[idx]] = h["exponent"][idx]   # every part carries the same exponent
-        # slots whose every part is in: a priming result is one part, a chunk ceil(count / pk)
-        cand = np.unique(s[idx])
-        need = np.where(o_prime[cand], 1,
-                        -(-np.clip(self._n - o_chunk[cand] * k, 1, k) // pk))   # ceil
-        return self._complete(cand[o_parts[cand] == (1 << need) - 1], o_chunk, o_prime,
-                              o_first, o_retx, o_deadline, o_exp, agreed, chunks, send)
+        # a slot is done once every part is in: a priming result is one part, a chunk of c
+        # elements ceil(c / pk); every part carries the same exponent
+        n_parts = np.where(prime[idx], 1, -(-chunk_count[idx] // pk))
+        done = idx[o_parts[s[idx]] == (1 << n_parts) - 1]
+        slots, first_of = np.unique(s[done], return_index=True)
+        return self._complete(slots, h["exponent"][done[first_of]], o_chunk, o_prime,
+                              o_first, o_retx, o_deadline, agreed, chunks, send)
 
-    def _complete(self, slots, o_chunk, o_prime, o_first, o_retx, o_deadline, o_exp, agreed,
+    def _complete(self, slots, exps, o_chunk, o_prime, o_first, o_retx, o_deadline, agreed,
                   chunks, send) -> int:
-        """Finish the rounds of `slots` (their results are in): timing, next chunk out."""
+        """Finish the rounds of `slots` (their results are in, carrying exponents `exps`):
+        timing, next chunk out."""
         if not len(slots):
             return 0
         W = self.window
@@ -375,7 +375,6 @@ class AllReduceClient:
             else:   # RFC 6298 smoothing
                 self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
                 self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        exps = o_exp[slots]
         self.results_seen += len(slots)
         self.round[slots] = (self.round[slots] + 1) % ROUND_MOD
         o_chunk[slots] = -1

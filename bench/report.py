@@ -83,13 +83,13 @@ class Net:
         why = self._rack_unavailable()
         if why is None:
             from topology.impair import LinkShape
-            from topology.launch import MininetRack
+            from topology.mininet_rack import MininetRack
             self.rack = MininetRack(n, LinkShape(bw_mbit=bw), run_dir=workdir, trace=False,
                                     log=log)
             self.rack.start()
             self.where = f"Mininet rack, {n} workers, worker links shaped to {bw:g} Mbit/s"
         else:
-            from worker.launch import switch_for_checks
+            from switch.handles import switch_for_checks
             self.switch = switch_for_checks(workdir, log=log)
             self.where = (f"loopback, {n} worker processes, links NOT shaped (the Mininet rack "
                           f"is unavailable: {why})")
@@ -97,11 +97,11 @@ class Net:
 
     @staticmethod
     def _rack_unavailable() -> str | None:
-        from topology import fallback
-        d = fallback.decide("mininet", fallback.probe())
+        from topology import modes
+        d = modes.decide("mininet", modes.probe())
         if d.error:
             return d.error
-        from topology.launch import P4INFO_PATH
+        from topology.mininet_rack import P4INFO_PATH
         if not os.path.exists(P4INFO_PATH):
             return f"no P4Info at {P4INFO_PATH}"
         return None
@@ -110,11 +110,12 @@ class Net:
                   calls: int = 2) -> tuple[float, int, bool]:
         """(best per-call seconds of the slowest worker, retransmissions, exact?)."""
         if self.rack is not None:
-            from topology.jobs import run_allreduce
+            from topology.rack_jobs import run_allreduce
             rep = run_allreduce(self.rack, size=size, encoding=enc.name.lower(), cm=cm,
                                 calls=calls, loss=loss, timeout=30.0, log=QUIET)
             return min(rep.seconds), rep.retransmissions, rep.exact
-        from worker.launch import check_allreduce, run_allreduce
+        from jobs.check import check_allreduce
+        from jobs.runner import run_allreduce
         job = getattr(self, "_job", 100) + 1
         self._job = job
         d = os.path.join(self.workdir, f"job{job}")

@@ -23,7 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from worker.launch import run_training, steps_to_target, switch_for_checks  # noqa: E402
+from jobs.runner import run_training  # noqa: E402
+from jobs.metrics import steps_to_target
+from switch.handles import switch_for_checks
 from worker.train import TrainConfig, plan  # noqa: E402
 
 COMPRESSORS = ["none", "int32", "nat", "nat+cm"]

@@ -8,12 +8,12 @@ import sys
 # Modules that add subcommands: each has register(subparsers). Imported lazily per module so a
 # broken optional part does not take the whole CLI down.
 REGISTRARS = [
-    "worker.cli",
+    "jobs.cli",
     "switch.cli",
     "switch.trace_cli",
     "switch.ctl_cli",
-    "topology.cli",
-    "topology.demo",
+    "topology.rack_cli",
+    "topology.demo_cli",
 ]
 
 

@@ -1,7 +1,7 @@
 """Fixtures shared by the end-to-end test modules."""
 import pytest
 
-from worker.launch import switch_for_checks
+from switch.handles import switch_for_checks
 
 
 @pytest.fixture(scope="module")

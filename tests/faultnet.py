@@ -169,7 +169,7 @@ class LinkedSwitch:
             workers.append(replace(w, ip=ip, udp_port=port))
         spec = replace(spec, workers=tuple(workers))
         if self._ctl is not None:
-            from worker.launch import JobInstaller
+            from switch.handles import JobInstaller
             JobInstaller(self.inner).install(spec)
         else:
             self.inner.install_job(spec)

@@ -18,7 +18,9 @@ from nina.wire import (FLAG_VER, Encoding, Header, MsgType, headroom_shift,
                        nat8_to_int, pack_packet, parse_packet)
 from worker.allreduce import (AllReduceClient, AllReduceError, SlotStalled, SwitchSilent,
                               check_size)
-from worker.launch import JobInstaller, check_allreduce, run_allreduce, slot_bitmap_reader
+from switch.handles import JobInstaller, slot_bitmap_reader
+from jobs.check import check_allreduce
+from jobs.runner import run_allreduce
 from worker.transport import UdpTransport
 
 QUIET = lambda *a, **k: None  # noqa: E731

@@ -9,8 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from worker.coordinator import Coordinator, JobAborted, WorkerLink
-from worker.launch import run_training
+from jobs.coordinator import Coordinator
+from nina.jobmsg import JobAborted
+from worker.link import WorkerLink
+from jobs.runner import run_training
 from worker.train import TrainConfig
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -124,7 +126,7 @@ def test_killed_worker_ends_the_job_with_a_clear_error(switch, tmp_path):
     procs_seen = []
 
     def spawn(endpoint, wid, log_path):
-        from worker.launch import spawn_local_worker
+        from jobs.runner import spawn_local_worker
         p = spawn_local_worker(endpoint, wid, log_path)
         procs_seen.append(p)
         return p

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from worker.launch import REPO, local_switch_unavailable
+from nina.procs import REPO
+from switch.handles import local_switch_unavailable
 
 
 def _demo(tmp_path, *extra, timeout=300):
@@ -64,8 +65,8 @@ def test_local_demo_runs_both_jobs_on_one_switch_and_reports_them(tmp_path):
 
 @pytest.mark.root
 def test_mininet_demo_writes_a_pcap_per_switch_port(tmp_path):
-    from topology import fallback
-    d = fallback.decide("mininet", fallback.probe())
+    from topology import modes
+    d = modes.decide("mininet", modes.probe())
     if d.error:
         pytest.skip(d.error)
     r, out = _demo(tmp_path, "--mode", "mininet")

@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from worker import launch
-from worker.launch import (InProcessSwitch, REPO, external_worker, free_port,
-                           local_switch_unavailable, stop_process)
+from jobs import runner as launch
+from switch.handles import InProcessSwitch, local_switch_unavailable
+from nina.procs import REPO, free_port, stop_process
+from jobs.runner import external_worker
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
@@ -48,7 +49,7 @@ def _finish(procs, tmp_path) -> list[int]:
 
 
 def test_coordinator_runs_two_jobs_with_workers_it_did_not_start(tmp_path, monkeypatch):
-    from worker.demo import run_demo
+    from jobs.demo import run_demo
     monkeypatch.setattr(launch, "EXTERNAL_JOIN_TIMEOUT", 60.0)   # fail fast, not in 10 min
     port = free_port()
     procs = _start_workers(2, port, tmp_path)        # before the coordinator exists
@@ -134,8 +135,8 @@ def test_demo_refuses_half_an_external_switch_in_one_line():
 
 def test_macs_from_arp_fill_the_job_for_an_ethernet_switch():
     from nina.wire import Encoding
-    from topology.demo import arp_spec_factory, read_arp
-    from worker.coordinator import JobAborted
+    from topology.demo_cli import arp_spec_factory, read_arp
+    from nina.jobmsg import JobAborted
 
     class M:
         def __init__(self, wid, ip):

@@ -20,8 +20,9 @@ import pytest
 from faultnet import ImpairedLinks, LinkedSwitch, SwitchProcess, counters_of
 from nina.config import DEFAULT_WINDOW
 from nina.wire import Encoding
-from worker.coordinator import JobAborted
-from worker.launch import check_allreduce, run_allreduce, spawn_local_worker
+from nina.jobmsg import JobAborted
+from jobs.check import check_allreduce
+from jobs.runner import run_allreduce, spawn_local_worker
 
 QUIET = lambda *a, **k: None  # noqa: E731
 N = 4
@@ -134,7 +135,7 @@ def test_killed_worker_ends_its_job_naming_it_and_nothing_else(switch, tmp_path)
 
         def install_job(self, spec):
             if self._ctl is not None:
-                from worker.launch import JobInstaller
+                from switch.handles import JobInstaller
                 JobInstaller(self.inner).install(spec)
             else:
                 self.inner.install_job(spec)

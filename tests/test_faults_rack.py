@@ -14,11 +14,11 @@ from test_faults import CONTRIB, N, _delta, rounds
 # ---- the same on a Mininet rack (root) ----------------------------------------------------
 
 def _rack_skip_reason() -> str | None:
-    from topology import fallback
-    d = fallback.decide("mininet", fallback.probe())
+    from topology import modes
+    d = modes.decide("mininet", modes.probe())
     if d.error:
         return d.error
-    from topology.launch import P4INFO_PATH
+    from topology.mininet_rack import P4INFO_PATH
     if not os.path.exists(P4INFO_PATH):
         return f"no P4Info at {P4INFO_PATH} (the rack's controller needs it; make p4)"
     return None
@@ -32,8 +32,8 @@ def test_mininet_rack_with_lossy_duplicating_reordering_links_is_exact(tmp_path,
         print(f"SKIP reason: Mininet rack unavailable: {why}")
         pytest.skip(f"Mininet rack unavailable: {why}")
     from topology.impair import LinkShape
-    from topology.jobs import run_allreduce as rack_allreduce
-    from topology.launch import MininetRack
+    from topology.rack_jobs import run_allreduce as rack_allreduce
+    from topology.mininet_rack import MininetRack
     shape = LinkShape(delay_ms=1.0, loss_pct=p, dup_pct=p, reorder_pct=p)
     with MininetRack(N, shape, run_dir=str(tmp_path), log=print) as rack:
         for enc, cm, size in (("int32", False, 5_000), ("nat8", False, 20_000),

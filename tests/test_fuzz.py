@@ -28,7 +28,8 @@ from faultnet import SwitchProcess, udp_socket_stats
 from nina.config import JobSpec, WorkerAddr
 from nina.decisions import Decision
 from nina.wire import HEADER_DTYPE, Encoding
-from worker.launch import check_allreduce, run_allreduce
+from jobs.check import check_allreduce
+from jobs.runner import run_allreduce
 
 N_FUZZ = 100_000
 WIDTH = 300            # bytes per generated packet (272 is a well-formed update)

@@ -19,7 +19,8 @@ from nina import p4spec
 from nina.config import JobSpec, WorkerAddr
 from nina.wire import (FLAG_VER, Encoding, Header, MsgType, headroom_shift, nat8_to_int,
                        pack_packet, parse_packet)
-from worker.launch import check_allreduce, run_allreduce
+from jobs.check import check_allreduce
+from jobs.runner import run_allreduce
 
 QUIET = lambda *a, **k: None  # noqa: E731
 

@@ -93,7 +93,7 @@ def test_below_resolution_values_are_rounded_unbiased_to_zero_or_the_smallest_po
 
 
 def _run_clients(n, encoding, x_of, rounding="stochastic"):
-    from worker.launch import InProcessSwitch
+    from switch.handles import InProcessSwitch
     sw = InProcessSwitch(seed=3)
     ts = [UdpTransport(sw.data_addr) for _ in range(n)]
     try:

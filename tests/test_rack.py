@@ -15,7 +15,7 @@ import pytest
 
 from rackcheck import pid_alive, rack_intfs
 
-from topology import fallback
+from topology import modes
 from topology.impair import LinkShape, _netem_args, _nft_rules
 from topology.rack import rack_plan, switch_intfs
 
@@ -25,30 +25,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---- no root needed -----------------------------------------------------------------------
 
 def test_auto_falls_back_to_local_without_root_and_says_why():
-    d = fallback.decide("auto", fallback.Facts(is_root=False, mininet_error=None))
+    d = modes.decide("auto", modes.Facts(is_root=False, mininet_error=None))
     assert d.mode == "local" and not d.error
     assert "falling back to local" in d.reason and "not root" in d.reason
     assert "\n" not in d.reason
 
 
 def test_auto_falls_back_without_mininet_and_names_the_fix():
-    d = fallback.decide("auto", fallback.Facts(True, "ModuleNotFoundError: No module named "
+    d = modes.decide("auto", modes.Facts(True, "ModuleNotFoundError: No module named "
                                                      "'mininet'"))
     assert d.mode == "local" and "mininet not importable" in d.reason
     assert "apt-get install mininet" in d.reason
 
 
 def test_auto_picks_mininet_when_possible_and_explicit_mininet_refuses_without_root():
-    assert fallback.decide("auto", fallback.Facts(True, None)).mode == "mininet"
-    d = fallback.decide("mininet", fallback.Facts(False, None))
+    assert modes.decide("auto", modes.Facts(True, None)).mode == "mininet"
+    d = modes.decide("mininet", modes.Facts(False, None))
     assert d.error.startswith("cannot start a Mininet rack") and "not root" in d.error
-    assert fallback.decide("local", fallback.Facts(False, "x")).error == ""
+    assert modes.decide("local", modes.Facts(False, "x")).error == ""
 
 
 def test_make_rack_without_root_builds_a_local_rack_and_prints_the_reason(monkeypatch):
-    from topology import cli
+    from topology import rack_cli as cli
     from topology.local import LocalRack
-    monkeypatch.setattr(fallback, "probe", lambda: fallback.Facts(False, None))
+    monkeypatch.setattr(modes, "probe", lambda: modes.Facts(False, None))
     said = []
     args = argparse.Namespace(mode="auto", workers=3, bw=10.0, delay=0.0, jitter=0.0,
                               loss=1.0, dup=0.0, reorder=0.0, switch="embedded", run_dir=None,
@@ -97,11 +97,11 @@ def test_link_shape_rules():
 # ---- root + Mininet -----------------------------------------------------------------------
 
 def _root_skip_reason() -> str | None:
-    facts = fallback.probe()
-    d = fallback.decide("mininet", facts)
+    facts = modes.probe()
+    d = modes.decide("mininet", facts)
     if d.error:
         return d.error
-    from topology.launch import P4INFO_PATH
+    from topology.mininet_rack import P4INFO_PATH
     if not os.path.exists(P4INFO_PATH):
         return f"no P4Info at {P4INFO_PATH} (p4c output of the P4 program; make p4)"
     return None
@@ -140,8 +140,8 @@ def _assert_gone(pids: list[int], netns_before: str) -> None:
 @pytest.mark.root
 @root_only
 def test_mininet_rack_allreduce_exact_through_the_switch(tmp_path):
-    from topology.jobs import run_allreduce
-    from topology.launch import MininetRack
+    from topology.rack_jobs import run_allreduce
+    from topology.mininet_rack import MininetRack
     before = _netns()
     rack = MininetRack(4, LinkShape(), run_dir=str(tmp_path), pcap=True, log=print)
     with rack:
@@ -180,8 +180,8 @@ def test_lossy_rack_after_a_crash_still_exact_and_leaves_nothing(tmp_path):
     if not netem_available() and shutil.which("nft") is None:
         pytest.skip("no netem in this kernel and no nft (apt-get install nftables): "
                     "cannot make lossy links")
-    from topology.jobs import run_allreduce
-    from topology.launch import MininetRack
+    from topology.rack_jobs import run_allreduce
+    from topology.mininet_rack import MininetRack
     before = _netns()
     crash = ("import os, sys\n"
              "from topology.launch import MininetRack\n"

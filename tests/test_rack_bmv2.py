@@ -36,7 +36,7 @@ def _skip_reason() -> str | None:
         import mininet.net  # noqa: F401
     except Exception as e:
         return f"mininet not importable ({type(e).__name__}: {e}; apt-get install mininet)"
-    from topology.launch import BMV2_JSON_PATH, P4INFO_PATH
+    from topology.mininet_rack import BMV2_JSON_PATH, P4INFO_PATH
     for path in (BMV2_JSON_PATH, P4INFO_PATH):
         if not os.path.exists(path):
             return f"{path} is missing (p4c output of p4/nina.p4: make p4)"
@@ -122,8 +122,8 @@ def test_collector_keeps_exactly_the_trace_frames_in_order(tmp_path):
 def test_bmv2_rack_exact_allreduces_and_trace_from_the_monitor_port(tmp_path):
     from switch.trace_tools import summarize
     from topology.impair import LinkShape
-    from topology.jobs import run_allreduce
-    from topology.launch import MininetRack
+    from topology.rack_jobs import run_allreduce
+    from topology.mininet_rack import MininetRack
 
     rack = MininetRack(WORKERS, LinkShape(), switch_kind="bmv2", run_dir=str(tmp_path),
                        trace=True, log=print)

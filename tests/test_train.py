@@ -12,7 +12,9 @@ import pytest
 from nina.wire import Encoding
 from worker import data as datasets
 from worker import models
-from worker.launch import REPO, local_switch_unavailable, run_training
+from nina.procs import REPO
+from switch.handles import local_switch_unavailable
+from jobs.runner import run_training
 from worker.train import TrainConfig, plan
 
 QUIET = lambda *a, **k: None  # noqa: E731

@@ -42,8 +42,8 @@ class LocalRack(RackBase):
         return self.switch is not None and self.switch.alive()
 
     def start(self) -> None:
-        from worker.coordinator import JobAborted
-        from worker.launch import LocalSwitch
+        from nina.jobmsg import JobAborted
+        from switch.handles import LocalSwitch
         self._install_signals()
         os.makedirs(self.run_dir, exist_ok=True)
         t0 = time.monotonic()

@@ -40,19 +40,13 @@ def in_netns(pid: int):
         os.close(home)
 
 
-@contextlib.contextmanager
 def coordinator_in_host(pid: int, ip: str):
-    """While active, worker.launch creates its Coordinator bound to `ip` inside the namespace
-    of process `pid` (the coordinator host's shell)."""
-    import worker.launch as wl
-    original = wl.Coordinator
+    """A coordinator factory for the job runner (its `coordinator=` argument): each job's
+    Coordinator is created inside the network namespace of process `pid` (the coordinator
+    host's shell), bound to `ip`, so coordination crosses the rack like any host's traffic."""
+    from jobs.coordinator import Coordinator
 
     def make(n_workers, bind_ip="127.0.0.1", **kw):
         with in_netns(pid):
-            return original(n_workers, bind_ip=ip, **kw)
-
-    wl.Coordinator = make
-    try:
-        yield
-    finally:
-        wl.Coordinator = original
+            return Coordinator(n_workers, bind_ip=ip, **kw)
+    return make

@@ -2,7 +2,7 @@
 
 A rack owns a switch process and a Controller connected to it over P4Runtime, and it looks
 like the `switch` that worker/launch.py's job runners take (`controller`, `data_addr`), plus a
-`spawn_worker` that starts a worker process on the right host and a `coordinator_context` that
+`spawn_worker` that starts a worker process on the right host and a `coordinator_factory` that
 puts the job coordinator where the workers can reach it. Every process it starts is recorded
 (topology/runenv.py) and ended at teardown at the latest.
 """
@@ -76,8 +76,10 @@ class RackBase:
     def switch_alive(self) -> bool:
         raise NotImplementedError
 
-    def coordinator_context(self):
-        return contextlib.nullcontext()
+    def coordinator_factory(self):
+        """How the job runner creates each job's coordinator on this rack."""
+        from jobs.coordinator import Coordinator
+        return Coordinator
 
     def start(self) -> None:
         raise NotImplementedError

@@ -89,7 +89,7 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
     link.barrier("start")
     if trainer is None:
         return _allreduce_task(link, client, task, wid)
-    from worker.coordinator import JobAborted
+    from nina.jobmsg import JobAborted
     from worker.models import model_hash
     for t in range(cfg.steps):
         rec = trainer.step(t)
@@ -125,7 +125,7 @@ def _join(link, hello: dict, timeout: float, repeat: float | None):
     """Say hello and wait for the welcome. With `repeat`, say it again every `repeat` s: a
     hello that reached the previous job's coordinator as it closed is lost (the coordinator
     counts a repeated hello once)."""
-    from worker.coordinator import JobAborted
+    from nina.jobmsg import JobAborted
     deadline = time.monotonic() + timeout
     while True:
         link.send(hello)
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 def _one_job(a) -> tuple[int, bool]:
     """Join, run and leave one job: (exit status, whether the coordinator has another)."""
     from worker.allreduce import Aborted, SlotStalled
-    from worker.coordinator import JobAborted, WorkerLink
-    from worker.fallback import AllGather
+    from nina.jobmsg import JobAborted
+    from worker.link import WorkerLink
+    from worker.allgather import AllGather
     from worker.transport import UdpTransport
 
     import worker.train  # noqa: F401  (scikit-learn loads later, only for training tasks)

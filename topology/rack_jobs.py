@@ -2,7 +2,7 @@
 
 The rack is the runners' `switch` (its Controller and data address); worker processes start on
 the worker hosts (rack.spawn_worker) and the coordinator listens on the coordinator host
-(rack.coordinator_context), so coordination crosses the switch as ordinary TCP while the
+(rack.coordinator_factory), so coordination crosses the switch as ordinary TCP while the
 gradients cross it as NINA packets.
 """
 from __future__ import annotations
@@ -60,8 +60,8 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
                   calls: int = 1, seed: int = 0, loss: float = 0.0,
                   window: int | None = None, timeout: float = 10.0,
                   log=print) -> AllReduceReport:
-    from worker.launch import check_allreduce
-    from worker.launch import run_allreduce as run_job
+    from jobs.check import check_allreduce
+    from jobs.runner import run_allreduce as run_job
     if encoding not in ENCODINGS:
         raise ValueError(f"--encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     enc = ENCODINGS[encoding]
@@ -73,11 +73,10 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
     run_dir = rack.job_dir("allreduce", job_id)
     t0 = time.monotonic()
     try:
-        with rack.coordinator_context():
-            out = run_job(rack.n_workers, rack, size=size, encoding=enc, cm=cm, calls=calls,
-                          loss=loss, seed=seed, job_id=job_id, run_dir=run_dir, window=window,
-                          timeout=timeout, spawn=rack.spawn_worker, coord_ip=rack.coord_ip,
-                          log=log)
+        out = run_job(rack.n_workers, rack, size=size, encoding=enc, cm=cm, calls=calls,
+                      loss=loss, seed=seed, job_id=job_id, run_dir=run_dir, window=window,
+                      timeout=timeout, spawn=rack.spawn_worker, coord_ip=rack.coord_ip,
+                      log=log, coordinator=rack.coordinator_factory())
     finally:
         rack.reap_finished()
     wall = time.monotonic() - t0
@@ -116,7 +115,7 @@ def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_train(rack, argv: list[str] | str, log=print,
               parser_cls=argparse.ArgumentParser) -> tuple[list[dict], str]:
     """A `nina train`-style job (or comparison) on the rack; returns (rows, table text)."""
-    from worker.cli import compare, default_target, format_table
+    from jobs.compare import compare, default_target, format_table
     from worker.train import TrainConfig, plan
     if isinstance(argv, str):
         argv = shlex.split(argv)
@@ -140,10 +139,10 @@ def run_train(rack, argv: list[str] | str, log=print,
     args.out = os.path.join(rack.run_dir, f"train-{first}")
     args.runs_dir = rack.run_dir
     try:
-        with rack.coordinator_context():
-            rows, folder = compare(specs, base, rack.n_workers, args, target, key, higher,
-                                   log=log, switch=rack, spawn=rack.spawn_worker,
-                                   next_job_id=lambda: next(ids))
+        rows, folder = compare(specs, base, rack.n_workers, args, target, key, higher,
+                               log=log, switch=rack, spawn=rack.spawn_worker,
+                               next_job_id=lambda: next(ids),
+                               coordinator=rack.coordinator_factory())
     finally:
         rack.reap_finished()
     return rows, format_table(rows, target, key) + f"\nrun folder: {folder}"

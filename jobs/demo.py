@@ -17,12 +17,14 @@ BASELINE = "int32"
 
 
 def run_demo(args, switch=None, spawn=None, spec_factory=None, log=print,
-             coord_ip: str | None = None, coord_port: int | None = None) -> int:
+             coord_ip: str | None = None, coord_port: int | None = None,
+             coordinator=None) -> int:
     """The demo on `switch` (default: a fresh local switch process), workers started by
-    `spawn` and described by `spec_factory` (see worker.launch.run_training); coord_ip and
+    `spawn` and described by `spec_factory` (see jobs.runner.run_training); coord_ip and
     coord_port fix the coordinator's address (workers started elsewhere join it there)."""
-    from worker.cli import _fail, compare, default_target, format_table
-    from worker.coordinator import JobAborted
+    from jobs.cli import _fail
+    from jobs.compare import compare, default_target, format_table
+    from nina.jobmsg import JobAborted
     from worker.train import TrainConfig, default_lr
     data = "lsq" if args.model == "lsq" else "digits"
     base = TrainConfig(model=args.model, data=data, steps=args.steps, lr=default_lr(args.model))
@@ -39,7 +41,7 @@ def run_demo(args, switch=None, spawn=None, spec_factory=None, log=print,
         rows, folder = compare(comps, base, args.workers, args, target, key,
                                higher, log=log, switch=switch, spawn=spawn,
                                spec_factory=spec_factory, coord_ip=coord_ip,
-                               coord_port=coord_port)
+                               coord_port=coord_port, coordinator=coordinator)
     except (JobAborted, ValueError, OSError) as e:
         return _fail(str(e))
     print("\n" + format_table(rows, target, key, baseline=BASELINE))

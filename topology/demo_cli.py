@@ -90,10 +90,10 @@ def cmd_demo(args) -> int:
 
 
 def _rack_demo(args) -> int:
-    from topology.cli import make_rack
+    from topology.rack_cli import make_rack
     from topology.rackbase import RackError
-    from worker.demo import run_demo
-    from worker.runfolder import new_run_dir
+    from jobs.demo import run_demo
+    from jobs.runfolder import new_run_dir
     folder = os.path.abspath(new_run_dir("demo", args.out, args.runs_dir))
     rack_args = argparse.Namespace(mode=args.mode, workers=args.workers, bw=None, delay=0.0,
                                    jitter=0.0, loss=0.0, dup=0.0, reorder=0.0,
@@ -107,8 +107,8 @@ def _rack_demo(args) -> int:
     rc = 2
     try:
         with rack:
-            with rack.coordinator_context():
-                rc = run_demo(args, switch=rack, spawn=rack.spawn_worker)
+            rc = run_demo(args, switch=rack, spawn=rack.spawn_worker,
+                          coordinator=rack.coordinator_factory())
             rack.reap_finished()
     except RackError as e:
         return _fail(str(e))
@@ -146,11 +146,11 @@ def _print_outputs(folder: str, mode: str, args) -> None:
 
 
 def _external_demo(args) -> int:
-    from worker.cli import ExternalSwitch
-    from worker.coordinator import JobAborted
-    from worker.demo import run_demo
-    from worker.launch import external_worker
-    from worker.runfolder import new_run_dir
+    from switch.handles import ExternalSwitch
+    from nina.jobmsg import JobAborted
+    from jobs.demo import run_demo
+    from jobs.runner import external_worker
+    from jobs.runfolder import new_run_dir
     folder = os.path.abspath(new_run_dir("demo", args.out, args.runs_dir))
     args.out = folder
     print(f"using the switch at {args.switch[0]}:{args.switch[1]} (P4Runtime {args.grpc})")
@@ -194,8 +194,8 @@ def arp_spec_factory(switch_ip: str, arp=read_arp):
     connections (coordination, P4Runtime) have filled by the time a job is installed."""
     from dataclasses import replace
 
-    from worker.coordinator import JobAborted
-    from worker.launch import make_spec
+    from nina.jobmsg import JobAborted
+    from jobs.runner import make_spec
 
     def factory(job_id, n, encoding, cm, loss, members):
         spec = make_spec(job_id, n, encoding, cm, loss, members, switch_ip=switch_ip)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from nina.config import DEFAULT_WINDOW
 from nina.cli_types import host_port, positive_int, probability, worker_count
+from jobs.compare import compare, default_target, format_table, open_switch
 
 TRAIN_EPILOG = """compressors (--compressor / --compare):
   in the switch: none (INT32, nearest rounding: the uncompressed baseline), int32 (INT32,
@@ -88,51 +88,8 @@ def _fail(msg: str) -> int:
     return 2
 
 
-class ExternalSwitch:
-    """A switch someone else runs: its data address and a Controller on its P4Runtime port.
-    A host name (a compose service) is resolved once: workers send to the address."""
-
-    def __init__(self, data_addr: tuple[str, int], grpc_addr: str,
-                 bmv2_json: str | None = None):
-        import socket
-
-        from switch.controller import Controller, ControllerError
-        from worker.coordinator import JobAborted
-        from worker.launch import P4INFO_PATH
-        try:
-            self.data_addr = (socket.gethostbyname(data_addr[0]), int(data_addr[1]))
-        except OSError as e:
-            raise JobAborted(f"switch address {data_addr[0]!r}: {e}") from None
-        try:
-            self.controller = Controller(grpc_addr, P4INFO_PATH, bmv2_json, push="auto",
-                                         connect_timeout=15.0)
-        except ControllerError as e:
-            raise JobAborted(f"controller: {e}") from None
-
-    def stop(self) -> None:
-        self.controller.close()
-
-
-def open_switch(args, run_dir: str, log=print):
-    """The switch a command uses: the one given by --switch/--grpc, or a fresh local one."""
-    from worker.launch import LocalSwitch
-    if args.switch or args.grpc:
-        if not (args.switch and args.grpc):
-            raise ValueError("--switch and --grpc go together (data address and P4Runtime)")
-        return ExternalSwitch(args.switch, args.grpc)
-    log(f"starting the embedded switch (log {os.path.join(run_dir, 'switch.log')})")
-    return LocalSwitch(run_dir, log=log)
-
-
-def default_target(model: str) -> tuple[float, str, bool]:
-    """(target, metric key, higher is better) of the comparison table."""
-    if model == "lsq":
-        return 0.002, "test_loss", False
-    return 0.93, "test_accuracy", True
-
-
 def cmd_train(args) -> int:
-    from worker.coordinator import JobAborted
+    from nina.jobmsg import JobAborted
     from worker.train import TrainConfig, default_lr, plan
     specs = [s.strip() for s in (args.compare or args.compressor).split(",") if s.strip()]
     if not specs:
@@ -169,100 +126,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def compare(specs, base, n_workers, args, target, key, higher, log=print, switch=None,
-            spawn=None, spec_factory=None, coord_port=None, coord_ip=None, next_job_id=None):
-    """Run the job once per compressor on one switch; returns (rows, run folder).
-    coord_ip/coord_port: a fixed coordinator address (for workers started elsewhere);
-    next_job_id: a callable giving each job its id (a rack's, so traces tell jobs apart)."""
-    from dataclasses import replace
-    from worker.launch import run_training, steps_to_target
-    from worker.runfolder import new_run_dir, plot_runs, write_csv, write_json, write_run
-    name = getattr(args, "name", None) or \
-        (f"compare-{'-'.join(specs)}" if len(specs) > 1 else specs[0]) + f"-{base.model}"
-    folder = new_run_dir(name, args.out, args.runs_dir)
-    own = switch is None
-    if own:
-        switch = open_switch(args, folder, log)
-    rows, runs = [], {}
-    try:
-        for i, spec in enumerate(specs):
-            cfg = replace(base, compressor=spec)
-            sub = os.path.join(folder, _safe(spec)) if len(specs) > 1 else folder
-            log(f"[{i + 1}/{len(specs)}] {spec}: {n_workers} workers, {cfg.model} on {cfg.data}, "
-                f"{cfg.steps} steps" + (f", switch loss {args.loss}" if args.loss else ""))
-            kw = {"spawn": spawn} if spawn is not None else {}
-            if spec_factory is not None:
-                kw["spec_factory"] = spec_factory
-            if coord_ip is not None:
-                kw["coord_ip"] = coord_ip
-            if coord_port is not None:
-                kw.update(coord_port=coord_port, more_jobs=i < len(specs) - 1)
-            job_id = next_job_id() if next_job_id is not None else i + 1
-            out = run_training(cfg, n_workers, switch, job_id=job_id, loss=args.loss,
-                               run_dir=sub, name=spec, log=log,
-                               progress=not getattr(args, "no_progress", False), **kw)
-            files = write_run(sub, out.config, out.records, out.summary)
-            st, sb = steps_to_target(out.records, target, key, higher)
-            rows.append({**out.summary, "steps_to_target": st, "bytes_to_target": sb,
-                         "seconds": round(out.seconds, 1), "folder": sub,
-                         "switch_counters": out.counters})
-            runs[spec] = out.records
-            log(f"    models identical on all workers (hash {out.summary['model_hash']}); "
-                f"metrics: {files[1]}")
-    finally:
-        if own:
-            switch.stop()
-    if len(specs) > 1:
-        write_json(os.path.join(folder, "comparison.json"), rows)
-        write_csv(os.path.join(folder, "comparison.csv"),
-                  [{k: v for k, v in r.items() if k != "switch_counters"} for r in rows])
-        plot_runs(folder, runs)
-    return rows, folder
-
-
-def _safe(spec: str) -> str:
-    return "".join(c if c.isalnum() or c in "+-_." else "_" for c in spec)
-
-
-def format_table(rows: list[dict], target: float, key: str, baseline: str | None = None) -> str:
-    """One line per compressor; ratios against `baseline` (default: the first row)."""
-    base = next((r for r in rows if r["compressor"] == baseline), rows[0])
-    cw = max(12, *(len(r["compressor"]) for r in rows)) + 2
-    pw = max(12, *(len(r["path"]) for r in rows)) + 2
-    metric = "acc" if key == "test_accuracy" else "f-f*"
-    head = (f"{'compressor':<{cw}}{'path':<{pw}}{'final ' + metric:>12}"
-            f"{'steps@' + format(target, 'g'):>13}"
-            f"{'MB up':>8}{'MB down':>8}{'MB total':>9}{'pkts up':>9}{'pkts down':>10}"
-            f"{'retx':>6}{'time s':>8}{'bytes@tgt':>10}{'x steps':>8}{'x bytes':>8}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        fin = r.get("final_test_accuracy") if key == "test_accuracy" else r.get("final_test_loss")
-        st, sb = r.get("steps_to_target"), r.get("bytes_to_target")
-        xs = (f"{st / base['steps_to_target']:.2f}" if st and base.get("steps_to_target")
-              else "-")
-        xb = (f"{sb / base['bytes_to_target']:.3f}" if sb and base.get("bytes_to_target")
-              else f"{r['bytes_total'] / base['bytes_total']:.3f}*")
-        lines.append(
-            f"{r['compressor']:<{cw}}{r['path']:<{pw}}"
-            f"{(format(fin, '.4g') if fin is not None else '-'):>12}{(st or '-'):>13}"
-            f"{r['bytes_up'] / 1e6:>8.2f}{r['bytes_down'] / 1e6:>8.2f}"
-            f"{r['bytes_total'] / 1e6:>9.2f}{r.get('packets_up', 0):>9}"
-            f"{r.get('packets_down', 0):>10}{r['retransmissions']:>6}"
-            f"{(format(r['seconds'], '.1f') if r.get('seconds') is not None else '-'):>8}"
-            f"{(format(sb / 1e6, '.2f') if sb else '-'):>10}{xs:>8}{xb:>8}")
-    lines.append(f"x steps / x bytes: to reach {metric} {target:g}, relative to "
-                 f"{base['compressor']} (* = whole run, target not reached).\nBytes and packets: "
-                 f"UDP payloads (NINA header + payload) of all workers, up (workers to switch) "
-                 f"and down (switch to workers), retransmissions included; time: the job's wall "
-                 f"time, worker start-up included.")
-    return "\n".join(lines)
-
-
 def cmd_allreduce(args) -> int:
     from nina.wire import Encoding
-    from worker.coordinator import JobAborted
-    from worker.launch import check_allreduce, run_allreduce
-    from worker.runfolder import new_run_dir
+    from nina.jobmsg import JobAborted
+    from jobs.check import check_allreduce
+    from jobs.runner import run_allreduce
+    from jobs.runfolder import new_run_dir
     enc = Encoding.NAT8 if args.encoding == "nat8" else Encoding.INT32
     if args.cm and enc != Encoding.NAT8:
         return _fail("--cm needs --encoding nat8")

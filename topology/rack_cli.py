@@ -62,9 +62,9 @@ def register(subparsers) -> None:
 
 def make_rack(args, log=print):
     """The rack the arguments ask for, not started. Raises ValueError with a one-line reason."""
-    from topology import fallback
+    from topology import modes
     from topology.impair import LinkShape
-    decision = fallback.decide(args.mode, fallback.probe())
+    decision = modes.decide(args.mode, modes.probe())
     if decision.error:
         raise ValueError(decision.error)
     if decision.reason and args.mode == "auto":
@@ -85,7 +85,7 @@ def make_rack(args, log=print):
         from topology.switch_node import bmv2_missing_reason
         if bmv2_missing_reason():
             raise ValueError(bmv2_missing_reason())
-    from topology.launch import MininetRack
+    from topology.mininet_rack import MininetRack
     return MininetRack(args.workers, shape, args.switch, args.run_dir,
                        trace=not args.no_trace, pcap=args.pcap, log=log)
 
@@ -246,7 +246,7 @@ class RackShell:
             self.failures += 1
 
     def do_allreduce(self, argv) -> None:
-        from topology.jobs import run_allreduce
+        from topology.rack_jobs import run_allreduce
         a = _allreduce_parser().parse_args(argv)
         rep = run_allreduce(self.rack, a.size, a.encoding, a.cm, a.calls, a.seed, a.loss,
                             a.window, a.timeout, log=self.out)
@@ -256,7 +256,7 @@ class RackShell:
             self.failures += 1
 
     def do_train(self, argv) -> None:
-        from topology.jobs import run_train
+        from topology.rack_jobs import run_train
         _, table = run_train(self.rack, argv, log=self.out, parser_cls=_Parser)
         self.out(table)
 

@@ -91,7 +91,7 @@ class MininetRack(RackBase):
     def worker_ip(self, wid: int) -> str:
         return self.plans[wid].ip
 
-    def coordinator_context(self):
+    def coordinator_factory(self):
         return coordinator_in_host(self.net.get(COORD_NAME).pid, self.coord_ip)
 
     def _spawn(self, node: str, cmd: list[str], log) -> subprocess.Popen:

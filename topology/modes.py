@@ -13,7 +13,7 @@ MODES = ("auto", "mininet", "local")
 
 
 @dataclass(frozen=True)
-class Decision:
+class ModeChoice:
     mode: str            # "mininet" or "local"
     reason: str          # one line: why this mode (empty when the user's explicit choice)
     error: str = ""      # set when the explicit choice cannot run here
@@ -36,9 +36,9 @@ def probe() -> Facts:
     return Facts(os.geteuid() == 0, err, missing)
 
 
-def decide(requested: str, facts: Facts) -> Decision:
+def decide(requested: str, facts: Facts) -> ModeChoice:
     if requested not in MODES:
-        return Decision("local", "", f"unknown mode {requested!r}; choose one of {MODES}")
+        return ModeChoice("local", "", f"unknown mode {requested!r}; choose one of {MODES}")
     blockers = []
     if not facts.is_root:
         blockers.append("not root (Mininet needs network namespaces)")
@@ -48,12 +48,12 @@ def decide(requested: str, facts: Facts) -> Decision:
     if facts.missing_tools:
         blockers.append(f"missing {', '.join(facts.missing_tools)} on PATH")
     if requested == "local":
-        return Decision("local", "")
+        return ModeChoice("local", "")
     if requested == "mininet":
         if blockers:
-            return Decision("mininet", "", "cannot start a Mininet rack: " + "; ".join(blockers))
-        return Decision("mininet", "")
+            return ModeChoice("mininet", "", "cannot start a Mininet rack: " + "; ".join(blockers))
+        return ModeChoice("mininet", "")
     if blockers:
-        return Decision("local", "falling back to local mode (switch and workers as processes "
+        return ModeChoice("local", "falling back to local mode (switch and workers as processes "
                                  "on loopback): " + "; ".join(blockers))
-    return Decision("mininet", "root and Mininet available: Mininet rack")
+    return ModeChoice("mininet", "root and Mininet available: Mininet rack")

@@ -1,0 +1,57 @@
+"""Per-step metrics of a job: merging the workers' records, progress lines, steps to target,
+the job's summary row."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _merge_step(recs: list[dict], totals: dict) -> dict:
+    row = {"step": recs[0]["step"],
+           "train_loss": float(np.mean([r["train_loss"] for r in recs]))}
+    for k in ("test_loss", "test_accuracy", "test_objective"):
+        if recs[0].get(k) is not None:
+            row[k] = recs[0][k]
+    for k in ("bytes_up", "bytes_down", "packets_up", "packets_down", "retransmissions"):
+        row[k] = int(sum(r.get(k, 0) for r in recs))
+    row["comm_s"] = float(max(r.get("comm_s", 0.0) for r in recs))
+    row["step_s"] = float(max(r.get("step_s", 0.0) for r in recs))
+    for k in ("bytes_up", "bytes_down", "retransmissions"):
+        totals[k] += row[k]
+    totals["bytes_total"] = totals["bytes_up"] + totals["bytes_down"]
+    row["bytes_total"] = totals["bytes_total"]
+    return row
+
+
+def _epoch_line(step: int, spe: int, row: dict, totals: dict) -> str:
+    acc = row.get("test_accuracy")
+    acc_s = f"  accuracy {acc:.3f}" if acc is not None else \
+        (f"  f-f* {row['test_loss']:.3g}" if row.get("test_loss") is not None else "")
+    return (f"epoch {step / spe:5.1f} (step {step}): loss {row['train_loss']:.4f}{acc_s}  "
+            f"up {totals['bytes_up'] / 1e6:.2f} MB  down {totals['bytes_down'] / 1e6:.2f} MB  "
+            f"retransmissions {totals['retransmissions']}")
+
+
+def steps_to_target(records: list[dict], target: float, key: str = "test_accuracy",
+                    higher: bool = True) -> tuple[int | None, int | None]:
+    """First step (and cumulative bytes there) where `key` reaches the target."""
+    for r in records:
+        v = r.get(key)
+        if v is not None and (v >= target if higher else v <= target):
+            return r["step"], r["bytes_total"]
+    return None, None
+
+
+def summarize(records, cfg, n, label, model_hash_, final) -> dict:
+    last = records[-1] if records else {}
+    s = {"compressor": cfg.compressor, "path": label, "workers": n, "steps": len(records),
+         "final_train_loss": last.get("train_loss"),
+         "bytes_up": sum(r["bytes_up"] for r in records),
+         "bytes_down": sum(r["bytes_down"] for r in records),
+         "packets_up": sum(r.get("packets_up", 0) for r in records),
+         "packets_down": sum(r.get("packets_down", 0) for r in records),
+         "retransmissions": sum(r["retransmissions"] for r in records),
+         "model_hash": model_hash_}
+    s["bytes_total"] = s["bytes_up"] + s["bytes_down"]
+    if final:
+        s.update({f"final_test_{k}": v for k, v in final.items()})
+    return s

@@ -80,7 +80,7 @@ def register(subparsers) -> None:
     a.add_argument("--runs-dir", default="runs", help="parent of the default folders")
     add_switch_args(a)
     a.set_defaults(func=cmd_allreduce)
-    # `nina demo` is registered by topology/demo.py: it runs on a rack
+    # `nina demo` is registered by topology/demo_cli.py: it runs on a rack
 
 
 def _fail(msg: str) -> int:

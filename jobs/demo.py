@@ -5,7 +5,7 @@ natural compression (NAT8 codes, 8 bits per element up) and with the INT32 basel
 block floating point, 32 bits); a comparison table (accuracy, steps and bytes to the target
 accuracy, bytes and packets each way, retransmissions, wall time) and the run folders with
 metrics and plots. run_demo takes the switch, the worker spawner and the coordinator address as
-arguments, so a rack (topology/demo.py: Mininet or local) or docker-compose.yml (a switch
+arguments, so a rack (topology/demo_cli.py: Mininet or local) or docker-compose.yml (a switch
 service and worker services) runs the same jobs on its own hosts.
 """
 from __future__ import annotations

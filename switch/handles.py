@@ -36,7 +36,62 @@ def local_switch_unavailable() -> str | None:
     return None
 
 
-class LocalSwitch:
+@runtime_checkable
+class SwitchHandle(Protocol):
+    """What the job runner and the rack need of a switch, whoever runs it."""
+
+    data_addr: tuple[str, int]          # where workers send their updates
+
+    def install_job(self, spec: JobSpec) -> None:
+        """Install `spec`, replacing a job of the same id; JobAborted on failure."""
+
+    def remove_job(self, job_id: int) -> None:
+        """Remove a job (unknown ids are an error of the switch's own kind)."""
+
+    def read_counters(self) -> dict[str, tuple[int, int]]:
+        """Counter name -> (packets, bytes)."""
+
+    def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
+        """The worker bitmap of one of the job's slots."""
+
+    def stop(self) -> None:
+        """Release what the handle started (processes, connections)."""
+
+
+class ControlledSwitch:
+    """A SwitchHandle that drives its switch through a P4Runtime Controller (`self.controller`):
+    the embedded switch process, a switch someone else runs, a rack's switch."""
+
+    controller = None
+    data_addr: tuple[str, int] = ("", 0)
+
+    def install_job(self, spec: JobSpec) -> None:
+        from switch.controller import ControllerError
+        try:
+            if any(j.job_id == spec.job_id for j in self.controller.show_jobs()):
+                self.controller.remove_job(spec.job_id)
+            self.controller.install_job(spec)
+        except ControllerError as e:
+            raise JobAborted(f"installing job {spec.job_id}: {e}") from None
+
+    def remove_job(self, job_id: int) -> None:
+        self.controller.remove_job(job_id)
+
+    def read_counters(self) -> dict[str, tuple[int, int]]:
+        return self.controller.read_counters()
+
+    def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
+        return self.controller.read_slot(spec.job_id, slot, ver, n_acc=0)[0].bitmap
+
+    def close_controller(self) -> None:
+        if self.controller is not None:
+            # teardown: a failing close must not hide the error being unwound
+            with contextlib.suppress(Exception):
+                self.controller.close()
+            self.controller = None
+
+
+class LocalSwitch(ControlledSwitch):
     """The embedded switch as a real process on loopback, plus a Controller for its jobs."""
 
     def __init__(self, log_dir: str, log: Callable[[str], None] = print,
@@ -100,17 +155,14 @@ class LocalSwitch:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.controller is not None:
-            # teardown: a failing close must not hide the error being unwound
-            with contextlib.suppress(Exception):
-                self.controller.close()
-            self.controller = None
+        self.close_controller()
         stop_process(self.proc)
 
 
 class InProcessSwitch:
-    """The embedded pipeline served from a thread of this process, jobs installed directly
-    (no P4Runtime). For tests on machines without the P4Info; workers are still processes."""
+    """A SwitchHandle for tests and checks: the embedded pipeline served from a thread of this
+    process, jobs installed directly (no P4Runtime), for machines without the P4Info; workers
+    are still processes and packets still real UDP."""
 
     def __init__(self, ip: str = "127.0.0.1", seed: int | None = None):
         from switch.io_udp import UdpIO
@@ -155,61 +207,36 @@ def switch_for_checks(log_dir: str, log: Callable[[str], None] = print):
     return InProcessSwitch()
 
 
-def slot_bitmap_reader(switch, spec: JobSpec) -> Callable[[int, int], int] | None:
-    """(slot, ver) -> the switch's worker bitmap of that slot, when the switch can tell."""
-    ctl = getattr(switch, "controller", None)
-    if ctl is not None and hasattr(ctl, "read_slot"):
-        return lambda slot, ver: ctl.read_slot(spec.job_id, slot, ver, n_acc=0)[0].bitmap
-    if hasattr(switch, "slot_bitmap"):
-        return lambda slot, ver: switch.slot_bitmap(spec, slot, ver)
-    return None
-
-
 class JobInstaller:
-    """Job install/remove through the controller (or a plain callable in tests)."""
+    """The job runner's use of a SwitchHandle: install (errors as JobAborted), best-effort
+    removal and counter reads at teardown, and a diagnosis of which workers a slot misses."""
 
-    def __init__(self, switch):
+    def __init__(self, switch: SwitchHandle):
         self.switch = switch
 
     def install(self, spec: JobSpec) -> None:
-        ctl = getattr(self.switch, "controller", None)
-        if ctl is None:
-            self.switch.install_job(spec)
-            return
-        from switch.controller import ControllerError
-        try:
-            if any(j.job_id == spec.job_id for j in ctl.show_jobs()):
-                ctl.remove_job(spec.job_id)
-            ctl.install_job(spec)
-        except ControllerError as e:
-            raise JobAborted(f"installing job {spec.job_id}: {e}") from None
+        self.switch.install_job(spec)
 
     def remove(self, job_id: int) -> None:
-        ctl = getattr(self.switch, "controller", None)
         try:
-            if ctl is None:
-                if hasattr(self.switch, "remove_job"):
-                    self.switch.remove_job(job_id)
-            else:
-                ctl.remove_job(job_id)
+            self.switch.remove_job(job_id)
         except Exception:   # best effort at teardown; the job's outcome is already decided
             pass
 
     def counters(self) -> dict:
-        src = getattr(self.switch, "controller", None) or self.switch
         try:
-            return {k: v[0] for k, v in src.read_counters().items() if v[0]}
+            return {k: v[0] for k, v in self.switch.read_counters().items() if v[0]}
         except Exception:
             return {}
 
-    def slot_missing(self, spec: JobSpec) -> Callable[[int, int], list[int] | None] | None:
-        read = slot_bitmap_reader(self.switch, spec)
-        if read is None:
-            return None
-        return lambda slot, ver: [w for w in range(spec.n_workers) if not read(slot, ver) >> w & 1]
+    def slot_missing(self, spec: JobSpec) -> Callable[[int, int], list[int]]:
+        def missing(slot: int, ver: int) -> list[int]:
+            bitmap = self.switch.slot_bitmap(spec, slot, ver)
+            return [w for w in range(spec.n_workers) if not bitmap >> w & 1]
+        return missing
 
 
-class ExternalSwitch:
+class ExternalSwitch(ControlledSwitch):
     """A switch someone else runs: its data address and a Controller on its P4Runtime port.
     A host name (a compose service) is resolved once: workers send to the address."""
 
@@ -218,8 +245,6 @@ class ExternalSwitch:
         import socket
 
         from switch.controller import Controller, ControllerError
-        from nina.jobmsg import JobAborted
-        from switch.handles import P4INFO_PATH
         try:
             self.data_addr = (socket.gethostbyname(data_addr[0]), int(data_addr[1]))
         except OSError as e:
@@ -231,4 +256,4 @@ class ExternalSwitch:
             raise JobAborted(f"controller: {e}") from None
 
     def stop(self) -> None:
-        self.controller.close()
+        self.close_controller()

@@ -4,7 +4,7 @@ ImpairedLinks: one UDP "link" per worker between the workers and a switch, on lo
 link has a worker-facing socket (the address workers send their updates to) and a
 switch-facing socket (the address the switch admits as that worker), and drops, duplicates and
 reorders packets in each direction independently, as a lossy cable would. Used through
-`LinkedSwitch`, which looks like the `switch` worker/launch.py's job runners take, so real
+`LinkedSwitch`, which looks like the `switch` jobs/runner.py's job runners take, so real
 worker processes and the real job runner run over the impaired links.
 
 SwitchProcess: `nina switch --mode local` as a real process with its jobs preinstalled from a

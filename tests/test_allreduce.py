@@ -18,7 +18,7 @@ from nina.wire import (FLAG_VER, Encoding, Header, MsgType, headroom_shift,
                        nat8_to_int, pack_packet, parse_packet)
 from worker.allreduce import (AllReduceClient, AllReduceError, SlotStalled, SwitchSilent,
                               check_size)
-from switch.handles import JobInstaller, slot_bitmap_reader
+from switch.handles import JobInstaller
 from jobs.check import check_allreduce
 from jobs.runner import run_allreduce
 from worker.transport import UdpTransport
@@ -176,7 +176,7 @@ def _clients(switch, job_id, n, **kw):
 def test_vanished_peer_names_the_slot_and_the_missing_worker(switch):
     jobs = JobInstaller(switch)
     spec, ts, (c0, c1) = _clients(switch, 21, 2, peer_timeout=1.0, rto=0.05)
-    c0.slot_reader = slot_bitmap_reader(switch, spec)
+    c0.slot_reader = lambda slot, ver: switch.slot_bitmap(spec, slot, ver)
     jobs.install(spec)
     try:
         x = np.ones(600, np.float32)

@@ -1,6 +1,6 @@
 """Faults: lossy/duplicating/reordering links, a worker killed mid-job, the switch restarted
 mid-job. Real worker processes (worker/worker_proc.py) run real jobs through the job runner
-(worker/launch.py) and a real switch; every result is checked exactly (check_allreduce
+(jobs/runner.py) and a real switch; every result is checked exactly (check_allreduce
 recomputes the sums from what each worker dumped it sent).
 
 Local mode: each worker's link is an impairing UDP relay (tests/faultnet.py) with independent

@@ -184,7 +184,7 @@ def test_lossy_rack_after_a_crash_still_exact_and_leaves_nothing(tmp_path):
     from topology.mininet_rack import MininetRack
     before = _netns()
     crash = ("import os, sys\n"
-             "from topology.launch import MininetRack\n"
+             "from topology.mininet_rack import MininetRack\n"
              "r = MininetRack(4, run_dir=sys.argv[1], log=lambda *a: None)\n"
              "r.start()\n"
              "print(r.switch.proc.pid, flush=True)\n"

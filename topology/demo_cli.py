@@ -189,7 +189,7 @@ def read_arp(path: str = "/proc/net/arp") -> dict[str, str]:
 
 
 def arp_spec_factory(switch_ip: str, arp=read_arp):
-    """A spec_factory (worker.launch.run_training) for a switch on the same L2 network as the
+    """A spec_factory (jobs.runner.run_training) for a switch on the same L2 network as the
     coordinator: the workers' and the switch's MACs from the ARP table, which their TCP
     connections (coordination, P4Runtime) have filled by the time a job is installed."""
     from dataclasses import replace

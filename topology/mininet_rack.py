@@ -209,7 +209,7 @@ class MininetRack(RackBase):
             raise RackError(f"pointing trace clones at the monitor port: {e}") from None
 
     def _complete_spec(self, spec):
-        """worker/launch.py knows a worker by IP and UDP port; the switch also needs its port
+        """jobs/runner.py knows a worker by IP and UDP port; the switch also needs its port
         and MAC (admission, egress rewrite), and answers from the rack's switch address."""
         from switch.controller import ControllerError
         by_ip = {h.ip: h for h in self.plans}
@@ -272,7 +272,7 @@ class MininetRack(RackBase):
         self._stopped = True
         errors = []
         # the collector stops after the switch: every clone BMv2 sent is in its socket by then
-        for step in (self._reap_all, self._close_controller, self._stop_pcaps,
+        for step in (self._reap_all, self.close_controller, self._stop_pcaps,
                      self.impairments.teardown, self._stop_switch, self._stop_monitor,
                      self._stop_net):
             try:

@@ -1,6 +1,6 @@
 """Creating a socket inside a Mininet host's network namespace from the rack process.
 
-The job coordinator runs in the rack process (worker/launch.py creates it), but it must listen
+The job coordinator runs in the rack process (jobs/runner.py creates it), but it must listen
 on the coordinator host's address, 10.0.0.100 inside hc's namespace, so the workers reach it
 through the switch. A socket belongs to the namespace of the thread that creates it, and
 accepted connections to that of the listening socket; so the calling thread enters hc's

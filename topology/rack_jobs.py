@@ -1,4 +1,4 @@
-"""Jobs on a running rack (Mininet or local), through worker/launch.py's job runners.
+"""Jobs on a running rack (Mininet or local), through jobs/runner.py's job runners.
 
 The rack is the runners' `switch` (its Controller and data address); worker processes start on
 the worker hosts (rack.spawn_worker) and the coordinator listens on the coordinator host

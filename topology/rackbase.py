@@ -1,20 +1,20 @@
 """What every rack offers, whatever runs it (Mininet namespaces or loopback processes).
 
 A rack owns a switch process and a Controller connected to it over P4Runtime, and it looks
-like the `switch` that worker/launch.py's job runners take (`controller`, `data_addr`), plus a
+like the SwitchHandle (switch/handles.py) that the job runner takes, plus a
 `spawn_worker` that starts a worker process on the right host and a `coordinator_factory` that
 puts the job coordinator where the workers can reach it. Every process it starts is recorded
 (topology/runenv.py) and ended at teardown at the latest.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import threading
 
 from nina.config import DEFAULT_WINDOW
+from switch.handles import ControlledSwitch
 from topology.runenv import RackState, project_python, stop_pid
 
 
@@ -42,7 +42,10 @@ class RackController:
         return getattr(self._ctl, name)
 
 
-class RackBase:
+class RackBase(ControlledSwitch):
+    """A rack is a SwitchHandle (its switch, driven through its RackController) that also
+    starts worker processes on its hosts."""
+
     mode = "?"
 
     def __init__(self, n_workers: int, run_dir: str, log=print):
@@ -102,7 +105,7 @@ class RackBase:
         return p
 
     def spawn_worker(self, endpoint: str, wid: int, log_path: str) -> subprocess.Popen:
-        """worker/launch.py's `spawn`: a worker process on host h<wid+1> joining `endpoint`."""
+        """the job runner's `spawn`: a worker process on host h<wid+1> joining `endpoint`."""
         cmd = [project_python(), "-m", "worker.worker_proc", "--coord", endpoint,
                "--ip", self.worker_ip(wid), "--udp-port", str(self.worker_udp_port(wid)),
                "--rank", str(wid)]
@@ -123,13 +126,6 @@ class RackBase:
     def _reap_all(self) -> None:
         for p in list(self._procs.values()):
             self.reap(p)
-
-    def _close_controller(self) -> None:
-        if self.controller is not None:
-            # teardown: a failing close must not hide the error being unwound
-            with contextlib.suppress(Exception):
-                self.controller.close()
-            self.controller = None
 
     # -- signals: SIGTERM/SIGHUP end the rack through the same teardown as an exception --
     def _install_signals(self) -> None:

@@ -284,10 +284,9 @@ BMV2_CASES = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, T
 
 def embedded_ifaces(sw, spec) -> subprocess.Popen:
     """`nina switch --mode ifaces` on sw's switch-side veth, with the job installed."""
-    from worker.worker_proc import spec_to_dict
     with tempfile.TemporaryDirectory(prefix="ninabench") as tmp:
         jf = Path(tmp) / "jobs.json"
-        jf.write_text(json.dumps([spec_to_dict(spec)]))
+        jf.write_text(json.dumps([spec.to_dict()]))
         emb = subprocess.Popen(
             [sys.executable, "-m", "nina.cli", "switch", "--mode", "ifaces",
              "--ifaces", f"{sw.tag}s0", "--jobs", str(jf)],

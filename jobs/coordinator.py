@@ -58,7 +58,10 @@ class Coordinator:
                  heartbeat_timeout: float = HEARTBEAT_TIMEOUT, log: Callable[[str], None] = print,
                  bind_port: int | None = None):
         self.n = n_workers
-        self.ctx = zmq.Context.instance()
+        # a context of its own: zmq's I/O threads are born in the namespace of the thread that
+        # creates the context, so a rack's coordinator (made inside the coordinator host's
+        # namespace) must not leave the process-wide instance living in a namespace that goes
+        self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 500)
         if bind_port:    # a fixed port external workers know (the previous job's may linger)
@@ -220,3 +223,4 @@ class Coordinator:
 
     def close(self) -> None:
         self.sock.close(linger=200)
+        self.ctx.term()

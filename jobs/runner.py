@@ -125,7 +125,6 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     from worker import models
     from worker.models import model_hash
     from worker.train import plan
-    from worker.worker_proc import spec_to_dict
     path = plan(cfg.compressor)
     data = datasets.load(cfg.data, cfg.seed)
     model = models.make_model(cfg.model, data, cfg.hidden)
@@ -153,7 +152,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
                                                members)
             installer.install(spec)
             coord.slot_diagnosis = installer.slot_missing(spec)
-            job.update({"spec": spec_to_dict(spec), "switch": list(switch.data_addr)})
+            job.update({"spec": spec.to_dict(), "switch": list(switch.data_addr)})
         coord.welcome(job, params0)
         coord.wait_ready(timeout=120.0)
         if progress:
@@ -216,7 +215,6 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
                  coordinator=Coordinator) -> JobOutcome:
     """`calls` all-reduces of seeded random tensors by n worker processes; each worker dumps
     what it sent and received to run_dir/worker<i>.npz for an exact check (check_allreduce)."""
-    from worker.worker_proc import spec_to_dict
     out = JobOutcome("allreduce", {"size": size, "encoding": Encoding(encoding).name, "cm": cm,
                                    "calls": calls, "loss": loss, "workers": n_workers})
     t0 = time.monotonic()
@@ -232,7 +230,7 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
         coord.on_metrics = lambda wid, rec: None
         coord.welcome({"task": {"kind": "allreduce", "size": size, "calls": calls, "seed": seed,
                                 "dump": os.path.abspath(run_dir)},
-                       "spec": spec_to_dict(spec), "switch": list(switch.data_addr),
+                       "spec": spec.to_dict(), "switch": list(switch.data_addr),
                        "window": window, "seed": seed, "timeout": timeout,
                        "rounding": rounding}, None)
         coord.wait_ready(timeout=120.0)

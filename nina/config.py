@@ -74,6 +74,22 @@ class JobSpec:
     def loss_q16(self) -> int:
         return min(65535, round(self.loss * 65536))
 
+    def to_dict(self) -> dict:
+        """JSON-style fields (encoding as its number), the form job messages and jobs files use."""
+        from dataclasses import asdict
+        d = asdict(self)
+        d["encoding"] = int(self.encoding)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobSpec":
+        """The inverse of to_dict; the encoding may also be given by name ("NAT8", "int32")."""
+        d = dict(d)
+        enc = d.get("encoding", Encoding.NAT8)
+        d["encoding"] = Encoding[enc.upper()] if isinstance(enc, str) else Encoding(enc)
+        d["workers"] = tuple(WorkerAddr(**w) for w in d.get("workers", ()))
+        return cls(**d)
+
     def validate(self) -> None:
         if not 0 <= self.job_id < 65535:
             raise ValueError(f"job id {self.job_id} out of range 0..65534")

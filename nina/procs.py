@@ -1,11 +1,13 @@
-"""Process helpers shared by the switch handles, the job runner and the rack: a free port,
-stopping a process we started, the tail of a log, the checkout's root."""
+"""Process helpers shared by the switch handles, the job runner, the worker and the rack: a free
+port, stopping a process we started (by Popen or PID), dying with the parent, the tail of a
+log, the checkout's root. One copy of each, so every part stops processes the same way."""
 from __future__ import annotations
 
 import os
 import signal
 import socket
 import subprocess
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,3 +41,43 @@ def tail(path: str, lines: int = 6) -> str:
             return " | ".join(line.rstrip() for line in f.readlines()[-lines:])
     except OSError:
         return ""
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """preexec_fn / early call: SIGTERM when the process that started us dies, so a crashed
+    rack leaves no switch, capture or link-delay process running. With `expected_parent`,
+    exit at once if that parent is already gone (it died before we got here)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if expected_parent and os.getppid() != expected_parent:
+        os._exit(0)
+
+
+def stop_pid(pid: int, timeout: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`, one PID (a process we started)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return
+            except ChildProcessError:   # not our child: poll for its disappearance
+                if not os.path.exists(f"/proc/{pid}") or is_zombie(pid):
+                    return
+            time.sleep(0.05)
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

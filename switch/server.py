@@ -12,9 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
-from nina.config import JobSpec, WorkerAddr
+from nina.config import JobSpec
 from nina.decisions import Decision
-from nina.wire import Encoding
 from switch.pipeline import Pipeline
 
 
@@ -65,11 +64,7 @@ def format_counters(pipeline: Pipeline) -> str:
 
 def job_from_dict(d: dict) -> JobSpec:
     """A JobSpec from JSON-style fields (encoding as "NAT8"/"INT32" or its number)."""
-    d = dict(d)
-    enc = d.get("encoding", Encoding.NAT8)
-    d["encoding"] = Encoding[enc.upper()] if isinstance(enc, str) else Encoding(enc)
-    d["workers"] = tuple(WorkerAddr(**w) for w in d.get("workers", ()))
-    spec = JobSpec(**d)
+    spec = JobSpec.from_dict(d)
     spec.validate()
     return spec
 

@@ -20,7 +20,8 @@ import subprocess
 from dataclasses import dataclass
 
 from topology.rack import HostPlan
-from topology.runenv import REPO, project_python
+from nina.procs import REPO
+from topology.runenv import project_python
 
 ROOT_NFT_TABLE = "nina_rack"          # the one nft table this module creates in the root netns
 HOST_NFT_TABLE = "nina_link"          # per worker namespace; dies with the namespace

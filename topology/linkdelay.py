@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", type=int, default=None,
                    help="exit when this process (the rack) is gone")
     a = p.parse_args(argv)
-    from topology.runenv import die_with_parent
+    from nina.procs import die_with_parent
     die_with_parent(a.parent)    # the rack process gone (even killed): the delay goes too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -14,7 +14,8 @@ import subprocess
 import time
 
 from topology.rackbase import RackBase, RackController, RackError
-from topology.runenv import REPO, RackState, default_run_dir
+from nina.procs import REPO
+from topology.runenv import RackState, default_run_dir
 
 
 class LocalRack(RackBase):
@@ -96,7 +97,7 @@ class LocalRack(RackBase):
         self._stopped = True
         self._reap_all()
         if self._capture is not None:
-            from topology.runenv import stop_pid
+            from nina.procs import stop_pid
             stop_pid(self._capture.pid)
             self._capture = None
         if self.switch is not None:

@@ -28,8 +28,8 @@ from topology.monitor import MonitorError, TraceMonitor
 from topology.netns import coordinator_in_host
 from topology.rack import COORD_NAME, HostPlan, SWITCH_NAME, make_topo, rack_plan
 from topology.rackbase import RackBase, RackController, RackError
-from topology.runenv import (REPO, clean_leftovers, default_run_dir, die_with_parent,
-                             free_tcp_port, stop_pid)
+from nina.procs import REPO, die_with_parent, free_port, stop_pid
+from topology.runenv import clean_leftovers, default_run_dir
 
 # p4c's outputs for p4/nina.p4; NINA_P4INFO / NINA_BMV2_JSON point elsewhere (another build).
 P4INFO_PATH = os.environ.get("NINA_P4INFO") or os.path.join(REPO, "p4", "build",
@@ -132,11 +132,11 @@ class MininetRack(RackBase):
         t0 = time.monotonic()
         self.log(f"starting a Mininet rack: {self.n_workers} workers + coordinator, switch "
                  f"{self.switch_kind}, links: {self.shape.describe()}; run dir {self.run_dir}")
-        self.grpc_addr = f"127.0.0.1:{free_tcp_port()}"
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
         cls = self.switch_cls or NinaSwitch
         switch = partial(cls, kind=self.switch_kind, grpc_addr=self.grpc_addr,
                          run_dir=self.run_dir, trace=self.trace,
-                         thrift_port=free_tcp_port(), on_spawn=self.state.add_pid,
+                         thrift_port=free_port(), on_spawn=self.state.add_pid,
                          monitor_intf=self.monitor.switch_intf if self.monitor else None)
         self.net = Mininet(topo=make_topo(self.n_workers), switch=switch,
                            controller=None, link=Link,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from topology.rack import MONITOR_CAPTURE_INTF, MONITOR_SWITCH_INTF
 from switch.trace_file import TRACE_NAME, index_path
-from topology.runenv import REPO, die_with_parent, project_python, stop_pid
+from nina.procs import REPO, die_with_parent, stop_pid
+from topology.runenv import project_python
 
 READY_TIMEOUT = 20.0
 

@@ -15,7 +15,8 @@ import threading
 
 from nina.config import DEFAULT_WINDOW
 from switch.handles import ControlledSwitch
-from topology.runenv import RackState, project_python, stop_pid
+from nina.procs import stop_pid
+from topology.runenv import RackState, project_python
 
 
 class RackError(RuntimeError):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from nina.procs import REPO, is_zombie, stop_pid
+
 STATE_DIR = "/tmp/nina-rack"
 STATE_FILE = os.path.join(STATE_DIR, "state.json")
 
@@ -32,12 +32,6 @@ def nina_cmd(*args: str) -> list[str]:
 
 def default_run_dir() -> str:
     return os.path.join(REPO, "runs", time.strftime("rack-%Y%m%d-%H%M%S"))
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_tcp(addr: str, proc: subprocess.Popen | None, timeout: float, what: str,
@@ -73,44 +67,10 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def die_with_parent(expected_parent: int | None = None) -> None:
-    """preexec_fn / early call: SIGTERM when the process that started us dies, so a crashed
-    rack leaves no switch, capture or link-delay process running. With `expected_parent`,
-    exit at once if that parent is already gone (it died before we got here)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if expected_parent and os.getppid() != expected_parent:
-        os._exit(0)
 
 
-def stop_pid(pid: int, timeout: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`, one PID (a process we started)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return
-            except ChildProcessError:   # not our child: poll for its disappearance
-                if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
-                    return
-            time.sleep(0.05)
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 class RackState:
@@ -166,7 +126,7 @@ def clean_leftovers(path: str = STATE_FILE, log=print) -> list[str]:
         return removed
     owner = int(st.get("owner", 0))
     if owner and owner != os.getpid() and os.path.exists(f"/proc/{owner}") \
-            and not _is_zombie(owner) and "python" in _cmdline(owner):
+            and not is_zombie(owner) and "python" in _cmdline(owner):
         raise RuntimeError(f"another rack is running (pid {owner}); stop it first "
                            f"(its state: {path})")
     for pid_s, cmd in st.get("pids", {}).items():

@@ -15,7 +15,8 @@ import subprocess
 
 from mininet.node import Switch
 
-from topology.runenv import REPO, die_with_parent, nina_cmd, stop_pid, wait_tcp
+from nina.procs import REPO, die_with_parent, stop_pid
+from topology.runenv import nina_cmd, wait_tcp
 
 SWITCH_KINDS = ("embedded", "bmv2")
 BMV2_BINARY = "simple_switch_grpc"

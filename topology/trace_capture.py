@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", type=int, default=0,
                    help="exit when this PID (the rack) is no longer our parent")
     args = p.parse_args(argv)
-    from topology.runenv import die_with_parent
+    from nina.procs import die_with_parent
     die_with_parent(args.parent or None)
     if not os.path.exists(f"/sys/class/net/{args.iface}"):
         print(f"trace_capture: no interface {args.iface}", file=sys.stderr)

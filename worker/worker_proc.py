@@ -18,38 +18,15 @@ the coordinator).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import signal
 import socket
 import sys
 import time
 
 import numpy as np
 
-
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the launching process dies, so no worker outlives its job."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def spec_from_dict(d: dict):
-    from nina.config import JobSpec, WorkerAddr
-    from nina.wire import Encoding
-    d = dict(d)
-    d["encoding"] = Encoding(d["encoding"])
-    d["workers"] = tuple(WorkerAddr(**w) for w in d["workers"])
-    return JobSpec(**d)
-
-
-def spec_to_dict(spec) -> dict:
-    from dataclasses import asdict
-    d = asdict(spec)
-    d["encoding"] = int(spec.encoding)
-    return d
+from nina.config import JobSpec
+from nina.procs import die_with_parent
 
 
 def task_tensor(size: int, seed: int, wid: int, call: int) -> np.ndarray:
@@ -65,7 +42,7 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
     from worker.train import Aggregator, Path, TrainConfig, Trainer, plan
     wid, n = welcome["wid"], welcome["n"]
     task = welcome["task"]
-    spec = spec_from_dict(welcome["spec"]) if welcome.get("spec") else None
+    spec = JobSpec.from_dict(welcome["spec"]) if welcome.get("spec") else None
     client = None
     if spec is not None:
         udp.switch = tuple(welcome["switch"])
@@ -154,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     while True:
         rc, more = _one_job(a)
         if rc != 0 or not (a.serve and more):

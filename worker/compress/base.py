@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CompressedFormatError, CompressorInputError, NonFiniteError
+from .spec import format_spec
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -127,7 +128,6 @@ class Compressor(abc.ABC):
 
     @property
     def spec(self) -> str:
-        from .registry import format_spec
         return format_spec(self.name, self.params())
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ from .natural import Nat8, Nat9
 from .optimal import SparseDither, Spherical
 from .sparsify import RandK
 from .topk import TopK
+from .spec import format_value
 
 EF_PREFIX = "ef+"
 
@@ -113,18 +114,6 @@ _ENTRIES = (
 )
 REGISTRY: dict[str, Entry] = {e.name: e for e in _ENTRIES}
 ALIASES = {"identity": "none", "nat8": "nat", "qsgd": "dither_sta"}
-
-
-def format_value(v: Any) -> str:
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def format_spec(name: str, params: dict[str, Any]) -> str:
-    if not params:
-        return name
-    return name + ":" + ",".join(f"{k}={format_value(v)}" for k, v in params.items())
 
 
 def _known() -> str:

@@ -151,9 +151,10 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         if path.kind == "switch":
             spec = (spec_factory or make_spec)(job_id, n_workers, path.encoding, path.cm, loss,
                                                members)
-            installer.install(spec)
+            firsts = installer.install(spec)
             coord.slot_diagnosis = installer.slot_missing(spec)
-            job.update({"spec": spec_to_dict(spec), "switch": list(switch.data_addr)})
+            job.update({"spec": spec_to_dict(spec), "switch": list(switch.data_addr),
+                        "first_rounds": firsts})
         coord.welcome(job, params0)
         coord.wait_ready(timeout=120.0)
         if progress:
@@ -227,12 +228,13 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
     try:
         members = [coord.members[w] for w in range(n_workers)]
         spec = (spec_factory or make_spec)(job_id, n_workers, encoding, cm, loss, members)
-        installer.install(spec)
+        firsts = installer.install(spec)
         coord.slot_diagnosis = installer.slot_missing(spec)
         coord.on_metrics = lambda wid, rec: None
         coord.welcome({"task": {"kind": "allreduce", "size": size, "calls": calls, "seed": seed,
                                 "dump": os.path.abspath(run_dir)},
                        "spec": spec_to_dict(spec), "switch": list(switch.data_addr),
+                       "first_rounds": firsts,
                        "window": window, "seed": seed, "timeout": timeout,
                        "rounding": rounding}, None)
         coord.wait_ready(timeout=120.0)

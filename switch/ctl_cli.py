@@ -51,6 +51,13 @@ def parse_mac(text: str) -> str:
     return text.lower()
 
 
+def parse_ip(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad IPv4 address {text!r}") from None
+
+
 def parse_slots(text: str) -> tuple[int, int]:
     try:
         base, count = (int(x) for x in text.split(":"))
@@ -116,9 +123,9 @@ def register(subparsers) -> None:
                      metavar="WID=IP:UDPPORT[@PORT[/MAC]]", required=True,
                      help="where worker WID sends from and receives results (once per worker;"
                           " PORT: switch port, default 0; MAC: its MAC)")
-    add.add_argument("--switch-ip", default=DEFAULT_SWITCH_IP,
+    add.add_argument("--switch-ip", type=parse_ip, default=DEFAULT_SWITCH_IP,
                      help=f"source IP of results (default {DEFAULT_SWITCH_IP})")
-    add.add_argument("--switch-mac", default=SWITCH_MAC,
+    add.add_argument("--switch-mac", type=parse_mac, default=SWITCH_MAC,
                      help=f"source MAC of results (default {SWITCH_MAC})")
     add.set_defaults(func=_run(_job_add))
     rm = jobs.add_parser("del", help="remove a job", description="Remove a job and its "
@@ -205,10 +212,23 @@ def _job_add(ctl, args) -> None:
     spec = JobSpec(args.job, args.workers, Encoding[args.encoding.upper()], args.cm, base, count,
                    args.loss, tuple(sorted(args.worker_addr, key=lambda w: w.wid)),
                    switch_mac=args.switch_mac, switch_ip=args.switch_ip)
-    ctl.install_job(spec)
+    firsts = ctl.install_job(spec)
     print(f"job {spec.job_id} installed: {spec.n_workers} workers, {spec.encoding.name}"
           f"{' +C_M' if spec.cm else ''}, slots [{base}, {base + count}), "
           f"multicast group {spec.mcast_grp}")
+    print(f"first round per slot (workers must start there): {_runs(firsts)}")
+
+
+def _runs(values) -> str:
+    """[0, 0, 0, 2, 2] -> 'slots 0-2: 0, slots 3-4: 2' (slots of a job progress in runs)."""
+    out, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        out.append(f"slot{'s' if j > i else ''} {i}{f'-{j}' if j > i else ''}: {values[i]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def _job_del(ctl, args) -> None:

@@ -42,8 +42,10 @@ class SwitchHandle(Protocol):
 
     data_addr: tuple[str, int]          # where workers send their updates
 
-    def install_job(self, spec: JobSpec) -> None:
-        """Install `spec`, replacing a job of the same id; JobAborted on failure."""
+    def install_job(self, spec: JobSpec) -> list[int]:
+        """Install `spec`, replacing a job of the same id; JobAborted on failure. Returns the
+        first round of each of the job's slots, where its workers start
+        (nina.install_rounds)."""
 
     def remove_job(self, job_id: int) -> None:
         """Remove a job (unknown ids are an error of the switch's own kind)."""
@@ -65,12 +67,12 @@ class ControlledSwitch:
     controller = None
     data_addr: tuple[str, int] = ("", 0)
 
-    def install_job(self, spec: JobSpec) -> None:
+    def install_job(self, spec: JobSpec) -> list[int]:
         from switch.controller import ControllerError
         try:
             if any(j.job_id == spec.job_id for j in self.controller.show_jobs()):
                 self.controller.remove_job(spec.job_id)
-            self.controller.install_job(spec)
+            return self.controller.install_job(spec)
         except ControllerError as e:
             raise JobAborted(f"installing job {spec.job_id}: {e}") from None
 
@@ -173,12 +175,12 @@ class InProcessSwitch:
         self.server = SwitchServer(self.pipeline, self.io).start()
         self.data_addr = self.io.address
 
-    def install_job(self, spec: JobSpec) -> None:
+    def install_job(self, spec: JobSpec) -> list[int]:
         try:
             self.pipeline.remove_job(spec.job_id)
         except Exception:
             pass   # not installed: nothing to replace
-        self.pipeline.install_job(spec)
+        return self.pipeline.install_job(spec)
 
     def remove_job(self, job_id: int) -> None:
         self.pipeline.remove_job(job_id)
@@ -214,8 +216,9 @@ class JobInstaller:
     def __init__(self, switch: SwitchHandle):
         self.switch = switch
 
-    def install(self, spec: JobSpec) -> None:
-        self.switch.install_job(spec)
+    def install(self, spec: JobSpec) -> list[int]:
+        """Install the job; its slots' first rounds, for the workers."""
+        return self.switch.install_job(spec)
 
     def remove(self, job_id: int) -> None:
         try:

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nina.config import JobSpec, WorkerAddr
+from nina.config import JobSpec, WorkerAddr, slots_overlap
 from nina.decisions import Decision
 from nina.wire import Encoding
 from switch.pipeline import Pipeline
@@ -80,9 +80,14 @@ def load_jobs(path: str | Path) -> list[JobSpec]:
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data = [data]
-        return [job_from_dict(d) for d in data]
+        jobs = [job_from_dict(d) for d in data]
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"cannot load jobs from {path}: {e}") from None
+    for i, spec in enumerate(jobs):   # the check Pipeline.install_job makes, before starting
+        why = slots_overlap(spec, jobs[:i])
+        if why is not None:
+            raise ValueError(f"cannot load jobs from {path}: {why}")
+    return jobs
 
 
 def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[str] = (),

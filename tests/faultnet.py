@@ -162,7 +162,7 @@ class LinkedSwitch:
         # the workers' own addresses instead of the links'.
         self._ctl = getattr(inner, "controller", None)
 
-    def install_job(self, spec: JobSpec) -> None:
+    def install_job(self, spec: JobSpec) -> list[int] | None:
         workers = []
         for w in spec.workers:
             ip, port = self.links.attach(w.wid, (w.ip, w.udp_port))
@@ -170,9 +170,8 @@ class LinkedSwitch:
         spec = replace(spec, workers=tuple(workers))
         if self._ctl is not None:
             from switch.handles import JobInstaller
-            JobInstaller(self.inner).install(spec)
-        else:
-            self.inner.install_job(spec)
+            return JobInstaller(self.inner).install(spec)
+        return self.inner.install_job(spec)
 
     def remove_job(self, job_id: int) -> None:
         if self._ctl is not None:
@@ -269,6 +268,8 @@ class SwitchProcess:
         return False
 
     def install_job(self, spec: JobSpec) -> None:
+        """Restarts the switch with the job in its jobs file: a fresh switch, whose slots
+        start at round 0 (the workers' default)."""
         self.jobs[spec.job_id] = spec
         if self.alive():
             self.stop()

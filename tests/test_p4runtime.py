@@ -545,7 +545,7 @@ def test_cli_job_lifecycle(clean, switch):
     r = _nina(*base, "job", "add", "--job", "41", "--workers", "1",
               "--worker-addr", "0=127.0.0.1:41000")
     assert r.returncode == 0, r.stderr
-    assert "first round per slot (workers must start there): slots 0-63: " in r.stdout
+    assert "first round per slot (workers must start there): slots 0-" in r.stdout
 
 
 def test_cli_unreachable_switch_is_one_line():

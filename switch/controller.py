@@ -198,7 +198,10 @@ class ThriftRegisterReader(RegisterReader):
         try:
             self.transport.open()
         except Exception as e:
-            raise ControllerError(f"no BMv2 thrift service at {self.where}: {e}") from None
+            raise ControllerError(f"no BMv2 thrift service at {self.where}: {e} (BMv2 serves "
+                                  f"register access only over thrift: it must be built with "
+                                  f"`./configure --with-pi --with-thrift`, and started with "
+                                  f"--thrift-port)") from None
 
     def _call(self, fn, *args):
         try:

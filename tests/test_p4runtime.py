@@ -632,8 +632,9 @@ def test_cli_against_bmv2(tmp_path):
     grpc_port, thrift_port = _free_port(), _free_port()
     log = open(tmp_path / "bmv2.log", "w")
     proc = subprocess.Popen(["simple_switch_grpc", "--device-id", "0", "--no-p4",
-                             "--thrift-port", str(thrift_port), "--",
-                             "--grpc-server-addr", f"127.0.0.1:{grpc_port}"],
+                             "--thrift-port", str(thrift_port),
+                             "--notifications-addr", f"ipc://{tmp_path}/notifications.ipc",
+                             "--", "--grpc-server-addr", f"127.0.0.1:{grpc_port}"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         base = ["ctl", "--grpc", f"127.0.0.1:{grpc_port}", "--p4info", str(P4INFO),

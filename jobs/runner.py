@@ -141,6 +141,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     t0 = time.monotonic()
     coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout,
                               coord_port, coordinator)
+    coord.switch_check = installer.switch_died
     spec = None
     bar = None
     try:
@@ -224,6 +225,7 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
     installer = JobInstaller(switch)
     coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout,
                               coord_port, coordinator)
+    coord.switch_check = installer.switch_died
     spec = None
     try:
         members = [coord.members[w] for w in range(n_workers)]

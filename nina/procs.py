@@ -1,14 +1,12 @@
 """Process helpers shared by the switch handles, the job runner and the rack: a free port,
-stopping a process we started, the tail of a log, the checkout's root."""
+stopping a process we started, children that die with their parent, how a process ended,
+the tail of a log, the checkout's root."""
 from __future__ import annotations
 
 import os
 import signal
 import socket
 import subprocess
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,3 +37,28 @@ def tail(path: str, lines: int = 6) -> str:
             return " | ".join(line.rstrip() for line in f.readlines()[-lines:])
     except OSError:
         return ""
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """preexec_fn / early call: SIGTERM when the process that started us dies (even by
+    kill -9), so a crashed launcher or rack leaves no switch, capture or link-delay process
+    running. With `expected_parent`, exit at once if that parent is already gone (it died
+    before we got here)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if expected_parent and os.getppid() != expected_parent:
+        os._exit(0)
+
+
+def how_it_ended(returncode: int) -> str:
+    """'was killed by signal 9 (SIGKILL)' / 'exited with code 3' for a Popen returncode."""
+    if returncode < 0:
+        try:
+            name = f" ({signal.Signals(-returncode).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-returncode}{name}"
+    return f"exited with code {returncode}"

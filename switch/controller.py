@@ -316,6 +316,7 @@ class Controller:
         self.election_id = tuple(election_id)
         self.thrift_port = thrift_port
         self._registers: RegisterReader | None = None
+        self._stream_log = _ShellLogCatch()
         self._p4info = _load_p4info(p4info_path)
         with _shell_lock:
             if _shell_owner is not None:
@@ -382,6 +383,15 @@ class Controller:
                                       f"{why}") from None
         self.primary = "not the primary" not in said.getvalue()
         sh.global_options.set_option(_shell_option("verbose"), False)
+        # While connected, p4runtime-shell's stream thread logs a switch that went away as
+        # two CRITICAL lines on the root logger; keep them (the caller says what happened)
+        self._stream_log = _ShellLogCatch()
+        logging.getLogger().addFilter(self._stream_log)
+
+    @property
+    def stream_errors(self) -> list[str]:
+        """What p4runtime-shell logged since connecting (e.g. its stream to a dead switch)."""
+        return list(self._stream_log.messages)
 
     def close(self) -> None:
         global _shell_owner
@@ -396,6 +406,7 @@ class Controller:
                     self.sh.teardown()
             finally:
                 _shell_owner = None
+                logging.getLogger().removeFilter(self._stream_log)
 
     def __enter__(self) -> "Controller":
         return self
@@ -681,23 +692,28 @@ def _shell_option(name: str):
     return Options[name]
 
 
+class _ShellLogCatch(logging.Filter):
+    """Keeps (instead of printing) the records p4runtime-shell logs on the root logger."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record):
+        if "p4runtime_sh" in record.pathname:
+            self.messages.append(record.getMessage())
+            return False
+        return True
+
+
 @contextlib.contextmanager
 def _capture_shell_log():
     """Collect (instead of printing) what p4runtime-shell logs while it connects: it logs the
     reason of a failure and then calls sys.exit."""
-    messages: list[str] = []
-
-    class Catch(logging.Filter):
-        def filter(self, record):
-            if "p4runtime_sh" in record.pathname:
-                messages.append(record.getMessage())
-                return False
-            return True
-
     root = logging.getLogger()
-    catch = Catch()
+    catch = _ShellLogCatch()
     root.addFilter(catch)
     try:
-        yield messages
+        yield catch.messages
     finally:
         root.removeFilter(catch)

@@ -17,7 +17,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from nina.config import JobSpec
 from nina.jobmsg import JobAborted
-from nina.procs import REPO, free_port, stop_process, tail
+from nina.procs import REPO, die_with_parent, free_port, how_it_ended, stop_process, tail
 
 
 # the P4Info the controller loads; NINA_P4INFO points elsewhere (e.g. a p4c output directory)
@@ -56,6 +56,10 @@ class SwitchHandle(Protocol):
     def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
         """The worker bitmap of one of the job's slots."""
 
+    def died(self) -> str | None:
+        """How the switch process ended, when this handle owns one and it is gone (else
+        None): a job that fails then reports the switch, not the workers it could not hear."""
+
     def stop(self) -> None:
         """Release what the handle started (processes, connections)."""
 
@@ -84,6 +88,9 @@ class ControlledSwitch:
 
     def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
         return self.controller.read_slot(spec.job_id, slot, ver, n_acc=0)[0].bitmap
+
+    def died(self) -> str | None:
+        return None   # a switch someone else runs: not ours to watch
 
     def close_controller(self) -> None:
         if self.controller is not None:
@@ -114,8 +121,10 @@ class LocalSwitch(ControlledSwitch):
         if trace_path:
             cmd += ["--trace", trace_path]
         with open(self.log_path, "w") as f:
+            # the switch dies with its launcher, even when the launcher is killed -9
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=REPO)
+                                         stdin=subprocess.DEVNULL, cwd=REPO,
+                                         preexec_fn=die_with_parent)
         try:
             self._wait_grpc(start_timeout)
             self._connect()
@@ -156,6 +165,14 @@ class LocalSwitch(ControlledSwitch):
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def died(self) -> str | None:
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        last = tail(self.log_path, 2)
+        return (f"the switch process (pid {self.proc.pid}) {how_it_ended(rc)}"
+                + (f"; its log ends: {last}" if last else ""))
+
     def stop(self) -> None:
         self.close_controller()
         stop_process(self.proc)
@@ -191,6 +208,9 @@ class InProcessSwitch:
     def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
         from nina import p4spec
         return self.pipeline.read_register(p4spec.REG_BITMAP, (spec.slot_base + slot) * 2 + ver)
+
+    def died(self) -> str | None:
+        return None   # a thread of this process
 
     def stop(self) -> None:
         self.server.stop()
@@ -231,6 +251,13 @@ class JobInstaller:
             return {k: v[0] for k, v in self.switch.read_counters().items() if v[0]}
         except Exception:
             return {}
+
+    def switch_died(self) -> str | None:
+        """How the switch ended, if the handle owns it and it is gone."""
+        try:
+            return self.switch.died()
+        except Exception:   # a diagnosis; the job's own error still stands
+            return None
 
     def slot_missing(self, spec: JobSpec) -> Callable[[int, int], list[int]]:
         def missing(slot: int, ver: int) -> list[int]:

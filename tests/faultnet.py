@@ -183,6 +183,9 @@ class LinkedSwitch:
         src = self._ctl or self.inner
         return src.read_counters()
 
+    def died(self) -> str | None:
+        return self.inner.died()
+
 
 def counters_of(switch) -> dict[str, int]:
     """{decision name: packets} of a switch (controller or in-process)."""
@@ -281,6 +284,9 @@ class SwitchProcess:
 
     def read_counters(self) -> dict:
         return {}                      # only at stop(): see stop()
+
+    def died(self) -> str | None:
+        return None                    # killed and restarted on purpose: a fault under test
 
     def kill(self) -> None:
         """SIGKILL: a crash; nothing is printed, all switch state is lost."""

@@ -148,6 +148,9 @@ def test_killed_worker_ends_its_job_naming_it_and_nothing_else(switch, tmp_path)
         def read_counters(self):
             return (self._ctl or self.inner).read_counters()
 
+        def died(self):
+            return self.inner.died()
+
     victim_spawn = KillingSpawner()
     outcome: dict = {}
 

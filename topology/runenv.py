@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from nina.procs import die_with_parent  # noqa: F401 (the rack's processes use it from here)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE_DIR = "/tmp/nina-rack"
 STATE_FILE = os.path.join(STATE_DIR, "state.json")
@@ -71,19 +73,6 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-def die_with_parent(expected_parent: int | None = None) -> None:
-    """preexec_fn / early call: SIGTERM when the process that started us dies, so a crashed
-    rack leaves no switch, capture or link-delay process running. With `expected_parent`,
-    exit at once if that parent is already gone (it died before we got here)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if expected_parent and os.getppid() != expected_parent:
-        os._exit(0)
 
 
 def stop_pid(pid: int, timeout: float = 3.0) -> None:

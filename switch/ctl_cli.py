@@ -6,6 +6,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
+from nina.cli_types import grpc_address, nonnegative_int, port_number, switch_port
 from nina.config import DEFAULT_GRPC_ADDR, DEFAULT_SWITCH_IP, SWITCH_MAC, WorkerAddr
 from nina.wire import Encoding
 
@@ -58,6 +59,12 @@ def parse_ip(text: str) -> str:
         raise argparse.ArgumentTypeError(f"bad IPv4 address {text!r}") from None
 
 
+def _trace_port_arg(text: str) -> str:
+    if text != "off":
+        switch_port(text)   # a usage error before connecting
+    return text
+
+
 def parse_slots(text: str) -> tuple[int, int]:
     try:
         base, count = (int(x) for x in text.split(":"))
@@ -82,7 +89,7 @@ def register(subparsers) -> None:
         description="Control a NINA switch (BMv2 simple_switch_grpc or the embedded switch) "
                     "over P4Runtime. The first command that reaches a switch without the NINA "
                     "pipeline pushes it (P4Info + BMv2 JSON).")
-    ctl.add_argument("--grpc", default=DEFAULT_GRPC_ADDR, metavar="ADDR",
+    ctl.add_argument("--grpc", type=grpc_address, default=DEFAULT_GRPC_ADDR, metavar="ADDR",
                      help=f"P4Runtime address of the switch (default {DEFAULT_GRPC_ADDR})")
     ctl.add_argument("--p4info", default=str(DEFAULT_P4INFO), metavar="P",
                      help="P4Info text file of the NINA program (default p4/build/)")
@@ -91,7 +98,7 @@ def register(subparsers) -> None:
     ctl.add_argument("--device-id", type=int, default=0, help="P4Runtime device id (default 0)")
     ctl.add_argument("--election-id", type=parse_election_id, default=(0, 1),
                      metavar="HIGH,LOW", help="election id of this controller (default 0,1)")
-    ctl.add_argument("--thrift-port", type=int, default=None, metavar="PORT",
+    ctl.add_argument("--thrift-port", type=port_number, default=None, metavar="PORT",
                      help="BMv2 thrift port for register access (BMv2 only, usually 9090)")
     ctl.add_argument("--push", choices=("auto", "always", "never"), default="auto",
                      help="push the pipeline config: auto (when missing or different, "
@@ -149,7 +156,7 @@ def register(subparsers) -> None:
     slot.add_argument("--job", type=int, required=True, help="job id")
     slot.add_argument("--ver", type=int, choices=(0, 1), default=None,
                       help="only this shadow-copy version (default both)")
-    slot.add_argument("--acc", type=int, default=8, metavar="N",
+    slot.add_argument("--acc", type=nonnegative_int, default=8, metavar="N",
                       help="accumulators to print (default 8)")
     slot.set_defaults(func=_run(_slot))
 
@@ -159,7 +166,7 @@ def register(subparsers) -> None:
     fwds = fwd.add_subparsers(dest="fwd_command", metavar="COMMAND")
     fadd = fwds.add_parser("add", help="forward a MAC to a port")
     fadd.add_argument("mac", type=parse_mac, help="destination MAC xx:xx:xx:xx:xx:xx")
-    fadd.add_argument("port", type=int, help="egress port")
+    fadd.add_argument("port", type=switch_port, help="egress port (0..511)")
     fadd.set_defaults(func=_run(lambda c, a: c.set_forward(a.mac, a.port)))
     fdel = fwds.add_parser("del", help="remove a MAC's entry")
     fdel.add_argument("mac", type=parse_mac, help="destination MAC")
@@ -170,7 +177,7 @@ def register(subparsers) -> None:
     trace = cmds.add_parser("trace-port", help="port that receives trace records",
                             description="Set the trace clone session's monitor port, or "
                                         "'off' to remove it.")
-    trace.add_argument("port", help="port number or 'off'")
+    trace.add_argument("port", type=_trace_port_arg, help="port number (0..511) or 'off'")
     trace.set_defaults(func=_run(_trace_port))
 
 
@@ -288,5 +295,7 @@ def _trace_port(ctl, args) -> None:
         port = int(args.port)
     except ValueError:
         raise UsageError(f"trace port must be a number or 'off', not {args.port!r}") from None
+    if not 0 <= port < 512:
+        raise UsageError(f"trace port {port} is not a switch port in 0..511 (9 bits)")
     ctl.set_monitor_port(port)
     print(f"trace records cloned to port {port}")

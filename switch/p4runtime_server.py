@@ -25,6 +25,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,11 +43,13 @@ from switch.tables import P4Error
 log = logging.getLogger(__name__)
 
 Code = grpc.StatusCode
-READ_CHUNK = 1000           # entities per ReadResponse of a streamed Read
+READ_CHUNK = 256            # entities per ReadResponse of a streamed Read (few alive at once)
 MAX_STREAMS = 8             # open StreamChannels; a newer one closes the oldest backup's
 MAX_WORKERS = 32            # gRPC threads: MAX_STREAMS for streams, the rest for requests
-MAX_READ_CELLS = 1 << 16    # register cells one Read may ask for (a wildcard read of every
-                            # register would be 2M entities: refused, not built)
+MAX_READ_CELLS = p4spec.REGISTER_SIZE   # register cells one Read may ask for: one whole
+                            # register (a wildcard read of all 260 would be 2M entities; with
+                            # pure-Python protobuf, ~1 ms each: refused, not built)
+READ_PIECE = 128            # register cells built per piece; the data plane runs in between
 MAX_MESSAGE = 64 << 20      # a full-pool register reset is one large Write
 _SPEC_TABLES = {t.name: t for t in p4spec.TABLES}
 _CONFIG = p4rt.SetForwardingPipelineConfigRequest
@@ -561,6 +564,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
                     part(chunk)
                 except P4RuntimeError as e:
                     context.abort(e.code, e.message)
+            time.sleep(0)   # hand the GIL over: the data plane shares this process
             while len(chunk) >= READ_CHUNK:
                 if not context.is_active():
                     return
@@ -593,8 +597,8 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
                             raise _fail(Code.RESOURCE_EXHAUSTED,
                                         f"Read of more than {MAX_READ_CELLS} register cells "
                                         f"(read one register, or index ranges, at a time)")
-                        for i in range(0, len(indices), READ_CHUNK):
-                            parts.append(lambda out, r=reg, ix=indices[i:i + READ_CHUNK]:
+                        for i in range(0, len(indices), READ_PIECE):
+                            parts.append(lambda out, r=reg, ix=indices[i:i + READ_PIECE]:
                                          self._read_register_cells(r, ix, out))
                 elif kind == "packet_replication_engine_entry":
                     parts.append(lambda out, e=entity.packet_replication_engine_entry:

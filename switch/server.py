@@ -6,6 +6,7 @@ it listens, serve until SIGINT/SIGTERM, then print the counters and close the tr
 """
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -132,6 +133,10 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
         grpc_server = None
         if p4rt_start is not None:
             grpc_server = p4rt_start(pipeline, grpc_addr)
+        # Everything built so far lives as long as the switch: keep it out of the cyclic
+        # collector, whose full passes over it (~120k objects) would stall the data plane
+        # for hundreds of ms while the control plane allocates (a large P4Runtime Read).
+        gc.freeze()
     except BaseException:
         io.close()
         if trace is not None:

@@ -135,9 +135,7 @@ def test_wildcard_register_read_is_refused_and_a_large_read_streams(server):
         assert max(len(r.entities) for r in replies) == READ_CHUNK
         # a read cancelled after its first chunk stops: the server answers the next request
         req = p4rt.ReadRequest(device_id=0)
-        for name in list(p4spec.REGISTERS)[:7]:
-            e_ = req.entities.add().register_entry
-            e_.register_id = ids[name]
+        req.entities.add().register_entry.register_id = ids[p4spec.REG_COUNT]
         it = stub.Read(req, timeout=LIVENESS)
         next(it)
         it.cancel()

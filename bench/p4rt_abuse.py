@@ -115,7 +115,9 @@ class Load:
 
     def __enter__(self):
         self.proc.start()
-        time.sleep(1.0)   # the load runs before the measurement starts
+        deadline = time.monotonic() + 120
+        while self.counts[0] + self.counts[1] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)   # measure only once the load is running (one request done)
         return self
 
     def __exit__(self, *exc):

@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from nina.config import DEFAULT_WINDOW
-from nina.cli_types import host_port, positive_int, probability, worker_count
+from nina.cli_types import (finite_float, grpc_address, host_port, positive_float, positive_int,
+                            probability, worker_count)
 from jobs.compare import compare, default_target, format_table, open_switch
 
 TRAIN_EPILOG = """compressors (--compressor / --compare):
@@ -25,12 +26,13 @@ def add_switch_args(p: argparse.ArgumentParser) -> None:
                    help="local: the switch and the workers are processes on loopback")
     g.add_argument("--switch", type=host_port, metavar="IP:PORT",
                    help="use a running switch: its UDP data address (needs --grpc)")
-    g.add_argument("--grpc", metavar="IP:PORT", help="the running switch's P4Runtime address")
+    g.add_argument("--grpc", type=grpc_address, metavar="IP:PORT",
+                   help="the running switch's P4Runtime address")
     g.add_argument("--loss", type=probability, default=0.0, metavar="P",
                    help="switch loss simulator: drop each update with probability P")
     g.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help=f"slots in flight per worker (default {DEFAULT_WINDOW})")
-    g.add_argument("--timeout", type=float, default=10.0,
+    g.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds a slot may stay incomplete before the job fails (default 10)")
 
 
@@ -50,13 +52,13 @@ def register(subparsers) -> None:
                         "print a comparison table (the first is the baseline of the ratios)")
     p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
     p.add_argument("--steps", type=positive_int, default=300, help="default 300")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate (default 0.5; 0.1 for lsq)")
     p.add_argument("--batch", type=positive_int, default=32, help="minibatch per worker (default 32)")
     p.add_argument("--hidden", type=positive_int, default=32, help="MLP hidden units (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and sampling")
     p.add_argument("--eval-every", type=positive_int, default=1, help="test evaluation period")
-    p.add_argument("--target", type=float, default=None,
+    p.add_argument("--target", type=finite_float, default=None,
                    help="accuracy (or, for lsq, f - f*) whose steps and bytes the comparison "
                         "table reports (default 0.93 for digits, 0.002 for lsq)")
     p.add_argument("--out", help="run folder (default runs/<timestamp>-<name>)")
@@ -91,9 +93,10 @@ def _fail(msg: str) -> int:
 def cmd_train(args) -> int:
     from nina.jobmsg import JobAborted
     from worker.train import TrainConfig, default_lr, plan
-    specs = [s.strip() for s in (args.compare or args.compressor).split(",") if s.strip()]
+    given = args.compare if args.compare is not None else args.compressor
+    specs = [s.strip() for s in given.split(",") if s.strip()]
     if not specs:
-        return _fail("no compressor given")
+        return _fail(f"no compressor given in {'--compare' if args.compare is not None else '--compressor'} {given!r}")
     try:
         for s in specs:
             plan(s)

@@ -75,6 +75,8 @@ class Coordinator:
         self.by_identity: dict[bytes, Member] = {}
         self.procs: list[subprocess.Popen] = []
         self.slot_diagnosis: Callable[[int, int], list[int] | None] | None = None
+        # how the job's switch ended, when the launcher owns it and it is gone (else None)
+        self.switch_check: Callable[[], str | None] | None = None
         self.aborted: str | None = None
         self._barrier: dict[str, set[int]] = {}
         self._ready: set[int] = set()
@@ -121,6 +123,9 @@ class Coordinator:
 
     def _explain_error(self, m: Member, msg: dict) -> str:
         text = f"worker {m.wid} failed: {msg.get('message', '?')}"
+        gone = self._switch_gone()
+        if gone:   # the workers only saw silence: the cause is the switch
+            return f"{gone} (worker {m.wid} then gave up: {msg.get('message', '?')})"
         stall = msg.get("stall")
         if stall and self.slot_diagnosis is not None:
             try:
@@ -132,9 +137,20 @@ class Coordinator:
                          f"lacks workers {missing}")
         return text
 
+    def _switch_gone(self) -> str | None:
+        if self.switch_check is None:
+            return None
+        try:
+            return self.switch_check()
+        except Exception:   # a diagnosis only
+            return None
+
     def _check_alive(self) -> None:
         if self.aborted:
             return
+        gone = self._switch_gone()
+        if gone:
+            self._fail(gone)
         for p in self.procs:
             rc = p.poll()
             if rc is not None and rc != 0:

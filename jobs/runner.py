@@ -140,6 +140,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     t0 = time.monotonic()
     coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout,
                               coord_port, coordinator)
+    coord.switch_check = installer.switch_died
     spec = None
     bar = None
     try:
@@ -150,9 +151,10 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         if path.kind == "switch":
             spec = (spec_factory or make_spec)(job_id, n_workers, path.encoding, path.cm, loss,
                                                members)
-            installer.install(spec)
+            firsts = installer.install(spec)
             coord.slot_diagnosis = installer.slot_missing(spec)
-            job.update({"spec": spec.to_dict(), "switch": list(switch.data_addr)})
+            job.update({"spec": spec.to_dict(), "switch": list(switch.data_addr),
+                        "first_rounds": firsts})
         coord.welcome(job, params0)
         coord.wait_ready(timeout=120.0)
         if progress:
@@ -221,16 +223,18 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
     installer = JobInstaller(switch)
     coord, procs = _start_job(n_workers, run_dir, spawn, coord_ip, log, heartbeat_timeout,
                               coord_port, coordinator)
+    coord.switch_check = installer.switch_died
     spec = None
     try:
         members = [coord.members[w] for w in range(n_workers)]
         spec = (spec_factory or make_spec)(job_id, n_workers, encoding, cm, loss, members)
-        installer.install(spec)
+        firsts = installer.install(spec)
         coord.slot_diagnosis = installer.slot_missing(spec)
         coord.on_metrics = lambda wid, rec: None
         coord.welcome({"task": {"kind": "allreduce", "size": size, "calls": calls, "seed": seed,
                                 "dump": os.path.abspath(run_dir)},
                        "spec": spec.to_dict(), "switch": list(switch.data_addr),
+                       "first_rounds": firsts,
                        "window": window, "seed": seed, "timeout": timeout,
                        "rounding": rounding}, None)
         coord.wait_ready(timeout=120.0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that add subcommands: each has register(subparsers). Imported lazily per module so a
@@ -28,7 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        rc = args.func(args) or 0
+        sys.stdout.flush()   # here, where a closed pipe is still ours to handle
+        return rc
+    except BrokenPipeError:
+        # the reader went away (`nina ctl job show | head -2`): stop quietly, and keep the
+        # interpreter's final flush of stdout from failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # 128 + SIGPIPE, as a shell reports it
+    except OSError as e:
+        # a path the user gave that cannot be created, read or written (--out /etc/passwd/x)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"nina {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

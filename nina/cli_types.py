@@ -30,6 +30,28 @@ def positive_int(text: str) -> int:
     return _checked(text, int, lambda v: v >= 1, "{text} must be >= 1")
 
 
+def nonnegative_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 0, "{text} must be >= 0")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a timeout, a learning rate): 0, negatives, nan and inf refused."""
+    return _checked(text, float, lambda v: v > 0, "{text} must be a number > 0")
+
+
+def finite_float(text: str) -> float:
+    return _number(text, float)
+
+
+def port_number(text: str) -> int:
+    return _checked(text, int, lambda v: 0 <= v <= 65535, "{text} is not a port in 0..65535")
+
+
+def switch_port(text: str) -> int:
+    """A switch port number: 9 bits in the P4 program (v1model's egress_spec)."""
+    return _checked(text, int, lambda v: 0 <= v < 512, "{text} is not a switch port in 0..511")
+
+
 def worker_count(text: str) -> int:
     return _checked(text, int, lambda v: 1 <= v <= MAX_WORKERS,
                     f"{{text}}: a job has 1..{MAX_WORKERS} workers (one bit each in the "
@@ -48,6 +70,14 @@ def percentage(text: str) -> float:
 
 def nonnegative(text: str) -> float:
     return _checked(text, float, lambda v: v >= 0, "{text} must be >= 0")
+
+
+def grpc_address(text: str) -> str:
+    """'HOST:PORT' with a port in 1..65535 (a listening or connecting gRPC address)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port in 1..65535")
+    return text
 
 
 def host_port(text: str) -> tuple[str, int]:

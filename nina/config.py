@@ -18,9 +18,12 @@ DEFAULT_WINDOW = 32                    # slots in flight per worker
 
 def mac_to_int(mac: str) -> int:
     parts = mac.split(":")
-    if len(parts) != 6:
+    if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
         raise ValueError(f"bad MAC address {mac!r}")
-    return int("".join(p.zfill(2) for p in parts), 16)
+    try:
+        return int("".join(p.zfill(2) for p in parts), 16)
+    except ValueError:
+        raise ValueError(f"bad MAC address {mac!r}") from None
 
 
 def int_to_mac(v: int) -> str:
@@ -106,3 +109,50 @@ class JobSpec:
         ids = sorted(w.wid for w in self.workers)
         if ids and ids != list(range(self.n_workers)):
             raise ValueError(f"worker ids {ids} must be exactly 0..{self.n_workers - 1}")
+        # Addresses are checked here, before a controller writes anything: a bad one found
+        # half-way through an install would leave entries behind.
+        _check_mac("switch MAC", self.switch_mac)
+        _check_ip("switch IP", self.switch_ip)
+        for w in self.workers:
+            _check_mac(f"worker {w.wid} MAC", w.mac)
+            _check_ip(f"worker {w.wid} IP", w.ip)
+            if not 0 <= w.udp_port < 1 << 16:
+                raise ValueError(f"worker {w.wid} UDP port {w.udp_port} out of range 0..65535")
+            if not 0 <= w.port < 1 << 9:
+                raise ValueError(f"worker {w.wid} switch port {w.port} does not fit 9 bits")
+        seen: dict[tuple[int, str, int], int] = {}
+        for w in self.workers:
+            where = (w.port, w.ip, w.udp_port)
+            if where in seen:
+                raise ValueError(f"workers {seen[where]} and {w.wid} share the address "
+                                 f"{w.ip}:{w.udp_port} (port {w.port})")
+            seen[where] = w.wid
+
+
+def _check_mac(what: str, mac: str) -> None:
+    try:
+        mac_to_int(mac)
+    except (ValueError, AttributeError):
+        raise ValueError(f"{what} {mac!r} is not a MAC address xx:xx:xx:xx:xx:xx") from None
+
+
+def _check_ip(what: str, ip: str) -> None:
+    try:
+        ip_to_int(ip)
+    except (ValueError, TypeError):
+        raise ValueError(f"{what} {ip!r} is not an IPv4 address") from None
+
+
+def slots_overlap(spec: "JobSpec", installed) -> str | None:
+    """Why `spec` cannot be installed next to the `installed` JobSpecs (same job id, or a
+    slot range overlapping another job's: its packets would join that job's rounds), or None.
+    The one check every install path (controller, embedded pipeline, jobs file) makes."""
+    lo, hi = spec.slot_base, spec.slot_base + spec.slot_count
+    for other in installed:
+        if other.job_id == spec.job_id:
+            return f"job {spec.job_id} is already installed (remove it first)"
+        olo, ohi = other.slot_base, other.slot_base + other.slot_count
+        if lo < ohi and olo < hi:
+            return (f"job {spec.job_id}: slots [{lo}, {hi}) overlap job {other.job_id}'s "
+                    f"[{olo}, {ohi})")
+    return None

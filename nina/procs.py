@@ -1,6 +1,6 @@
 """Process helpers shared by the switch handles, the job runner, the worker and the rack: a free
-port, stopping a process we started (by Popen or PID), dying with the parent, the tail of a
-log, the checkout's root. One copy of each, so every part stops processes the same way."""
+port, stopping a process we started (by Popen or PID), children that die with their parent, how
+a process ended, the tail of a log, the checkout's root. One copy of each."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,6 @@ import signal
 import socket
 import subprocess
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,9 +41,10 @@ def tail(path: str, lines: int = 6) -> str:
 
 
 def die_with_parent(expected_parent: int | None = None) -> None:
-    """preexec_fn / early call: SIGTERM when the process that started us dies, so a crashed
-    rack leaves no switch, capture or link-delay process running. With `expected_parent`,
-    exit at once if that parent is already gone (it died before we got here)."""
+    """preexec_fn / early call: SIGTERM when the process that started us dies (even by
+    kill -9), so a crashed launcher or rack leaves no switch, capture or link-delay process
+    running. With `expected_parent`, exit at once if that parent is already gone (it died
+    before we got here)."""
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
@@ -81,3 +79,14 @@ def is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def how_it_ended(returncode: int) -> str:
+    """'was killed by signal 9 (SIGKILL)' / 'exited with code 3' for a Popen returncode."""
+    if returncode < 0:
+        try:
+            name = f" ({signal.Signals(-returncode).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-returncode}{name}"
+    return f"exited with code {returncode}"

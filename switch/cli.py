@@ -8,7 +8,7 @@ from nina import p4spec
 from nina.config import DEFAULT_SWITCH_IP
 from nina.wire import UDP_PORT
 from switch.io_udp import SOCKET_BUFFER
-from nina.cli_types import positive_int
+from nina.cli_types import grpc_address, positive_int
 
 DESCRIPTION = """\
 Run the embedded NINA switch: the Python/numpy implementation of the P4 pipeline.
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
                    help=f"aggregation slots in the switch (default {p4spec.POOL_SLOTS})")
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="seed of the data plane's random source (C_M rounding, loss)")
-    p.add_argument("--grpc", metavar="ADDR", default=None,
+    p.add_argument("--grpc", type=grpc_address, metavar="ADDR", default=None,
                    help="also serve P4Runtime on ADDR (e.g. 127.0.0.1:9559) for the controller")
     p.add_argument("--socket-buffer", type=positive_int, default=SOCKET_BUFFER, metavar="BYTES",
                    help=f"local mode socket buffers (default {SOCKET_BUFFER >> 20} MiB; as root "

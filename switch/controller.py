@@ -31,8 +31,9 @@ from p4.v1 import p4runtime_pb2_grpc
 
 from nina import p4spec
 from nina.config import (DEFAULT_THRIFT_PORT, SWITCH_MAC, JobSpec, WorkerAddr, int_to_mac,
-                         ip_to_int, mac_to_int)
+                         ip_to_int, mac_to_int, slots_overlap)
 from nina.decisions import Decision
+from nina.install_rounds import install_cells, install_rounds
 from nina.wire import CAPACITY, Encoding
 
 CONNECT_TIMEOUT = 3.0     # seconds to wait for the switch's gRPC port
@@ -60,6 +61,10 @@ class RegisterReader(abc.ABC):
     @abc.abstractmethod
     def zero(self, names: Iterable[str], start: int, end: int) -> None:
         """Set cells [start, end) of every named register to 0."""
+
+    @abc.abstractmethod
+    def write(self, name: str, start: int, values: Sequence[int]) -> None:
+        """Set cells start, start + 1, ... of register `name` to `values` (unsigned)."""
 
     def close(self) -> None:
         pass
@@ -101,15 +106,21 @@ class P4RuntimeRegisterReader(RegisterReader):
             raise ControllerError("the switch answered a register read incompletely") from None
 
     def zero(self, names, start, end):
+        self._modify([(self._id(name), i, 0) for name in names for i in range(start, end)])
+
+    def write(self, name, start, values):
+        rid = self._id(name)
+        self._modify([(rid, start + k, int(v)) for k, v in enumerate(values)])
+
+    def _modify(self, cells: list[tuple[int, int, int]]) -> None:
         updates = []
-        for name in names:
-            rid = self._id(name)
-            for i in range(start, end):
-                u = p4rt.Update(type=p4rt.Update.MODIFY)
-                u.entity.register_entry.register_id = rid
-                u.entity.register_entry.index.index = i
-                u.entity.register_entry.data.bitstring = b"\x00"
-                updates.append(u)
+        for rid, index, value in cells:
+            u = p4rt.Update(type=p4rt.Update.MODIFY)
+            u.entity.register_entry.register_id = rid
+            u.entity.register_entry.index.index = index
+            u.entity.register_entry.data.bitstring = \
+                value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+            updates.append(u)
         for i in range(0, len(updates), WRITE_BATCH):
             req = p4rt.WriteRequest(device_id=self.device_id, updates=updates[i:i + WRITE_BATCH])
             req.election_id.high, req.election_id.low = self.election_id
@@ -158,6 +169,9 @@ class AutoRegisterReader(RegisterReader):
     def zero(self, names, start, end):
         return self._retry("zero", list(names), start, end)
 
+    def write(self, name, start, values):
+        return self._retry("write", name, start, list(values))
+
     def close(self):
         self.active.close()
 
@@ -184,7 +198,10 @@ class ThriftRegisterReader(RegisterReader):
         try:
             self.transport.open()
         except Exception as e:
-            raise ControllerError(f"no BMv2 thrift service at {self.where}: {e}") from None
+            raise ControllerError(f"no BMv2 thrift service at {self.where}: {e} (BMv2 serves "
+                                  f"register access only over thrift: it must be built with "
+                                  f"`./configure --with-pi --with-thrift`, and started with "
+                                  f"--thrift-port)") from None
 
     def _call(self, fn, *args):
         try:
@@ -200,6 +217,17 @@ class ThriftRegisterReader(RegisterReader):
     def zero(self, names, start, end):
         for name in names:
             self._call(self.client.bm_register_write_range, name, start, end, 0)
+
+    def write(self, name, start, values):
+        # one write_range per run of equal values (slots progress in step, so runs are long)
+        i = 0
+        while i < len(values):
+            j = i
+            while j < len(values) and values[j] == values[i]:
+                j += 1
+            self._call(self.client.bm_register_write_range, name, start + i, start + j,
+                       int(values[i]))
+            i = j
 
     def close(self):
         self.transport.close()
@@ -288,6 +316,7 @@ class Controller:
         self.election_id = tuple(election_id)
         self.thrift_port = thrift_port
         self._registers: RegisterReader | None = None
+        self._stream_log = _ShellLogCatch()
         self._p4info = _load_p4info(p4info_path)
         with _shell_lock:
             if _shell_owner is not None:
@@ -354,6 +383,15 @@ class Controller:
                                       f"{why}") from None
         self.primary = "not the primary" not in said.getvalue()
         sh.global_options.set_option(_shell_option("verbose"), False)
+        # While connected, p4runtime-shell's stream thread logs a switch that went away as
+        # two CRITICAL lines on the root logger; keep them (the caller says what happened)
+        self._stream_log = _ShellLogCatch()
+        logging.getLogger().addFilter(self._stream_log)
+
+    @property
+    def stream_errors(self) -> list[str]:
+        """What p4runtime-shell logged since connecting (e.g. its stream to a dead switch)."""
+        return list(self._stream_log.messages)
 
     def close(self) -> None:
         global _shell_owner
@@ -368,6 +406,7 @@ class Controller:
                     self.sh.teardown()
             finally:
                 _shell_owner = None
+                logging.getLogger().removeFilter(self._stream_log)
 
     def __enter__(self) -> "Controller":
         return self
@@ -479,9 +518,12 @@ class Controller:
 
     # -- jobs --
 
-    def install_job(self, spec: JobSpec) -> None:
-        """Install a job: fresh slot state, multicast group, egress rewrite, admission, and
-        last the job entry that makes it live. On failure, what was installed is removed."""
+    def install_job(self, spec: JobSpec) -> list[int]:
+        """Install a job: slot state, multicast group, egress rewrite, admission, and last the
+        job entry that makes it live; returns the first round of each of the job's slots
+        (nina.install_rounds: an update of an earlier installation of the job can never open
+        one). Everything is checked before anything is written; on a failure while writing,
+        what was written is removed again."""
         try:
             spec.validate()
         except ValueError as e:
@@ -489,33 +531,23 @@ class Controller:
         if len(spec.workers) != spec.n_workers:
             raise ControllerError(f"job {spec.job_id}: {spec.n_workers} workers but "
                                   f"{len(spec.workers)} worker addresses")
-        for other in self.show_jobs():
-            if other.job_id == spec.job_id:
-                raise ControllerError(f"job {spec.job_id} is already installed "
-                                      f"(remove it first)")
-            lo, hi = other.slot_base, other.slot_base + other.slot_count
-            if spec.slot_base < hi and lo < spec.slot_base + spec.slot_count:
-                raise ControllerError(
-                    f"job {spec.job_id}: slots [{spec.slot_base}, "
-                    f"{spec.slot_base + spec.slot_count}) overlap job {other.job_id}'s "
-                    f"[{lo}, {hi})")
+        why = slots_overlap(spec, self.show_jobs())
+        if why is not None:
+            raise ControllerError(why)
         if spec.mcast_grp in self._groups():
             raise ControllerError(f"job {spec.job_id}: multicast group {spec.mcast_grp} "
                                   f"is already in use")
-        # Stale bitmaps/counts from an earlier job would make this job's first packets look
-        # like retransmissions; accumulators need no reset (the first contributor overwrites).
-        start, end = spec.slot_base * 2, (spec.slot_base + spec.slot_count) * 2
-        self.registers().zero(SLOT_STATE_REGISTERS, start, end)
+        smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)
         done: list[tuple[p4spec.Table, tuple[int, ...]]] = []
         group_done = False
         try:
+            firsts = self._install_slot_state(spec)
             with self._errors(f"job {spec.job_id}: multicast group {spec.mcast_grp}"):
                 group = self.sh.MulticastGroupEntry(spec.mcast_grp)
                 for port, rid in sorted(spec.replicas(), key=lambda r: r[1]):
                     group.add(port, rid)
                 group.insert()
                 group_done = True
-            smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)
             for w in spec.workers:
                 key = (spec.job_id, w.wid)
                 self._insert(p4spec.WORKER_ADDR, key, (mac_to_int(w.mac), ip_to_int(w.ip),
@@ -528,14 +560,32 @@ class Controller:
             self._insert(p4spec.JOB_TABLE, (spec.job_id,), (
                 spec.n_workers, spec.slot_base, spec.slot_count, spec.shift,
                 int(spec.encoding), int(spec.cm), spec.mcast_grp, spec.loss_q16))
-        except ControllerError:
-            with contextlib.suppress(ControllerError):
+        except BaseException:
+            with contextlib.suppress(Exception):
                 for table, key in reversed(done):
                     self._delete(table, key)
                 if group_done:
                     with self._errors("rollback"):
                         self.sh.MulticastGroupEntry(spec.mcast_grp).delete()
             raise
+        return firsts
+
+    def _install_slot_state(self, spec: JobSpec) -> list[int]:
+        """Bitmaps zeroed (stale ones would make the first packets look like
+        retransmissions), round/count set so that each slot admits only the new
+        installation's first round (nina.install_rounds); accumulators, offsets and
+        exponents need no reset (the first contributor overwrites them)."""
+        start, end = spec.slot_base * 2, (spec.slot_base + spec.slot_count) * 2
+        regs = self.registers()
+        cells = range(start, end)
+        counts = regs.read([(p4spec.REG_COUNT, i) for i in cells])
+        rounds = regs.read([(p4spec.REG_ROUND, i) for i in cells])
+        firsts = install_rounds(counts, rounds)
+        new_rounds, new_counts = install_cells(firsts)
+        regs.zero([p4spec.REG_BITMAP], start, end)
+        regs.write(p4spec.REG_ROUND, start, new_rounds)
+        regs.write(p4spec.REG_COUNT, start, new_counts)
+        return firsts
 
     def remove_job(self, job_id: int) -> None:
         """Remove a job: its job entry first (its packets stop being aggregated), then the
@@ -642,23 +692,28 @@ def _shell_option(name: str):
     return Options[name]
 
 
+class _ShellLogCatch(logging.Filter):
+    """Keeps (instead of printing) the records p4runtime-shell logs on the root logger."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record):
+        if "p4runtime_sh" in record.pathname:
+            self.messages.append(record.getMessage())
+            return False
+        return True
+
+
 @contextlib.contextmanager
 def _capture_shell_log():
     """Collect (instead of printing) what p4runtime-shell logs while it connects: it logs the
     reason of a failure and then calls sys.exit."""
-    messages: list[str] = []
-
-    class Catch(logging.Filter):
-        def filter(self, record):
-            if "p4runtime_sh" in record.pathname:
-                messages.append(record.getMessage())
-                return False
-            return True
-
     root = logging.getLogger()
-    catch = Catch()
+    catch = _ShellLogCatch()
     root.addFilter(catch)
     try:
-        yield messages
+        yield catch.messages
     finally:
         root.removeFilter(catch)

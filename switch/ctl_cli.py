@@ -6,6 +6,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
+from nina.cli_types import grpc_address, nonnegative_int, port_number, switch_port
 from nina.config import DEFAULT_GRPC_ADDR, DEFAULT_SWITCH_IP, SWITCH_MAC, WorkerAddr
 from nina.wire import Encoding
 
@@ -51,6 +52,19 @@ def parse_mac(text: str) -> str:
     return text.lower()
 
 
+def parse_ip(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad IPv4 address {text!r}") from None
+
+
+def _trace_port_arg(text: str) -> str:
+    if text != "off":
+        switch_port(text)   # a usage error before connecting
+    return text
+
+
 def parse_slots(text: str) -> tuple[int, int]:
     try:
         base, count = (int(x) for x in text.split(":"))
@@ -75,7 +89,7 @@ def register(subparsers) -> None:
         description="Control a NINA switch (BMv2 simple_switch_grpc or the embedded switch) "
                     "over P4Runtime. The first command that reaches a switch without the NINA "
                     "pipeline pushes it (P4Info + BMv2 JSON).")
-    ctl.add_argument("--grpc", default=DEFAULT_GRPC_ADDR, metavar="ADDR",
+    ctl.add_argument("--grpc", type=grpc_address, default=DEFAULT_GRPC_ADDR, metavar="ADDR",
                      help=f"P4Runtime address of the switch (default {DEFAULT_GRPC_ADDR})")
     ctl.add_argument("--p4info", default=str(DEFAULT_P4INFO), metavar="P",
                      help="P4Info text file of the NINA program (default p4/build/)")
@@ -84,7 +98,7 @@ def register(subparsers) -> None:
     ctl.add_argument("--device-id", type=int, default=0, help="P4Runtime device id (default 0)")
     ctl.add_argument("--election-id", type=parse_election_id, default=(0, 1),
                      metavar="HIGH,LOW", help="election id of this controller (default 0,1)")
-    ctl.add_argument("--thrift-port", type=int, default=None, metavar="PORT",
+    ctl.add_argument("--thrift-port", type=port_number, default=None, metavar="PORT",
                      help="BMv2 thrift port for register access (BMv2 only, usually 9090)")
     ctl.add_argument("--push", choices=("auto", "always", "never"), default="auto",
                      help="push the pipeline config: auto (when missing or different, "
@@ -116,9 +130,9 @@ def register(subparsers) -> None:
                      metavar="WID=IP:UDPPORT[@PORT[/MAC]]", required=True,
                      help="where worker WID sends from and receives results (once per worker;"
                           " PORT: switch port, default 0; MAC: its MAC)")
-    add.add_argument("--switch-ip", default=DEFAULT_SWITCH_IP,
+    add.add_argument("--switch-ip", type=parse_ip, default=DEFAULT_SWITCH_IP,
                      help=f"source IP of results (default {DEFAULT_SWITCH_IP})")
-    add.add_argument("--switch-mac", default=SWITCH_MAC,
+    add.add_argument("--switch-mac", type=parse_mac, default=SWITCH_MAC,
                      help=f"source MAC of results (default {SWITCH_MAC})")
     add.set_defaults(func=_run(_job_add))
     rm = jobs.add_parser("del", help="remove a job", description="Remove a job and its "
@@ -142,7 +156,7 @@ def register(subparsers) -> None:
     slot.add_argument("--job", type=int, required=True, help="job id")
     slot.add_argument("--ver", type=int, choices=(0, 1), default=None,
                       help="only this shadow-copy version (default both)")
-    slot.add_argument("--acc", type=int, default=8, metavar="N",
+    slot.add_argument("--acc", type=nonnegative_int, default=8, metavar="N",
                       help="accumulators to print (default 8)")
     slot.set_defaults(func=_run(_slot))
 
@@ -152,7 +166,7 @@ def register(subparsers) -> None:
     fwds = fwd.add_subparsers(dest="fwd_command", metavar="COMMAND")
     fadd = fwds.add_parser("add", help="forward a MAC to a port")
     fadd.add_argument("mac", type=parse_mac, help="destination MAC xx:xx:xx:xx:xx:xx")
-    fadd.add_argument("port", type=int, help="egress port")
+    fadd.add_argument("port", type=switch_port, help="egress port (0..511)")
     fadd.set_defaults(func=_run(lambda c, a: c.set_forward(a.mac, a.port)))
     fdel = fwds.add_parser("del", help="remove a MAC's entry")
     fdel.add_argument("mac", type=parse_mac, help="destination MAC")
@@ -163,7 +177,7 @@ def register(subparsers) -> None:
     trace = cmds.add_parser("trace-port", help="port that receives trace records",
                             description="Set the trace clone session's monitor port, or "
                                         "'off' to remove it.")
-    trace.add_argument("port", help="port number or 'off'")
+    trace.add_argument("port", type=_trace_port_arg, help="port number (0..511) or 'off'")
     trace.set_defaults(func=_run(_trace_port))
 
 
@@ -205,10 +219,23 @@ def _job_add(ctl, args) -> None:
     spec = JobSpec(args.job, args.workers, Encoding[args.encoding.upper()], args.cm, base, count,
                    args.loss, tuple(sorted(args.worker_addr, key=lambda w: w.wid)),
                    switch_mac=args.switch_mac, switch_ip=args.switch_ip)
-    ctl.install_job(spec)
+    firsts = ctl.install_job(spec)
     print(f"job {spec.job_id} installed: {spec.n_workers} workers, {spec.encoding.name}"
           f"{' +C_M' if spec.cm else ''}, slots [{base}, {base + count}), "
           f"multicast group {spec.mcast_grp}")
+    print(f"first round per slot (workers must start there): {_runs(firsts)}")
+
+
+def _runs(values) -> str:
+    """[0, 0, 0, 2, 2] -> 'slots 0-2: 0, slots 3-4: 2' (slots of a job progress in runs)."""
+    out, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        out.append(f"slot{'s' if j > i else ''} {i}{f'-{j}' if j > i else ''}: {values[i]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def _job_del(ctl, args) -> None:
@@ -268,5 +295,7 @@ def _trace_port(ctl, args) -> None:
         port = int(args.port)
     except ValueError:
         raise UsageError(f"trace port must be a number or 'off', not {args.port!r}") from None
+    if not 0 <= port < 512:
+        raise UsageError(f"trace port {port} is not a switch port in 0..511 (9 bits)")
     ctl.set_monitor_port(port)
     print(f"trace records cloned to port {port}")

@@ -17,7 +17,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from nina.config import JobSpec
 from nina.jobmsg import JobAborted
-from nina.procs import REPO, free_port, stop_process, tail
+from nina.procs import REPO, die_with_parent, free_port, how_it_ended, stop_process, tail
 
 
 # the P4Info the controller loads; NINA_P4INFO points elsewhere (e.g. a p4c output directory)
@@ -42,8 +42,10 @@ class SwitchHandle(Protocol):
 
     data_addr: tuple[str, int]          # where workers send their updates
 
-    def install_job(self, spec: JobSpec) -> None:
-        """Install `spec`, replacing a job of the same id; JobAborted on failure."""
+    def install_job(self, spec: JobSpec) -> list[int]:
+        """Install `spec`, replacing a job of the same id; JobAborted on failure. Returns the
+        first round of each of the job's slots, where its workers start
+        (nina.install_rounds)."""
 
     def remove_job(self, job_id: int) -> None:
         """Remove a job (unknown ids are an error of the switch's own kind)."""
@@ -53,6 +55,10 @@ class SwitchHandle(Protocol):
 
     def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
         """The worker bitmap of one of the job's slots."""
+
+    def died(self) -> str | None:
+        """How the switch process ended, when this handle owns one and it is gone (else
+        None): a job that fails then reports the switch, not the workers it could not hear."""
 
     def stop(self) -> None:
         """Release what the handle started (processes, connections)."""
@@ -65,12 +71,12 @@ class ControlledSwitch:
     controller = None
     data_addr: tuple[str, int] = ("", 0)
 
-    def install_job(self, spec: JobSpec) -> None:
+    def install_job(self, spec: JobSpec) -> list[int]:
         from switch.controller import ControllerError
         try:
             if any(j.job_id == spec.job_id for j in self.controller.show_jobs()):
                 self.controller.remove_job(spec.job_id)
-            self.controller.install_job(spec)
+            return self.controller.install_job(spec)
         except ControllerError as e:
             raise JobAborted(f"installing job {spec.job_id}: {e}") from None
 
@@ -82,6 +88,9 @@ class ControlledSwitch:
 
     def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
         return self.controller.read_slot(spec.job_id, slot, ver, n_acc=0)[0].bitmap
+
+    def died(self) -> str | None:
+        return None   # a switch someone else runs: not ours to watch
 
     def close_controller(self) -> None:
         if self.controller is not None:
@@ -112,8 +121,10 @@ class LocalSwitch(ControlledSwitch):
         if trace_path:
             cmd += ["--trace", trace_path]
         with open(self.log_path, "w") as f:
+            # the switch dies with its launcher, even when the launcher is killed -9
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=REPO)
+                                         stdin=subprocess.DEVNULL, cwd=REPO,
+                                         preexec_fn=die_with_parent)
         try:
             self._wait_grpc(start_timeout)
             self._connect()
@@ -154,6 +165,14 @@ class LocalSwitch(ControlledSwitch):
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def died(self) -> str | None:
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        last = tail(self.log_path, 2)
+        return (f"the switch process (pid {self.proc.pid}) {how_it_ended(rc)}"
+                + (f"; its log ends: {last}" if last else ""))
+
     def stop(self) -> None:
         self.close_controller()
         stop_process(self.proc)
@@ -173,12 +192,12 @@ class InProcessSwitch:
         self.server = SwitchServer(self.pipeline, self.io).start()
         self.data_addr = self.io.address
 
-    def install_job(self, spec: JobSpec) -> None:
+    def install_job(self, spec: JobSpec) -> list[int]:
         try:
             self.pipeline.remove_job(spec.job_id)
         except Exception:
             pass   # not installed: nothing to replace
-        self.pipeline.install_job(spec)
+        return self.pipeline.install_job(spec)
 
     def remove_job(self, job_id: int) -> None:
         self.pipeline.remove_job(job_id)
@@ -189,6 +208,9 @@ class InProcessSwitch:
     def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
         from nina import p4spec
         return self.pipeline.read_register(p4spec.REG_BITMAP, (spec.slot_base + slot) * 2 + ver)
+
+    def died(self) -> str | None:
+        return None   # a thread of this process
 
     def stop(self) -> None:
         self.server.stop()
@@ -214,8 +236,9 @@ class JobInstaller:
     def __init__(self, switch: SwitchHandle):
         self.switch = switch
 
-    def install(self, spec: JobSpec) -> None:
-        self.switch.install_job(spec)
+    def install(self, spec: JobSpec) -> list[int]:
+        """Install the job; its slots' first rounds, for the workers."""
+        return self.switch.install_job(spec)
 
     def remove(self, job_id: int) -> None:
         try:
@@ -228,6 +251,13 @@ class JobInstaller:
             return {k: v[0] for k, v in self.switch.read_counters().items() if v[0]}
         except Exception:
             return {}
+
+    def switch_died(self) -> str | None:
+        """How the switch ended, if the handle owns it and it is gone."""
+        try:
+            return self.switch.died()
+        except Exception:   # a diagnosis; the job's own error still stands
+            return None
 
     def slot_missing(self, spec: JobSpec) -> Callable[[int, int], list[int]]:
         def missing(slot: int, ver: int) -> list[int]:

@@ -12,6 +12,11 @@ Config (the P4Info is kept and checked against nina/p4spec.py; the BMv2 JSON dev
 accepted and stored but unused), Write (table entries, multicast groups, clone sessions,
 register cells), Read (table entries, counters, registers, multicast groups, clone sessions),
 Capabilities. Not served (UNIMPLEMENTED): action profiles, meters, digests, packet I/O.
+
+Bounded against abuse: at most MAX_STREAMS StreamChannels (a newer one closes the oldest
+backup's), so idle connections cannot take every gRPC thread; a Read is streamed chunk by chunk
+as it is built, stops when the client cancels, and may name at most MAX_READ_CELLS register
+cells (a wildcard read of every register is refused before anything is built).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,7 +43,13 @@ from switch.tables import P4Error
 log = logging.getLogger(__name__)
 
 Code = grpc.StatusCode
-READ_CHUNK = 1000           # entities per ReadResponse of a streamed Read
+READ_CHUNK = 256            # entities per ReadResponse of a streamed Read (few alive at once)
+MAX_STREAMS = 8             # open StreamChannels; a newer one closes the oldest backup's
+MAX_WORKERS = 32            # gRPC threads: MAX_STREAMS for streams, the rest for requests
+MAX_READ_CELLS = p4spec.REGISTER_SIZE   # register cells one Read may ask for: one whole
+                            # register (a wildcard read of all 260 would be 2M entities; with
+                            # pure-Python protobuf, ~1 ms each: refused, not built)
+READ_PIECE = 128            # register cells built per piece; the data plane runs in between
 MAX_MESSAGE = 64 << 20      # a full-pool register reset is one large Write
 _SPEC_TABLES = {t.name: t for t in p4spec.TABLES}
 _CONFIG = p4rt.SetForwardingPipelineConfigRequest
@@ -191,6 +203,7 @@ class _Connection:
         self.id = next(self._ids)
         self.election_id: tuple[int, int] | None = None
         self.outbox: queue.Queue = queue.Queue()   # StreamMessageResponse, error, or None
+        self.evicted = False
 
 
 class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
@@ -260,9 +273,23 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     # -- StreamChannel --
 
     def StreamChannel(self, request_iterator, context):
+        """One controller connection. Each open stream holds a gRPC thread, so at most
+        MAX_STREAMS are kept: a newer stream closes the oldest one that is not the primary
+        (RESOURCE_EXHAUSTED), so idle backups can neither starve the primary's requests nor
+        keep a new controller out."""
         conn = _Connection()
         with self._lock:
             self._connections[conn.id] = conn
+            live = [c for c in self._connections.values() if not c.evicted]
+            if len(live) > MAX_STREAMS:
+                primary = self._primary()
+                victim = next((c for c in sorted(live, key=lambda c: c.id)
+                               if c is not primary and c is not conn), None)
+                if victim is not None:
+                    victim.evicted = True
+                    victim.outbox.put(_fail(Code.RESOURCE_EXHAUSTED,
+                                            f"more than {MAX_STREAMS} StreamChannels: the "
+                                            f"oldest backup connection is closed"))
         context.add_callback(lambda: conn.outbox.put(None))
 
         def read_requests():
@@ -525,28 +552,60 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     # -- Read --
 
     def Read(self, request, context):
-        entities = self._run(context, self._read, request)
-        for i in range(0, max(len(entities), 1), READ_CHUNK):
-            yield p4rt.ReadResponse(entities=entities[i:i + READ_CHUNK])
+        """Entities streamed in READ_CHUNK pieces, each built when it is sent (never the
+        whole answer in memory); a read of more than MAX_READ_CELLS register cells is
+        refused before anything is built, and a cancelled read stops building."""
+        plan = self._run(context, self._read_plan, request)
+        chunk: list[p4rt.Entity] = []
+        sent = False
+        for part in plan:
+            with self._lock, _pipeline_errors():
+                try:
+                    part(chunk)
+                except P4RuntimeError as e:
+                    context.abort(e.code, e.message)
+            time.sleep(0)   # hand the GIL over: the data plane shares this process
+            while len(chunk) >= READ_CHUNK:
+                if not context.is_active():
+                    return
+                yield p4rt.ReadResponse(entities=chunk[:READ_CHUNK])
+                sent = True
+                del chunk[:READ_CHUNK]
+        if chunk or not sent:
+            yield p4rt.ReadResponse(entities=chunk)
 
-    def _read(self, req) -> list[p4rt.Entity]:
+    def _read_plan(self, req) -> list:
+        """Check a ReadRequest and turn it into parts, each a callable appending at most a
+        chunk's worth of entities (register reads are split by cells)."""
         self._check_device(req.device_id)
         with self._lock, _pipeline_errors():
             program = self._need_program()
-            out: list[p4rt.Entity] = []
+            parts: list = []
+            cells = 0
             for entity in req.entities:
                 kind = entity.WhichOneof("entity")
                 if kind == "table_entry":
-                    self._read_tables(program, entity.table_entry, out)
+                    parts.append(lambda out, e=entity.table_entry:
+                                 self._read_tables(program, e, out))
                 elif kind == "counter_entry":
-                    self._read_counters(program, entity.counter_entry, out)
+                    parts.append(lambda out, e=entity.counter_entry:
+                                 self._read_counters(program, e, out))
                 elif kind == "register_entry":
-                    self._read_registers(program, entity.register_entry, out)
+                    for reg, indices in self._register_cells(program, entity.register_entry):
+                        cells += len(indices)
+                        if cells > MAX_READ_CELLS:
+                            raise _fail(Code.RESOURCE_EXHAUSTED,
+                                        f"Read of more than {MAX_READ_CELLS} register cells "
+                                        f"(read one register, or index ranges, at a time)")
+                        for i in range(0, len(indices), READ_PIECE):
+                            parts.append(lambda out, r=reg, ix=indices[i:i + READ_PIECE]:
+                                         self._read_register_cells(r, ix, out))
                 elif kind == "packet_replication_engine_entry":
-                    self._read_pre(entity.packet_replication_engine_entry, out)
+                    parts.append(lambda out, e=entity.packet_replication_engine_entry:
+                                 self._read_pre(e, out))
                 else:
                     raise _fail(Code.UNIMPLEMENTED, f"Reading {kind} is not supported")
-            return out
+            return parts
 
     def _read_tables(self, program: Program, want: p4rt.TableEntry, out: list) -> None:
         tables = [program.table(want.table_id)] if want.table_id else list(program.tables.values())
@@ -578,9 +637,12 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
                 c.data.packet_count, c.data.byte_count = int(packets), int(nbytes)
                 out.append(e)
 
-    def _read_registers(self, program: Program, want: p4rt.RegisterEntry, out: list) -> None:
+    def _register_cells(self, program: Program, want: p4rt.RegisterEntry):
+        """[(register, indices)] a RegisterEntry asks for (id 0: every register; no index:
+        every cell)."""
         arrays = [_array(program.registers, want.register_id, "register")] \
             if want.register_id else list(program.registers.values())
+        out = []
         for reg in arrays:
             if reg.name not in p4spec.REGISTERS:
                 continue
@@ -588,13 +650,17 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
             cells = min(reg.size, getattr(self.pipeline, "register_size", reg.size))
             indices = [_index(reg, want.index.index)] if want.HasField("index") \
                 else range(cells)
-            for i in indices:
-                e = p4rt.Entity()
-                r = e.register_entry
-                r.register_id, r.index.index = reg.id, i
-                r.data.bitstring = int_to_bytes(int(self.pipeline.read_register(reg.name, i)),
-                                                reg.bitwidth)
-                out.append(e)
+            out.append((reg, indices))
+        return out
+
+    def _read_register_cells(self, reg: _Array, indices, out: list) -> None:
+        for i in indices:
+            e = p4rt.Entity()
+            r = e.register_entry
+            r.register_id, r.index.index = reg.id, i
+            r.data.bitstring = int_to_bytes(int(self.pipeline.read_register(reg.name, i)),
+                                            reg.bitwidth)
+            out.append(e)
 
     def _read_pre(self, want: p4rt.PacketReplicationEngineEntry, out: list) -> None:
         which = want.WhichOneof("type")
@@ -766,7 +832,7 @@ class P4RuntimeServer:
 
 
 def serve_p4runtime(pipeline, addr: str = "127.0.0.1:9559", device_id: int = 0,
-                    max_workers: int = 16) -> P4RuntimeServer:
+                    max_workers: int = MAX_WORKERS) -> P4RuntimeServer:
     """Serve P4Runtime for `pipeline` on `addr` (returns once listening)."""
     service = P4RuntimeService(pipeline, device_id)
     opts = [("grpc.max_send_message_length", MAX_MESSAGE),

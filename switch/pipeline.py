@@ -22,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 
 from nina import p4spec
-from nina.config import JobSpec, ip_to_int, mac_to_int
+from nina.config import JobSpec, ip_to_int, mac_to_int, slots_overlap
 from nina.decisions import N_DECISIONS, Decision
+from nina.install_rounds import install_cells, install_rounds
 from nina.wire import (ROUND_MOD, ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
                        HEADER_LEN, MAX_WORKERS, RESULT_PART_SUMS, RID_PART_SHIFT, UDP_PORT, VERSION,
                        Encoding, MsgType, cm_codes_to_int, int_to_cm_codes, nat8_to_int,
@@ -478,25 +479,72 @@ class Pipeline:
 
     # ------------------------------------------------------------------ in-process helpers
 
-    def install_job(self, spec: JobSpec) -> None:
-        """What the controller does for a job: tables, multicast group, fresh registers."""
-        spec.validate()
+    def install_job(self, spec: JobSpec) -> list[int]:
+        """What the controller does for a job: tables, multicast group, slot state; returns
+        the first round of each of the job's slots (nina.install_rounds). Everything is
+        checked before anything is written, so a refused job leaves no trace."""
+        try:
+            spec.validate()
+        except ValueError as e:
+            raise P4Error("INVALID_ARGUMENT", f"job {spec.job_id}: {e}") from None
         if spec.slot_base + spec.slot_count > self.pool_slots:
             raise P4Error("INVALID_ARGUMENT",
                           f"job {spec.job_id}: slots [{spec.slot_base}, "
                           f"{spec.slot_base + spec.slot_count}) outside this switch's pool of "
                           f"{self.pool_slots}")
+        if len(spec.workers) != spec.n_workers:
+            raise P4Error("INVALID_ARGUMENT", f"job {spec.job_id}: {spec.n_workers} workers "
+                                              f"but {len(spec.workers)} worker addresses")
+        why = slots_overlap(spec, self.installed_jobs())
+        if why is not None:
+            raise P4Error("ALREADY_EXISTS", why)
+        if spec.mcast_grp in self.mcast_groups:
+            raise P4Error("ALREADY_EXISTS", f"job {spec.job_id}: multicast group "
+                                            f"{spec.mcast_grp} is already in use")
         t = self.tables
-        t.insert(_JOB_T, (spec.job_id,),
-                 (spec.n_workers, spec.slot_base, spec.slot_count, spec.shift,
-                  int(spec.encoding), int(bool(spec.cm)), spec.mcast_grp, spec.loss_q16))
         smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)
-        for w in spec.workers:
-            t.insert(_WORKER_T, (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port))
-            t.insert(_ADDR_T, (spec.job_id, w.wid),
-                     (mac_to_int(w.mac), ip_to_int(w.ip), w.udp_port, smac, sip))
+        done: list[tuple[str, tuple]] = []
         self.write_mcast_group(spec.mcast_grp, spec.replicas())
-        self.reset_job_state(spec.slot_base, spec.slot_count)
+        try:
+            for w in spec.workers:
+                for table, key, params in (
+                        (_ADDR_T, (spec.job_id, w.wid),
+                         (mac_to_int(w.mac), ip_to_int(w.ip), w.udp_port, smac, sip)),
+                        (_WORKER_T, (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port),
+                         None)):
+                    t.insert(table, key, params)
+                    done.append((table, key))
+            firsts = self._install_slot_state(spec.slot_base, spec.slot_count)
+            t.insert(_JOB_T, (spec.job_id,),   # last: the entry that makes the job live
+                     (spec.n_workers, spec.slot_base, spec.slot_count, spec.shift,
+                      int(spec.encoding), int(bool(spec.cm)), spec.mcast_grp, spec.loss_q16))
+        except BaseException:
+            for table, key in reversed(done):   # roll back: a refused job leaves no trace
+                t.delete(table, key)
+            self.delete_mcast_group(spec.mcast_grp)
+            raise
+        return firsts
+
+    def installed_jobs(self) -> list[JobSpec]:
+        """The installed jobs' ids and slot ranges (as JobSpecs without workers)."""
+        out = []
+        for (job,), params in self.tables.entries(_JOB_T).copy().items():
+            n, base, count = params[0], params[1], params[2]
+            out.append(JobSpec(job, max(1, n), slot_base=base, slot_count=count))
+        return out
+
+    def _install_slot_state(self, slot_base: int, slot_count: int) -> list[int]:
+        """Slot state of a new installation (nina.install_rounds): bitmaps, offsets,
+        exponents and accumulators zeroed, round/count left admitting only each slot's
+        first round of the new installation. Returns those first rounds."""
+        lo, hi = 2 * slot_base, 2 * (slot_base + slot_count)
+        firsts = install_rounds(self.registers[p4spec.REG_COUNT][lo:hi].tolist(),
+                                self.registers[p4spec.REG_ROUND][lo:hi].tolist())
+        rounds, counts = install_cells(firsts)
+        self.reset_job_state(slot_base, slot_count)
+        self.registers[p4spec.REG_ROUND][lo:hi] = rounds
+        self.registers[p4spec.REG_COUNT][lo:hi] = counts
+        return firsts
 
     def remove_job(self, job_id: int) -> None:
         """Undo install_job: the job entry, its workers' entries and its multicast group."""

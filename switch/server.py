@@ -6,13 +6,14 @@ it listens, serve until SIGINT/SIGTERM, then print the counters and close the tr
 """
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from nina.config import JobSpec
+from nina.config import JobSpec, slots_overlap
 from nina.decisions import Decision
 from switch.pipeline import Pipeline
 
@@ -75,9 +76,14 @@ def load_jobs(path: str | Path) -> list[JobSpec]:
         data = json.loads(Path(path).read_text())
         if isinstance(data, dict):
             data = [data]
-        return [job_from_dict(d) for d in data]
+        jobs = [job_from_dict(d) for d in data]
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"cannot load jobs from {path}: {e}") from None
+    for i, spec in enumerate(jobs):   # the check Pipeline.install_job makes, before starting
+        why = slots_overlap(spec, jobs[:i])
+        if why is not None:
+            raise ValueError(f"cannot load jobs from {path}: {why}")
+    return jobs
 
 
 def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[str] = (),
@@ -122,6 +128,10 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
         grpc_server = None
         if p4rt_start is not None:
             grpc_server = p4rt_start(pipeline, grpc_addr)
+        # Everything built so far lives as long as the switch: keep it out of the cyclic
+        # collector, whose full passes over it (~120k objects) would stall the data plane
+        # for hundreds of ms while the control plane allocates (a large P4Runtime Read).
+        gc.freeze()
     except BaseException:
         io.close()
         if trace is not None:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nina.cli_types import nonnegative_int
 from switch.trace_file import TraceError, resolve
 
 
@@ -42,6 +43,12 @@ def _guard(fn):
         except TraceError as e:
             print(f"nina trace: {e}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            raise   # the reader went away: nina.cli stops quietly
+        except OSError as e:   # an unreadable trace or an unwritable --out
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"nina trace: error: {where}{e.strerror or e}", file=sys.stderr)
+            return 2
     return run
 
 
@@ -60,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slot", type=int, required=True, help="slot index (relative to the job)")
     s.add_argument("--job", type=int, help="only this job")
     s.add_argument("--worker", type=int, help="only packets from this worker")
-    s.add_argument("--limit", type=int, default=200, help="print at most this many (200)")
+    s.add_argument("--limit", type=nonnegative_int, default=200,
+                   help="print at most this many (200)")
     s.set_defaults(func=_guard(_show))
     s = tsub.add_parser("plot", help="slot timeline and completion-latency histogram (PNG)")
     s.add_argument("run")

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from nina.decisions import TRACE_DTYPE, TRACE_WIRE_DTYPE
+from nina.decisions import N_DECISIONS, TRACE_DTYPE, TRACE_WIRE_DTYPE
 
 FORMAT = "nina-trace"
 FORMAT_VERSION = 1
@@ -91,10 +91,28 @@ def record_count(path: Path) -> int:
         size -= size % TRACE_DTYPE.itemsize
     idx = index_path(path)
     if idx.exists():
-        meta = json.loads(idx.read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        try:
+            meta = json.loads(idx.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise TraceError(f"{idx}: the trace's index is unreadable ({e}); delete it to read "
+                             f"{path.name} from its size alone") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or \
+                meta.get("version") != FORMAT_VERSION:
             raise TraceError(f"{idx}: not a {FORMAT} v{FORMAT_VERSION} index")
     return size // TRACE_DTYPE.itemsize
+
+
+def checked(records: np.ndarray, path: Path, first: int = 0) -> np.ndarray:
+    """The records, if they can be a NINA trace's (a known decision, version 0 or 1, at
+    most 256 elements, zero padding); a TraceError naming the first bad record otherwise,
+    so that a wrong file is one clear error, not garbage or a crash further on."""
+    bad = ((records["decision"] >= N_DECISIONS) | (records["ver"] > 1)
+           | (records["elements"] > 256) | (records["pad0"] != 0) | (records["pad1"] != 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise TraceError(f"{path} is not a NINA switch trace (record {first + i} is not a "
+                         f"trace record)")
+    return records
 
 
 def iter_chunks(path: Path, chunk: int = 1 << 20) -> Iterator[np.ndarray]:
@@ -104,9 +122,9 @@ def iter_chunks(path: Path, chunk: int = 1 << 20) -> Iterator[np.ndarray]:
         done = 0
         while done < total:
             n = min(chunk, total - done)
-            yield np.fromfile(f, TRACE_DTYPE, count=n)
+            yield checked(np.fromfile(f, TRACE_DTYPE, count=n), path, done)
             done += n
 
 
 def read_all(path: Path) -> np.ndarray:
-    return np.fromfile(path, TRACE_DTYPE, count=record_count(path))
+    return checked(np.fromfile(path, TRACE_DTYPE, count=record_count(path)), path)

@@ -162,7 +162,7 @@ class LinkedSwitch:
         # the workers' own addresses instead of the links'.
         self._ctl = getattr(inner, "controller", None)
 
-    def install_job(self, spec: JobSpec) -> None:
+    def install_job(self, spec: JobSpec) -> list[int] | None:
         workers = []
         for w in spec.workers:
             ip, port = self.links.attach(w.wid, (w.ip, w.udp_port))
@@ -170,9 +170,8 @@ class LinkedSwitch:
         spec = replace(spec, workers=tuple(workers))
         if self._ctl is not None:
             from switch.handles import JobInstaller
-            JobInstaller(self.inner).install(spec)
-        else:
-            self.inner.install_job(spec)
+            return JobInstaller(self.inner).install(spec)
+        return self.inner.install_job(spec)
 
     def remove_job(self, job_id: int) -> None:
         if self._ctl is not None:
@@ -183,6 +182,9 @@ class LinkedSwitch:
     def read_counters(self):
         src = self._ctl or self.inner
         return src.read_counters()
+
+    def died(self) -> str | None:
+        return self.inner.died()
 
 
 def counters_of(switch) -> dict[str, int]:
@@ -269,6 +271,8 @@ class SwitchProcess:
         return False
 
     def install_job(self, spec: JobSpec) -> None:
+        """Restarts the switch with the job in its jobs file: a fresh switch, whose slots
+        start at round 0 (the workers' default)."""
         self.jobs[spec.job_id] = spec
         if self.alive():
             self.stop()
@@ -280,6 +284,9 @@ class SwitchProcess:
 
     def read_counters(self) -> dict:
         return {}                      # only at stop(): see stop()
+
+    def died(self) -> str | None:
+        return None                    # killed and restarted on purpose: a fault under test
 
     def kill(self) -> None:
         """SIGKILL: a crash; nothing is printed, all switch state is lost."""

@@ -136,16 +136,20 @@ def test_killed_worker_ends_its_job_naming_it_and_nothing_else(switch, tmp_path)
         def install_job(self, spec):
             if self._ctl is not None:
                 from switch.handles import JobInstaller
-                JobInstaller(self.inner).install(spec)
+                firsts = JobInstaller(self.inner).install(spec)
             else:
-                self.inner.install_job(spec)
+                firsts = self.inner.install_job(spec)
             installed.set()
+            return firsts
 
         def remove_job(self, job_id):
             (self._ctl or self.inner).remove_job(job_id)
 
         def read_counters(self):
             return (self._ctl or self.inner).read_counters()
+
+        def died(self):
+            return self.inner.died()
 
     victim_spawn = KillingSpawner()
     outcome: dict = {}

@@ -254,14 +254,60 @@ def test_install_resets_only_the_jobs_slot_state(clean, switch):
     for idx in (lo - 1, lo, hi - 1, hi):
         pipeline.write_register(p4spec.REG_BITMAP, idx, 0b101)
         pipeline.write_register(p4spec.REG_COUNT, idx, 2)
-    ctl.install_job(spec)
+    pipeline.write_register(p4spec.REG_ROUND, hi - 1, 9)   # slot 3 ver 1 saw round 9
+    firsts = ctl.install_job(spec)
     assert pipeline.read_register(p4spec.REG_BITMAP, lo) == 0
-    assert pipeline.read_register(p4spec.REG_COUNT, hi - 1) == 0
+    # round state "idle after an earlier round" (nina.install_rounds): slot 3 of the new
+    # installation starts past round 9 of the earlier one
+    assert firsts[3] == 11 and pipeline.read_register(p4spec.REG_COUNT, hi - 1) == 1
+    assert pipeline.read_register(p4spec.REG_ROUND, hi - 1) == 9
+    assert pipeline.read_register(p4spec.REG_ROUND, hi - 2) == 10
     assert pipeline.read_register(p4spec.REG_BITMAP, lo - 1) == 0b101   # not this job's
     assert pipeline.read_register(p4spec.REG_COUNT, hi) == 2
     for idx in (lo - 1, hi):
         pipeline.write_register(p4spec.REG_BITMAP, idx, 0)
         pipeline.write_register(p4spec.REG_COUNT, idx, 0)
+
+
+def test_reinstalled_job_through_the_controller_drops_copies_of_the_earlier_one(clean, switch):
+    """Issue 16 item 1 on the controller path: the install reads the slot's round state and
+    writes it so that only rounds past the earlier installation's open the slot."""
+    from switch.pipeline import PacketIn
+    _, pipeline = switch
+    spec = _spec(job_id=20, n=2, base=600, count=2)
+    spec = JobSpec(20, 2, Encoding.INT32, slot_base=600, slot_count=2, workers=spec.workers,
+                   switch_ip="10.0.0.254")
+
+    def update(w, rnd, value):
+        h = Header(msg_type=1, encoding=Encoding.INT32, flags=(rnd & 1) | (rnd >> 1) << 2,
+                   job=20, worker=w, exponent=120, slot=0, count=1)
+        return PacketIn(w + 1, ip_to_int(f"10.0.0.{w + 1}"), 40000 + w,
+                        pack_packet(h, np.array([value], np.int32)))
+
+    assert clean.install_job(spec)[0] == 0
+    old = [update(0, 0, 1), update(1, 0, 100)]
+    for pkt in old:
+        pipeline.process(pkt)
+    clean.remove_job(20)
+    firsts = clean.install_job(spec)
+    assert firsts == [2, 1]
+    assert pipeline.process(old[1]) == []                 # the held-back copy: stale
+    assert pipeline.process(update(0, firsts[0], 2)) == []
+    out = pipeline.process(update(1, firsts[0], 200))
+    assert {int(np.frombuffer(o.payload[16:20], ">i4")[0]) for o in out} == {202}
+
+
+def test_failed_install_leaves_nothing_behind(clean, switch):
+    """Issue 16 item 3: a bad address is refused before anything is written (no multicast
+    group left to block the correct install that follows)."""
+    _, pipeline = switch
+    from switch.controller import ControllerError
+    for bad in ({"switch_ip": "notanip"}, {"switch_mac": "zz"}):
+        with pytest.raises(ControllerError, match="not an IPv4 address|not a MAC address"):
+            clean.install_job(_spec(job_id=40, **bad))
+        assert not pipeline.mcast_groups and clean.show_jobs() == []
+    clean.install_job(_spec(job_id=40))
+    assert [j.job_id for j in clean.show_jobs()] == [40]
 
 
 def test_read_slot_through_p4runtime_registers(clean, switch):
@@ -490,6 +536,16 @@ def test_cli_job_lifecycle(clean, switch):
         "nina ctl: error: job 4 is already installed (remove it first)"
     r = _nina(*base, "job", "del", "4")
     assert r.returncode == 0 and clean.show_jobs() == []
+    # a bad address is a usage error before anything is written; the correct add then works
+    for opt, bad in (("--switch-ip", "notanip"), ("--switch-mac", "zz")):
+        r = _nina(*base, "job", "add", "--job", "41", "--workers", "1",
+                  "--worker-addr", "0=127.0.0.1:41000", opt, bad)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"address {bad!r}" in r.stderr.strip().splitlines()[-1]
+    r = _nina(*base, "job", "add", "--job", "41", "--workers", "1",
+              "--worker-addr", "0=127.0.0.1:41000")
+    assert r.returncode == 0, r.stderr
+    assert "first round per slot (workers must start there): slots 0-" in r.stdout
 
 
 def test_cli_unreachable_switch_is_one_line():
@@ -576,8 +632,9 @@ def test_cli_against_bmv2(tmp_path):
     grpc_port, thrift_port = _free_port(), _free_port()
     log = open(tmp_path / "bmv2.log", "w")
     proc = subprocess.Popen(["simple_switch_grpc", "--device-id", "0", "--no-p4",
-                             "--thrift-port", str(thrift_port), "--",
-                             "--grpc-server-addr", f"127.0.0.1:{grpc_port}"],
+                             "--thrift-port", str(thrift_port),
+                             "--notifications-addr", f"ipc://{tmp_path}/notifications.ipc",
+                             "--", "--grpc-server-addr", f"127.0.0.1:{grpc_port}"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         base = ["ctl", "--grpc", f"127.0.0.1:{grpc_port}", "--p4info", str(P4INFO),

@@ -223,7 +223,7 @@ def test_install_job_writes_what_a_controller_writes_and_remove_undoes_it():
                              "smac": mac_to_int(SWITCH_MAC), "sip": ip_to_int("10.0.0.254")}
     assert p.mcast_groups[4] == [(1, 0), (2, 1)]
     assert (p.acc[20:30] == 0).all()
-    with pytest.raises(TableError):
+    with pytest.raises(P4Error, match="already installed"):
         p.install_job(spec)
     p.remove_job(3)
     assert all(not p.tables.entries(t.name) for t in p4spec.TABLES) and not p.mcast_groups

@@ -17,7 +17,7 @@ import glob
 import os
 import sys
 
-from nina.cli_types import host_port, positive_int, probability, worker_count
+from nina.cli_types import grpc_address, host_port, positive_int, probability, worker_count
 
 EPILOG = """examples:
   nina demo                          # 4 workers, Mininet rack as root, else local
@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     g.add_argument("--switch", type=host_port, metavar="HOST:PORT",
                    help="use this running switch's UDP data address instead of a rack "
                         "(needs --grpc)")
-    g.add_argument("--grpc", metavar="HOST:PORT", help="that switch's P4Runtime address")
+    g.add_argument("--grpc", type=grpc_address, metavar="HOST:PORT",
+                   help="that switch's P4Runtime address")
     g.add_argument("--bmv2-json", metavar="FILE",
                    help="push this BMv2 JSON with the P4Info when the switch (BMv2) has no "
                         "pipeline yet")
@@ -80,6 +81,8 @@ def _fail(msg: str) -> int:
 
 
 def cmd_demo(args) -> int:
+    if not [c for c in args.compressors.split(",") if c.strip()]:
+        return _fail(f"--compressors {args.compressors!r} names no compressor")
     if args.switch or args.grpc:
         if not (args.switch and args.grpc):
             return _fail("--switch and --grpc go together (data address and P4Runtime)")

@@ -6,7 +6,8 @@ import shlex
 import sys
 
 from nina.config import DEFAULT_WINDOW
-from nina.cli_types import nonnegative, percentage, worker_count
+from nina.cli_types import (nonnegative, nonnegative_int, percentage, positive_float,
+                            positive_int, worker_count)
 
 EPILOG = """prompt commands (also for --run):
   allreduce [--size N] [--encoding nat8|int32] [--cm] [--calls C] [--loss P] [--seed S]
@@ -71,6 +72,9 @@ def make_rack(args, log=print):
         log(decision.reason)
     shape = LinkShape(args.bw, args.delay, args.jitter, args.loss, args.dup, args.reorder)
     shape.validate()
+    if args.reorder and not shape.needs_delay:
+        raise ValueError("--reorder needs --delay (a reordered packet is one sent without the "
+                         "delay the others wait)")
     if decision.mode == "local":
         from topology.local import LocalRack
         if shape.impaired or shape.bw_mbit:
@@ -140,16 +144,17 @@ class _Parser(argparse.ArgumentParser):
 def _allreduce_parser() -> _Parser:
     p = _Parser(prog="allreduce", description="one all-reduce job across the worker hosts, "
                                               "checked exactly against what the workers sent")
-    p.add_argument("--size", type=int, default=100_000, help="elements (default 100000)")
+    p.add_argument("--size", type=positive_int, default=100_000, help="elements (default 100000)")
     p.add_argument("--encoding", choices=["nat8", "int32"], default="nat8")
     p.add_argument("--cm", action="store_true", help="master compression in the switch (nat8)")
-    p.add_argument("--calls", type=int, default=1, help="all-reduces in the job (default 1)")
+    p.add_argument("--calls", type=positive_int, default=1,
+                   help="all-reduces in the job (default 1)")
     p.add_argument("--loss", type=float, default=0.0,
                    help="switch loss simulator: drop each update with this probability")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=None,
+    p.add_argument("--window", type=positive_int, default=None,
                    help=f"slots in flight per worker (default {DEFAULT_WINDOW}; 8 on BMv2)")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds a slot may stay incomplete (default 10)")
     return p
 
@@ -159,7 +164,8 @@ def _slot_parser() -> _Parser:
     p.add_argument("slot", type=int)
     p.add_argument("--job", type=int, required=True)
     p.add_argument("--ver", type=int, choices=[0, 1], default=None)
-    p.add_argument("--acc", type=int, default=8, help="accumulators to show (default 8)")
+    p.add_argument("--acc", type=nonnegative_int, default=8,
+                   help="accumulators to show (default 8)")
     return p
 
 

@@ -33,11 +33,12 @@ class RackController:
         self._complete = complete
         self.installed: dict[int, object] = {}       # job id -> last JobSpec installed
 
-    def install_job(self, spec) -> None:
+    def install_job(self, spec) -> list[int]:
         if self._complete is not None:
             spec = self._complete(spec)
-        self._ctl.install_job(spec)
+        firsts = self._ctl.install_job(spec)
         self.installed[spec.job_id] = spec
+        return firsts
 
     def __getattr__(self, name):
         return getattr(self._ctl, name)

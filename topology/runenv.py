@@ -67,12 +67,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-
-
-
-
-
-
 class RackState:
     """The on-disk record of what the running rack owns (path None: kept in memory only, for
     racks that own no machine-wide names, such as the local one)."""

@@ -29,6 +29,20 @@ def bmv2_missing_reason() -> str | None:
     return None
 
 
+def bmv2_argv(ports: list[tuple[int, str]], thrift_port: int, grpc_addr: str) -> list[str]:
+    """simple_switch_grpc's command line for the rack: ports (number, interface), no program
+    (the controller pushes it), thrift for register access, and a notifications socket of
+    its own (BMv2's default, ipc:///tmp/bmv2-0-notifications.ipc, is shared by every BMv2 of
+    the machine: two racks at once would both bind it)."""
+    cmd = [BMV2_BINARY, "--device-id", "0"]
+    for port, name in ports:
+        cmd += ["-i", f"{port}@{name}"]
+    notifications = f"ipc:///tmp/nina-bmv2-{os.getpid()}-{thrift_port}-notifications.ipc"
+    return cmd + ["--no-p4", "--thrift-port", str(thrift_port),
+                  "--notifications-addr", notifications, "--",
+                  "--grpc-server-addr", grpc_addr]
+
+
 class NinaSwitch(Switch):
     """Mininet Switch whose data plane is a NINA switch process (embedded or BMv2)."""
 
@@ -70,13 +84,10 @@ class NinaSwitch(Switch):
         reason = bmv2_missing_reason()
         if reason:
             raise RuntimeError(reason)
-        cmd = [BMV2_BINARY, "--device-id", "0"]
-        for port, name in enumerate(intfs, start=1):
-            cmd += ["-i", f"{port}@{name}"]
+        ports = list(enumerate(intfs, start=1))
         if self.monitor_intf:
-            cmd += ["-i", f"{self.monitor_port}@{self.monitor_intf}"]
-        return cmd + ["--no-p4", "--thrift-port", str(self.thrift_port), "--",
-                      "--grpc-server-addr", self.grpc_addr]
+            ports.append((self.monitor_port, self.monitor_intf))
+        return bmv2_argv(ports, self.thrift_port, self.grpc_addr)
 
     def start(self, controllers) -> None:      # controllers: unused, there is no OpenFlow
         cmd = self.command()

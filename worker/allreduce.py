@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -104,7 +104,8 @@ class AllReduceClient:
     rounding: "stochastic" (unbiased; the default) or "nearest" for INT32 jobs; NAT8 jobs always
     apply natural compression. slot_reader(slot, ver) -> bitmap lets a stall error name the
     missing workers (e.g. the controller's register read). abort_check() -> str | None is polled
-    while waiting; a message ends the call with Aborted.
+    while waiting; a message ends the call with Aborted. first_rounds: the first round of each
+    of the job's slots, as the job's install returned it (default 0: a fresh switch).
     """
 
     def __init__(self, spec: JobSpec, wid: int, transport, window: int = DEFAULT_WINDOW,
@@ -112,7 +113,8 @@ class AllReduceClient:
                  rto: float = 0.2, rto_min: float = 0.05, rto_max: float = 1.0,
                  peer_timeout: float = 10.0,
                  slot_reader: Callable[[int, int], int | None] | None = None,
-                 abort_check: Callable[[], str | None] | None = None):
+                 abort_check: Callable[[], str | None] | None = None,
+                 first_rounds: Sequence[int] | None = None):
         if not 0 <= wid < spec.n_workers:
             raise ValueError(f"worker id {wid} outside the job's 0..{spec.n_workers - 1}")
         if rounding not in ("stochastic", "nearest"):
@@ -121,8 +123,14 @@ class AllReduceClient:
         self.encoding = Encoding(spec.encoding)
         self.k = CAPACITY[self.encoding]
         self.window = max(1, min(window, spec.slot_count))
-        # next round number per slot (mod 128; its low bit is the version), kept across calls
+        # next round number per slot (mod 128; its low bit is the version), kept across calls;
+        # it starts where the job's installation says (nina.install_rounds; 0 on a fresh switch)
         self.round = np.zeros(self.window, np.uint8)
+        if first_rounds is not None:
+            if len(first_rounds) < self.window:
+                raise ValueError(f"{len(first_rounds)} first rounds for a window of "
+                                 f"{self.window} slots")
+            self.round[:] = np.asarray(first_rounds[:self.window]) % ROUND_MOD
         self.rng = np.random.default_rng(seed)
         self.rounding = rounding
         self.rto0, self.rto_min, self.rto_max = rto, rto_min, rto_max

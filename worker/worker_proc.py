@@ -50,7 +50,8 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
                                  seed=welcome.get("seed", 0) * 1000 + wid,
                                  rounding=welcome.get("rounding", "stochastic"),
                                  peer_timeout=welcome.get("timeout", 10.0),
-                                 abort_check=link.poll_abort)
+                                 abort_check=link.poll_abort,
+                                 first_rounds=welcome.get("first_rounds"))
     if welcome.get("host_fallback"):
         gather.timeout = welcome.get("timeout", 10.0)
         gather.set_identity(wid, n)

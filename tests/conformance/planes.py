@@ -48,6 +48,10 @@ class Plane:
         (waits for `expect` packets, then for a short quiet period to catch extra ones)."""
         raise NotImplementedError
 
+    def reinstall(self, spec: JobSpec) -> list[int]:
+        """Remove job spec.job_id and install spec again; the first round of each slot."""
+        raise NotImplementedError
+
     def counters(self) -> list[int]:
         """Packets per nina.decisions.Decision of the decisions counter."""
         raise NotImplementedError
@@ -84,10 +88,17 @@ class EmbeddedUdpPlane(Plane):
             self.real[ep] = s.getsockname()[1]
         self.by_fd = {s.fileno(): ep for ep, s in self.socks.items()}
         for spec in jobs:
-            workers = tuple(replace(w, ip="127.0.0.1", udp_port=self.real[(w.ip, w.udp_port)])
-                            for w in spec.workers)
-            self.pipeline.install_job(replace(spec, workers=workers, switch_ip="127.0.0.1"))
+            self.pipeline.install_job(self._local(spec))
         self.sent = 0
+
+    def _local(self, spec: JobSpec) -> JobSpec:
+        workers = tuple(replace(w, ip="127.0.0.1", udp_port=self.real[(w.ip, w.udp_port)])
+                        for w in spec.workers)
+        return replace(spec, workers=workers, switch_ip="127.0.0.1")
+
+    def reinstall(self, spec) -> list[int]:
+        self.pipeline.remove_job(spec.job_id)
+        return self.pipeline.install_job(self._local(spec))
 
     def exchange(self, port, src, data, expect) -> list[Received]:
         if port != 0:
@@ -135,7 +146,7 @@ class EmbeddedUdpPlane(Plane):
 REPO = Path(__file__).resolve().parents[2]
 BMV2_JSON = REPO / "p4" / "build" / "nina.json"
 BMV2_P4INFO = REPO / "p4" / "build" / "nina.p4info.txtpb"
-BMV2_MISSING = "simple_switch_grpc and p4c not on PATH"
+BMV2_MISSING = "simple_switch_grpc not on PATH (build p4lang/behavioral-model; see README)"
 BMV2_QUIET = 0.05      # s of silence after the expected frames (BMv2 is slower than Python)
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -202,8 +213,9 @@ def parse_udp_frame(frame: bytes) -> UdpFrame:
 
 
 def bmv2_unavailable() -> str | None:
-    """Why BMv2 cannot run here, or None."""
-    if shutil.which("simple_switch_grpc") is None or shutil.which("p4c") is None:
+    """Why BMv2 cannot run here, or None. Only what the BMv2 plane runs counts: the switch
+    binary, root, iproute2 and the committed p4c outputs (p4c itself is not run)."""
+    if shutil.which("simple_switch_grpc") is None:
         return BMV2_MISSING
     if os.geteuid() != 0:
         return "the BMv2 plane needs root (it creates veth interfaces)"
@@ -346,6 +358,11 @@ class Bmv2Plane(Plane):
         try:
             for old in self.ctl.show_jobs():
                 self.ctl.remove_job(old.job_id)
+            # a fresh switch for every vector: no round history from earlier vectors
+            # (nina.install_rounds would otherwise start their slots past round 0)
+            from nina import p4spec
+            from switch.controller import SLOT_STATE_REGISTERS
+            self.ctl.registers().zero(SLOT_STATE_REGISTERS, 0, p4spec.REGISTER_SIZE)
             self.macs: dict[Endpoint, int] = {}
             self.switch_of: dict[Endpoint, tuple[int, str]] = {}
             for spec in jobs:
@@ -397,6 +414,10 @@ class Bmv2Plane(Plane):
                 assert (f.src_mac, f.src_ip, f.sport) == (smac, sip, UDP_PORT), \
                     f"frame to {dst} comes from {int_to_mac(f.src_mac)} {f.src_ip}:{f.sport}"
                 got.append(Received(k, dst, f.payload))
+
+    def reinstall(self, spec) -> list[int]:
+        self.ctl.remove_job(spec.job_id)
+        return self.ctl.install_job(spec)
 
     def counters(self) -> list[int]:
         from nina.decisions import Decision

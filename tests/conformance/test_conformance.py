@@ -14,7 +14,7 @@ from nina.decisions import Decision
 from nina.wire import HEADER_LEN, Header
 
 from .planes import PLANES, Bmv2Plane, Plane, Received
-from .vectors import VECTORS, Expected, RegCheck, Vector, cm_code_is_valid
+from .vectors import VECTORS, Expected, RegCheck, Reinstall, Vector, cm_code_is_valid
 
 
 @pytest.fixture(params=list(PLANES))
@@ -91,6 +91,13 @@ def run_vector(p: Plane, v: Vector) -> None:
         before = p.counters()
         labels: dict[str, bytes] = {}
         for i, step in enumerate(v.steps):
+            if isinstance(step, Reinstall):
+                firsts = p.reinstall(step.spec)
+                got = tuple((slot, firsts[slot]) for slot, _ in step.first_rounds)
+                assert got == step.first_rounds, \
+                    f"{v.name} step {i} (reinstall): first rounds {got}, expected " \
+                    f"{step.first_rounds}"
+                continue
             where = f"{v.name} step {i} ({step.decision.name} {step.note})".replace(" )", ")")
             got = p.exchange(step.port, step.src, step.data, len(step.expect))
             match_outputs(got, step.expect, labels, where)
@@ -119,6 +126,6 @@ def test_vectors_cover_every_decision_the_udp_plane_can_reach():
 
 def test_register_checks_name_real_registers():
     for v in VECTORS:
-        for c in list(v.registers) + [r for s in v.steps for r in s.registers]:
+        for c in list(v.registers) + [r for s in v.packet_steps for r in s.registers]:
             assert isinstance(c, RegCheck) and c.name in p4spec.REGISTERS
             assert 0 <= c.index < p4spec.REGISTER_SIZE

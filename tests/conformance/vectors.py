@@ -64,22 +64,34 @@ class Step:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Reinstall:
+    """A control-plane step: remove job `spec.job_id` and install `spec` again through the
+    plane's control plane; the install must report `first_rounds` (slot -> first round)."""
+    spec: JobSpec
+    first_rounds: tuple[tuple[int, int], ...]   # (slot, round) pairs to check
+
+
 @dataclass
 class Vector:
     name: str
     jobs: tuple[JobSpec, ...]
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Step | Reinstall] = field(default_factory=list)
     registers: list[RegCheck] = field(default_factory=list)   # checked at the end
+
+    @property
+    def packet_steps(self) -> list[Step]:
+        return [s for s in self.steps if isinstance(s, Step)]
 
     @property
     def counters(self) -> dict[Decision, int]:
         """Packets per decision the vector causes (the decisions counter's delta)."""
-        return dict(Counter(s.decision for s in self.steps))
+        return dict(Counter(s.decision for s in self.packet_steps))
 
     @property
     def endpoints(self) -> list[Endpoint]:
         eps = {(w.ip, w.udp_port) for j in self.jobs for w in j.workers}
-        eps |= {s.src for s in self.steps}
+        eps |= {s.src for s in self.packet_steps}
         return sorted(eps)
 
 
@@ -359,6 +371,30 @@ def v_copy_delayed_past_a_round() -> Vector:
     return v
 
 
+def v_reinstalled_job_drops_earlier_copy() -> Vector:
+    """Issue 16 item 1: job 20 completes round 0 (1 + 100), is removed and installed again
+    with the same id, slots and worker addresses; a held-back copy of the old worker 1 packet
+    arrives first. The install reports round 2 as the slot's first round (round 0 was its last),
+    so the old round-0 copy is stale and the new round sums only new values (2 + 200)."""
+    spec = make_job(20, 2, Encoding.INT32, slot_base=4, slot_count=2)
+    old = [update(spec, w, 0, [x]) for w, x in ((0, 1), (1, 100))]
+    new = [update(spec, w, 0, [x], ver=2, offset=7) for w, x in ((0, 2), (1, 200))]
+    v = Vector("reinstalled_job_drops_copy_of_earlier_installation", (spec,))
+    v.steps = [
+        Step(PORT, src(spec, 0), old[0], D.FIRST),
+        Step(PORT, src(spec, 1), old[1], D.COMPLETE, results(spec, 0, 0, 1, 0, 120, [101])),
+        # slot 1 saw no update: the first install admitted rounds 0 and 1 there, so the
+        # second one starts it past them, at round 1 (version 1) and 2 (version 0)
+        Reinstall(spec, ((0, 2), (1, 1))),
+        Step(PORT, src(spec, 1), old[1], D.DROP_DUPLICATE, note="copy of the old installation"),
+        Step(PORT, src(spec, 0), new[0], D.FIRST),
+        Step(PORT, src(spec, 1), new[1], D.COMPLETE, results(spec, 0, 2, 1, 7, 120, [202])),
+        Step(PORT, src(spec, 1), old[1], D.DROP_DUPLICATE, note="the copy again"),
+    ]
+    v.registers = slot_regs(spec, 0, 0, 0b11, 2, 120, 7, [202])
+    return v
+
+
 def v_slot_reuse() -> Vector:
     spec = make_job(7, 3, Encoding.NAT8, slot_base=2, slot_count=2)
     rng = np.random.default_rng(11)
@@ -545,7 +581,7 @@ def all_vectors() -> list[Vector]:
     vs = [v_full_aggregation(e, n) for e in (Encoding.INT32, Encoding.NAT8) for n in (2, 3, 4)]
     vs += [v_out_of_order(), v_retransmit_before_completion(), v_retransmit_after_completion(),
            v_retransmit_after_other_worker_moved_on(), v_stale_duplicate(),
-           v_copy_delayed_past_a_round(), v_slot_reuse(),
+           v_copy_delayed_past_a_round(), v_reinstalled_job_drops_earlier_copy(), v_slot_reuse(),
            v_cm(), v_two_jobs(), v_single_worker()]
     vs += [v_drop(r) for r in DROP_REASONS]
     vs += [v_headroom(e) for e in (Encoding.NAT8, Encoding.INT32)]

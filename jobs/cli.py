@@ -5,9 +5,10 @@ import argparse
 import sys
 
 from nina.config import DEFAULT_WINDOW
-from nina.cli_types import (finite_float, grpc_address, host_port, positive_float, positive_int,
+from nina.cli_types import (grpc_address, host_port, positive_float, positive_int,
                             probability, worker_count)
 from jobs.compare import compare, default_target, format_table, open_switch
+from jobs.train_args import add_train_args, compressor_specs, train_config
 
 TRAIN_EPILOG = """compressors (--compressor / --compare):
   in the switch: none (INT32, nearest rounding: the uncompressed baseline), int32 (INT32,
@@ -37,7 +38,6 @@ def add_switch_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from worker.models import MODELS
     p = subparsers.add_parser(
         "train", help="train a model with n worker processes through the switch",
         description="Quantized data-parallel SGD (Algorithm 1: worker compression, switch "
@@ -46,24 +46,9 @@ def register(subparsers) -> None:
                     "and plots.", epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
-    p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
-    p.add_argument("--compare", metavar="LIST",
-                   help="comma-separated compressors: run the same job once per compressor and "
-                        "print a comparison table (the first is the baseline of the ratios)")
-    p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
-    p.add_argument("--steps", type=positive_int, default=300, help="default 300")
-    p.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate (default 0.5; 0.1 for lsq)")
-    p.add_argument("--batch", type=positive_int, default=32, help="minibatch per worker (default 32)")
-    p.add_argument("--hidden", type=positive_int, default=32, help="MLP hidden units (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data split, init and sampling")
-    p.add_argument("--eval-every", type=positive_int, default=1, help="test evaluation period")
-    p.add_argument("--target", type=finite_float, default=None,
-                   help="accuracy (or, for lsq, f - f*) whose steps and bytes the comparison "
-                        "table reports (default 0.93 for digits, 0.002 for lsq)")
+    add_train_args(p)
     p.add_argument("--out", help="run folder (default runs/<timestamp>-<name>)")
     p.add_argument("--runs-dir", default="runs", help="parent of the default run folders")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_switch_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -92,21 +77,11 @@ def _fail(msg: str) -> int:
 
 def cmd_train(args) -> int:
     from nina.jobmsg import JobAborted
-    from worker.train import TrainConfig, default_lr, plan
-    given = args.compare if args.compare is not None else args.compressor
-    specs = [s.strip() for s in given.split(",") if s.strip()]
-    if not specs:
-        return _fail(f"no compressor given in {'--compare' if args.compare is not None else '--compressor'} {given!r}")
     try:
-        for s in specs:
-            plan(s)
+        specs = compressor_specs(args)
     except ValueError as e:
         return _fail(str(e))
-    data = "lsq" if args.model == "lsq" else "digits"
-    lr = args.lr if args.lr is not None else default_lr(args.model)
-    base = TrainConfig(model=args.model, data=data, steps=args.steps, lr=lr,
-                       batch=args.batch, seed=args.seed, hidden=args.hidden,
-                       eval_every=args.eval_every, window=args.window, timeout=args.timeout)
+    base = train_config(args, args.window)
     target, key, higher = default_target(args.model)
     if args.target is not None:
         target = args.target

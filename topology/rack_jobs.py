@@ -14,6 +14,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
+from nina.cli_types import positive_float, positive_int, probability
 from nina.config import DEFAULT_WINDOW
 from nina.wire import Encoding
 
@@ -89,26 +90,16 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
 
 
 def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from worker.models import MODELS
+    from jobs.train_args import add_train_args
     p = cls(prog="train", add_help=True,
-                                description="train a model with the rack's workers "
-                                            "(compressors as in `nina train --help`)")
-    p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
-    p.add_argument("--compare", metavar="LIST", help="comma-separated compressors, one job each")
-    p.add_argument("--model", choices=MODELS, default="mlp")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--target", type=float, default=None)
-    p.add_argument("--loss", type=float, default=0.0,
+            description="train a model with the rack's workers (as `nina train`; compressors "
+                        "as in `nina train --help`)")
+    add_train_args(p, default_steps=100)
+    p.add_argument("--loss", type=probability, default=0.0,
                    help="switch loss simulator probability (the links have their own loss)")
-    p.add_argument("--window", type=int, default=None,
+    p.add_argument("--window", type=positive_int, default=None,
                    help=f"slots in flight per worker (default {DEFAULT_WINDOW}; 8 on BMv2)")
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--timeout", type=positive_float, default=10.0)
     return p
 
 
@@ -116,20 +107,12 @@ def run_train(rack, argv: list[str] | str, log=print,
               parser_cls=argparse.ArgumentParser) -> tuple[list[dict], str]:
     """A `nina train`-style job (or comparison) on the rack; returns (rows, table text)."""
     from jobs.compare import compare, default_target, format_table
-    from worker.train import TrainConfig, plan
+    from jobs.train_args import compressor_specs, train_config
     if isinstance(argv, str):
         argv = shlex.split(argv)
     args = train_parser(parser_cls).parse_args(argv)
-    specs = [s.strip() for s in (args.compare or args.compressor).split(",") if s.strip()]
-    for s in specs:
-        plan(s)                                      # ValueError with the reason if unknown
-    data = "lsq" if args.model == "lsq" else "digits"
-    base = TrainConfig(model=args.model, data=data, steps=args.steps, lr=args.lr,
-                       batch=args.batch, seed=args.seed, hidden=args.hidden,
-                       eval_every=args.eval_every,
-                       window=(args.window if args.window is not None
-                               else rack.default_window),
-                       timeout=args.timeout)
+    specs = compressor_specs(args)                   # ValueError with the reason if unknown
+    base = train_config(args, args.window if args.window is not None else rack.default_window)
     target, key, higher = default_target(args.model)
     if args.target is not None:
         target = args.target

@@ -210,7 +210,7 @@ def closed_loop(sw, port: int, n: int, enc: Encoding, cm: bool, window: int, pac
                 timeout: float = 120.0) -> float:
     """Updates/s of the switch behind sw's host-side veth: window slots kept busy, a slot's
     next round sent when all n copies (every part) of its result are back."""
-    from tests.conformance.planes import udp_frame
+    from switch.bmv2_harness import udp_frame
     from nina.config import SWITCH_MAC, mac_to_int
     rng = np.random.default_rng(2)
     cap = CAPACITY[enc]
@@ -302,7 +302,7 @@ def bmv2_rows(ns: list[int], args) -> list[tuple]:
     """(enc, cm, n, {switch: updates/s}) on one veth pair: BMv2 (and its performance build,
     with --bmv2-perf) and the embedded switch in interface mode, each in turn."""
     from nina.config import SWITCH_MAC, JobSpec, WorkerAddr
-    from tests.conformance.planes import BMV2_JSON, BMV2_P4INFO, Bmv2Switch
+    from switch.bmv2_harness import BMV2_JSON, BMV2_P4INFO, Bmv2Switch
     from switch.controller import Controller
     builds = {"BMv2": "simple_switch_grpc"}
     if args.bmv2_perf:
@@ -496,7 +496,7 @@ def main() -> int:
           f"set (VmHWM) of the switch process, default pool of {POOL_SLOTS} slots.")
     if args.no_bmv2:
         return 0
-    from tests.conformance.planes import bmv2_unavailable
+    from switch.bmv2_harness import bmv2_unavailable
     why = bmv2_unavailable()
     if why:
         print(f"\nBMv2 table skipped: {why}")

@@ -18,6 +18,7 @@ import os
 import sys
 
 from nina.cli_types import grpc_address, host_port, positive_int, probability, worker_count
+from topology.modes import add_mode_arg
 
 EPILOG = """examples:
   nina demo                          # 4 workers, Mininet rack as root, else local
@@ -40,8 +41,7 @@ def register(subparsers) -> None:
                     "retransmissions, time) and the paths of the run folder, switch trace,\n"
                     "pcaps and plots.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--mode", choices=["auto", "mininet", "local"], default="auto",
-                   help="auto (default): Mininet when root and Mininet is installed, else local")
+    add_mode_arg(d)
     d.add_argument("--workers", type=worker_count, default=4, help="worker hosts (default 4)")
     d.add_argument("--steps", type=positive_int, default=150, help="steps per job (default 150)")
     d.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")

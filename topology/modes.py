@@ -9,7 +9,19 @@ import os
 import shutil
 from dataclasses import dataclass
 
-MODES = ("auto", "mininet", "local")
+# launch mode -> what it is; every --mode option and the mode choice read this one table
+LAUNCH_MODES = {
+    "auto": "Mininet when root and Mininet is installed, else local (default)",
+    "mininet": "each worker in its own network namespace, links with bandwidth, delay, loss",
+    "local": "the switch and the workers as processes on loopback (no root needed)",
+}
+MODES = tuple(LAUNCH_MODES)
+
+
+def add_mode_arg(p) -> None:
+    """The --mode option of the commands that start a rack."""
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="; ".join(f"{k}: {v}" for k, v in LAUNCH_MODES.items()))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import sys
 from nina.config import DEFAULT_WINDOW
 from nina.cli_types import (nonnegative, nonnegative_int, percentage, positive_float,
                             positive_int, worker_count)
+from topology.modes import add_mode_arg
 
 EPILOG = """prompt commands (also for --run):
   allreduce [--size N] [--encoding nat8|int32] [--cm] [--calls C] [--loss P] [--seed S]
@@ -29,8 +30,7 @@ def register(subparsers) -> None:
                     "then run all-reduces and training jobs on it from a prompt. Everything "
                     "the rack created is removed when it ends (quit, Ctrl-C, SIGTERM, error).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["auto", "mininet", "local"], default="auto",
-                   help="auto (default): Mininet when root and Mininet is installed, else local")
+    add_mode_arg(p)
     p.add_argument("--workers", type=worker_count, default=4, help="worker hosts (default 4)")
     p.add_argument("--bw", type=float, default=None, metavar="MBIT",
                    help="bandwidth of each worker link in Mbit/s (default unlimited)")

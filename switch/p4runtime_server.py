@@ -39,6 +39,7 @@ from p4.v1 import p4runtime_pb2_grpc
 
 from nina import p4spec
 from switch.tables import P4Error
+from switch import p4rt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +70,18 @@ def _fail(code: grpc.StatusCode, message: str) -> P4RuntimeError:
     return P4RuntimeError(code, message)
 
 
-# ---- P4Runtime bytestrings (spec section 8.4: canonical form, padded form accepted) ----
+# ---- P4Runtime bytestrings: switch/p4rt_bytes.py, with the server's refusal of a wide value ----
 
 def bytes_to_int(data: bytes, bitwidth: int, what: str) -> int:
-    """Decode a P4Runtime bytestring. As PI (BMv2's server) does, leading zero bytes and the
-    empty string (zero) are accepted; a value wider than `bitwidth` is INVALID_ARGUMENT."""
-    value = int.from_bytes(data, "big")
-    if value.bit_length() > bitwidth:
+    """Decode a bytestring; a value wider than `bitwidth` is INVALID_ARGUMENT."""
+    value = p4rt_bytes.bytes_to_int(data)
+    if not p4rt_bytes.fits(value, bitwidth):
         raise _fail(Code.INVALID_ARGUMENT,
                     f"{what}: bytestring provided does not fit within {bitwidth} bits")
     return value
 
 
-def int_to_bytes(value: int, bitwidth: int) -> bytes:
-    """Canonical bytestring: no leading zero bytes, one byte for zero; two's complement
-    within `bitwidth` for negative numbers (the embedded registers hold signed sums)."""
-    value &= (1 << bitwidth) - 1
-    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+int_to_bytes = p4rt_bytes.int_to_bytes
 
 
 # ---- the committed program: P4Info indexed by id, checked against nina/p4spec.py ----

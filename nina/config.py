@@ -77,6 +77,22 @@ class JobSpec:
     def loss_q16(self) -> int:
         return min(65535, round(self.loss * 65536))
 
+    def table_entries(self) -> list[tuple[p4spec.Table, tuple[int, ...], tuple[int, ...]]]:
+        """The job's table entries (table, key, action params), in install order: per worker its
+        egress address and its admission, then the job entry last (the one that makes the job
+        live). Both the controller and the embedded pipeline install exactly these."""
+        smac, sip = mac_to_int(self.switch_mac), ip_to_int(self.switch_ip)
+        out: list[tuple[p4spec.Table, tuple[int, ...], tuple[int, ...]]] = []
+        for w in self.workers:
+            out.append((p4spec.WORKER_ADDR, (self.job_id, w.wid),
+                        (mac_to_int(w.mac), ip_to_int(w.ip), w.udp_port, smac, sip)))
+            out.append((p4spec.WORKER_TABLE,
+                        (self.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port), ()))
+        out.append((p4spec.JOB_TABLE, (self.job_id,),
+                    (self.n_workers, self.slot_base, self.slot_count, self.shift,
+                     int(self.encoding), int(bool(self.cm)), self.mcast_grp, self.loss_q16)))
+        return out
+
     def to_dict(self) -> dict:
         """JSON-style fields (encoding as its number), the form job messages and jobs files use."""
         from dataclasses import asdict

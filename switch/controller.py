@@ -30,7 +30,7 @@ from p4.v1 import p4runtime_pb2_grpc
 
 from nina import p4spec
 from nina.config import (SWITCH_MAC, JobSpec, WorkerAddr, int_to_mac,
-                         ip_to_int, mac_to_int, slots_overlap)
+                         mac_to_int, slots_overlap)
 from nina.decisions import Decision
 from nina.install_rounds import install_cells, install_rounds
 from nina.wire import CAPACITY, Encoding
@@ -314,7 +314,6 @@ class Controller:
         if spec.mcast_grp in self._groups():
             raise ControllerError(f"job {spec.job_id}: multicast group {spec.mcast_grp} "
                                   f"is already in use")
-        smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)
         done: list[tuple[p4spec.Table, tuple[int, ...]]] = []
         group_done = False
         try:
@@ -325,18 +324,11 @@ class Controller:
                     group.add(port, rid)
                 group.insert()
                 group_done = True
-            for w in spec.workers:
-                key = (spec.job_id, w.wid)
-                self._insert(p4spec.WORKER_ADDR, key, (mac_to_int(w.mac), ip_to_int(w.ip),
-                                                       w.udp_port, smac, sip))
-                done.append((p4spec.WORKER_ADDR, key))
-            for w in spec.workers:
-                key = (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port)
-                self._insert(p4spec.WORKER_TABLE, key, ())
-                done.append((p4spec.WORKER_TABLE, key))
-            self._insert(p4spec.JOB_TABLE, (spec.job_id,), (
-                spec.n_workers, spec.slot_base, spec.slot_count, spec.shift,
-                int(spec.encoding), int(spec.cm), spec.mcast_grp, spec.loss_q16))
+            *admission, (job_t, job_key, job_params) = spec.table_entries()
+            for table, key, params in admission:
+                self._insert(table, key, params)
+                done.append((table, key))
+            self._insert(job_t, job_key, job_params)    # last: the entry that makes it live
         except BaseException:
             with contextlib.suppress(Exception):
                 for table, key in reversed(done):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nina import p4spec
-from nina.config import JobSpec, ip_to_int, mac_to_int, slots_overlap
+from nina.config import JobSpec, slots_overlap
 from nina.decisions import N_DECISIONS, Decision
 from nina.install_rounds import install_cells, install_rounds
 from nina.wire import (ROUND_MOD, ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
@@ -502,22 +502,15 @@ class Pipeline:
             raise P4Error("ALREADY_EXISTS", f"job {spec.job_id}: multicast group "
                                             f"{spec.mcast_grp} is already in use")
         t = self.tables
-        smac, sip = mac_to_int(spec.switch_mac), ip_to_int(spec.switch_ip)
+        *admission, (job_t, job_key, job_params) = spec.table_entries()
         done: list[tuple[str, tuple]] = []
         self.write_mcast_group(spec.mcast_grp, spec.replicas())
         try:
-            for w in spec.workers:
-                for table, key, params in (
-                        (_ADDR_T, (spec.job_id, w.wid),
-                         (mac_to_int(w.mac), ip_to_int(w.ip), w.udp_port, smac, sip)),
-                        (_WORKER_T, (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port),
-                         None)):
-                    t.insert(table, key, params)
-                    done.append((table, key))
+            for table, key, params in admission:
+                t.insert(table.name, key, params or None)
+                done.append((table.name, key))
             firsts = self._install_slot_state(spec.slot_base, spec.slot_count)
-            t.insert(_JOB_T, (spec.job_id,),   # last: the entry that makes the job live
-                     (spec.n_workers, spec.slot_base, spec.slot_count, spec.shift,
-                      int(spec.encoding), int(bool(spec.cm)), spec.mcast_grp, spec.loss_q16))
+            t.insert(job_t.name, job_key, job_params)   # last: the entry that makes the job live
         except BaseException:
             for table, key in reversed(done):   # roll back: a refused job leaves no trace
                 t.delete(table, key)

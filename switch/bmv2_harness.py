@@ -15,15 +15,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from nina.p4build import BMV2_JSON_PATH, P4INFO_PATH
 from nina.procs import REPO as _REPO, free_port
 
 REPO = Path(_REPO)
 
 
-BMV2_JSON = REPO / "p4" / "build" / "nina.json"
+BMV2_JSON = Path(BMV2_JSON_PATH)
 
 
-BMV2_P4INFO = REPO / "p4" / "build" / "nina.p4info.txtpb"
+BMV2_P4INFO = Path(P4INFO_PATH)
 
 
 BMV2_MISSING = "simple_switch_grpc not on PATH (build p4lang/behavioral-model; see README)"

@@ -9,10 +9,10 @@ from pathlib import Path
 from nina.cli_types import grpc_address, nonnegative_int, port_number, switch_port
 from nina.config import DEFAULT_GRPC_ADDR, DEFAULT_SWITCH_IP, SWITCH_MAC, WorkerAddr
 from nina.wire import Encoding
+from nina.p4build import BMV2_JSON_PATH, P4INFO_PATH
 
-_P4_BUILD = Path(__file__).resolve().parents[1] / "p4" / "build"
-DEFAULT_P4INFO = _P4_BUILD / "nina.p4info.txtpb"
-DEFAULT_JSON = _P4_BUILD / "nina.json"
+DEFAULT_P4INFO = Path(P4INFO_PATH)
+DEFAULT_JSON = Path(BMV2_JSON_PATH)
 
 
 class UsageError(Exception):

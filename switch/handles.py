@@ -17,12 +17,10 @@ from typing import Callable, Protocol, runtime_checkable
 
 from nina.config import JobSpec
 from nina.jobmsg import JobAborted
+from nina.p4build import P4INFO_PATH
 from nina.procs import REPO, die_with_parent, free_port, how_it_ended, stop_process, tail
 
 
-# the P4Info the controller loads; NINA_P4INFO points elsewhere (e.g. a p4c output directory)
-P4INFO_PATH = os.environ.get("NINA_P4INFO") or os.path.join(REPO, "p4", "build",
-                                                             "nina.p4info.txtpb")
 
 
 def local_switch_unavailable() -> str | None:

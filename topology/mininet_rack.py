@@ -31,11 +31,7 @@ from topology.rackbase import RackBase, RackController, RackError
 from nina.procs import REPO, die_with_parent, free_port, stop_pid
 from topology.runenv import clean_leftovers, default_run_dir
 
-# p4c's outputs for p4/nina.p4; NINA_P4INFO / NINA_BMV2_JSON point elsewhere (another build).
-P4INFO_PATH = os.environ.get("NINA_P4INFO") or os.path.join(REPO, "p4", "build",
-                                                            "nina.p4info.txtpb")
-BMV2_JSON_PATH = os.environ.get("NINA_BMV2_JSON") or os.path.join(REPO, "p4", "build",
-                                                                  "nina.json")
+from nina.p4build import BMV2_JSON_PATH, P4INFO_PATH  # noqa: F401 (tests read them here)
 
 OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
 # BMv2 runs this program at a few hundred updates/s and queues everything (the coordination TCP

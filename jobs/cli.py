@@ -127,7 +127,7 @@ def cmd_allreduce(args) -> int:
     finally:
         switch.stop()
     problems = check_allreduce(folder, args.workers, args.calls, out.config["shift"], enc,
-                               args.cm)
+                               args.cm, seed=args.seed, size=args.size)
     print(f"{'worker':>6}{'call':>5}{'packets up':>11}{'down':>7}{'KB up':>9}{'KB down':>9}"
           f"{'retx':>6}{'ignored':>8}{'ms':>8}")
     for w, calls in sorted(out.per_worker.items()):

@@ -153,7 +153,8 @@ def test_allreduce_is_the_exact_sum_of_what_workers_sent(switch, tmp_path, job_i
     out = run_allreduce(n, switch, size=size, encoding=encoding, cm=cm, calls=calls,
                         loss=loss, seed=job_id, job_id=job_id, run_dir=str(tmp_path),
                         log=QUIET)
-    problems = check_allreduce(str(tmp_path), n, calls, out.config["shift"], encoding, cm)
+    problems = check_allreduce(str(tmp_path), n, calls, out.config["shift"], encoding, cm,
+                               seed=job_id, size=size)
     assert problems == []
     retx = sum(st["retransmissions"] for calls_ in out.per_worker.values() for st in calls_)
     if loss:

@@ -83,7 +83,8 @@ def test_impaired_links_give_the_lossless_result_and_never_double_count(switch, 
     assert link["dropped"] > 0 and link["duplicated"] > 0 and link["reordered"] > 0
     # exact: every worker got, bit for bit, the decoded sum of what all workers sent (with
     # C_M: one of the two neighbouring powers of two of that exact sum, identical everywhere)
-    problems = check_allreduce(run_dir, N, calls, out.config["shift"], encoding, cm)
+    problems = check_allreduce(run_dir, N, calls, out.config["shift"], encoding, cm, seed=3,
+                               size=size)
     assert problems == []
     # the counter proof: every (worker, round) was added exactly once, however many copies
     # of its update reached the switch (duplicates/retransmissions were consumed or answered)
@@ -190,12 +191,12 @@ def test_killed_worker_ends_its_job_naming_it_and_nothing_else(switch, tmp_path)
     by = outcome["bystander"]
     assert not isinstance(by, Exception), by
     assert check_allreduce(str(tmp_path / "bystander"), 2, 12, by.config["shift"],
-                           Encoding.NAT8, False) == []
+                           Encoding.NAT8, False, seed=0, size=20_000) == []
     # the switch is still up and takes a new job
     new = run_allreduce(N, switch, size=5_000, encoding=Encoding.INT32, calls=1, job_id=303,
                         run_dir=str(tmp_path / "after"), log=QUIET)
     assert check_allreduce(str(tmp_path / "after"), N, 1, new.config["shift"],
-                           Encoding.INT32, False) == []
+                           Encoding.INT32, False, seed=0, size=5_000) == []
 
 
 # ---- the switch process restarted mid-job -------------------------------------------------
@@ -243,4 +244,4 @@ def test_switch_restart_mid_job_recovers_or_fails_cleanly_never_wrong(tmp_path, 
         print(f"recovered after the restart with {retx} retransmissions")
         assert retx > 0
         assert check_allreduce(str(tmp_path / "job"), N, calls, out.config["shift"],
-                               encoding, cm) == []
+                               encoding, cm, seed=0, size=size) == []

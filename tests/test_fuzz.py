@@ -220,4 +220,4 @@ def test_100k_bad_packets_during_a_live_job(tmp_path):
     contrib = sum(counters.get(x, 0) for x in ("FIRST", "AGGREGATE", "COMPLETE"))
     assert contrib == N * CALLS * (chunks + min(32, chunks))
     assert check_allreduce(str(tmp_path / "job"), N, CALLS, out.config["shift"],
-                           Encoding.NAT8, False) == []
+                           Encoding.NAT8, False, seed=0, size=SIZE) == []

@@ -123,6 +123,6 @@ def test_two_jobs_at_once_are_both_exact(switch, tmp_path):
     for t in threads:
         t.join(180)
     assert not errors, errors
-    for job_id, n, enc, cm, _ in jobs:
+    for job_id, n, enc, cm, size in jobs:
         assert check_allreduce(str(tmp_path / str(job_id)), n, 10, out[job_id].config["shift"],
-                               enc, cm) == []
+                               enc, cm, seed=0, size=size) == []

@@ -81,3 +81,28 @@ def test_int32_round_trip_and_bounds():
 def test_check_finite_names_index():
     with pytest.raises(ValueError, match="index 2"):
         se.check_finite(np.array([1.0, 2.0, np.nan]))
+
+
+def test_int32_stochastic_rounding_is_unbiased():
+    """E[decode(encode(x))] = x for values between grid points: each rounds up with probability
+    equal to its fraction (a floor or round-to-nearest encoder fails this)."""
+    rng = np.random.default_rng(11)
+    s = headroom_shift(4)
+    eb = np.uint8(130)                                  # e_top = 4: unit = 2^(4 - s)
+    unit = np.ldexp(1.0, 4 - s)
+    frac = np.array([0.5, 0.3, -0.7, 5.25, -2.9, 0.0, 3.0, 0.01])
+    x = np.array([[15.0] + list(frac * unit)], np.float32)   # 15 fixes the block exponent
+    assert se.exponent_bytes(x)[0] == eb
+    scaled = x[0].astype(np.float64) / unit
+    reps = np.repeat(x, 200_000, axis=0)
+    q = se.int32_encode(reps, np.full(len(reps), eb), s, rng).astype(np.float64)
+    # every draw is one of the two neighbouring integers
+    assert ((q == np.floor(scaled)) | (q == np.ceil(scaled))).all()
+    mean, sem = q.mean(0), q.std(0, ddof=1) / np.sqrt(len(q))
+    random = sem > 0
+    assert random.sum() == 6                            # all but the integers 0 and 3
+    assert (np.abs(mean - scaled)[random] < 5 * sem[random]).all()
+    assert (mean[~random] == scaled[~random]).all()
+    # without a random source (rounding="nearest") it is round-to-nearest, deterministic
+    near = se.int32_encode(x, np.array([eb]), s, None)[0]
+    np.testing.assert_array_equal(near, np.rint(scaled))

@@ -81,7 +81,8 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
     finally:
         rack.reap_finished()
     wall = time.monotonic() - t0
-    problems = check_allreduce(run_dir, rack.n_workers, calls, out.config["shift"], enc, cm)
+    problems = check_allreduce(run_dir, rack.n_workers, calls, out.config["shift"], enc, cm,
+                               seed=seed, size=size)
     per_call = [max(out.per_worker[w][c]["seconds"] for w in out.per_worker)
                 for c in range(calls)]
     retx = sum(st["retransmissions"] for calls_ in out.per_worker.values() for st in calls_)

@@ -577,12 +577,34 @@ def v_single_worker() -> Vector:
     return v
 
 
+def v_result_part_boundary() -> Vector:
+    """NAT8 results without C_M come in parts of RESULT_PART_SUMS sums: a chunk of exactly one
+    part's count has one result packet per worker (no empty second part), one element more
+    has two; a retransmission reply repeats exactly those parts."""
+    spec = make_job(51, 2, Encoding.NAT8, slot_count=4)
+    rng = np.random.default_rng(51)
+    v = Vector("nat8_result_parts_at_the_part_boundary", (spec,))
+    for slot, count in enumerate((RESULT_PART_SUMS - 1, RESULT_PART_SUMS, RESULT_PART_SUMS + 1)):
+        vals = [payload_values(spec, rng, count) for _ in range(2)]
+        sums = exact_sums(spec, vals)
+        off = 256 * slot
+        v.steps += [Step(PORT, src(spec, 0), update(spec, 0, slot, vals[0], offset=off),
+                         D.FIRST),
+                    Step(PORT, src(spec, 1), update(spec, 1, slot, vals[1], offset=off),
+                         D.COMPLETE, results(spec, slot, 0, count, off, 120, sums)),
+                    Step(PORT, src(spec, 0), update(spec, 0, slot, vals[0], offset=off),
+                         D.RETRANSMIT_REPLY, results(spec, slot, 0, count, off, 120, sums,
+                                                     to=[0]))]
+        assert len(v.steps[-2].expect) == 2 * (1 if count <= RESULT_PART_SUMS else 2)
+    return v
+
+
 def all_vectors() -> list[Vector]:
     vs = [v_full_aggregation(e, n) for e in (Encoding.INT32, Encoding.NAT8) for n in (2, 3, 4)]
     vs += [v_out_of_order(), v_retransmit_before_completion(), v_retransmit_after_completion(),
            v_retransmit_after_other_worker_moved_on(), v_stale_duplicate(),
            v_copy_delayed_past_a_round(), v_reinstalled_job_drops_earlier_copy(), v_slot_reuse(),
-           v_cm(), v_two_jobs(), v_single_worker()]
+           v_cm(), v_two_jobs(), v_single_worker(), v_result_part_boundary()]
     vs += [v_drop(r) for r in DROP_REASONS]
     vs += [v_headroom(e) for e in (Encoding.NAT8, Encoding.INT32)]
     vs += [v_priming(e) for e in (Encoding.INT32, Encoding.NAT8)]

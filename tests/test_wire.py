@@ -135,6 +135,31 @@ def test_unpack_batch_names_bad_packet():
     assert e.value.field == "worker"
 
 
+
+@pytest.mark.parametrize("field,good,bad", [
+    ("worker", wire.MAX_WORKERS - 1, wire.MAX_WORKERS),
+    ("count", None, None),      # the encoding's capacity, and one more
+])
+@pytest.mark.parametrize("enc", list(Encoding))
+def test_batch_and_single_packet_checks_agree_at_the_boundaries(field, good, bad, enc):
+    """The last valid value of a field is accepted and the first invalid one refused, by the
+    batch path and the single-packet path alike."""
+    if field == "count":
+        good, bad = wire.CAPACITY[enc], wire.CAPACITY[enc] + 1
+    batch = wire.empty_batch(2, MsgType.UPDATE, enc)
+    batch["hdr"][field][1] = good
+    back = wire.unpack_batch(wire.pack_batch(batch), MsgType.UPDATE, enc)
+    assert back["hdr"][field][1] == good
+    assert getattr(wire.parse_packet(wire.pack_batch(batch)[1])[0], field) == good
+    batch["hdr"][field][1] = bad
+    pkts = wire.pack_batch(batch)
+    with pytest.raises(BadField, match="packet 1") as e:
+        wire.unpack_batch(pkts, MsgType.UPDATE, enc)
+    assert e.value.field == field
+    with pytest.raises(BadField) as e:
+        wire.parse_packet(pkts[1])
+    assert e.value.field == field
+
 def test_headroom():
     for n in range(1, 33):
         s = wire.headroom_shift(n)

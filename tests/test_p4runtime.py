@@ -247,6 +247,28 @@ def test_job_errors_are_one_line_controller_errors(clean):
     assert [j.job_id for j in ctl.show_jobs()] == [1]
 
 
+
+def test_install_failing_half_way_leaves_nothing_of_it(clean, switch):
+    """The last worker's admission entry is already there (put in behind the controller's
+    back): the install fails after the multicast group, every egress entry and the other
+    admissions went in, and rolls all of those back. The entry it did not write stays."""
+    from switch.controller import ControllerError
+    ctl, (_, pipeline) = clean, switch
+    spec = _spec()
+    w = spec.workers[-1]
+    squatter = (spec.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port)
+    ctl._insert(p4spec.WORKER_TABLE, squatter, ())
+    with pytest.raises(ControllerError, match="ALREADY_EXISTS"):
+        ctl.install_job(spec)
+    assert _entries(pipeline, p4spec.JOB_TABLE.name) == {}
+    assert _entries(pipeline, p4spec.WORKER_ADDR.name) == {}
+    assert list(_entries(pipeline, p4spec.WORKER_TABLE.name)) == [squatter]
+    assert list(ctl.sh.MulticastGroupEntry(0).read()) == []
+    # with the squatter gone the same job installs: nothing of the first attempt is in the way
+    ctl._delete(p4spec.WORKER_TABLE, squatter)
+    ctl.install_job(spec)
+    assert ctl.show_jobs() == [spec]
+
 def test_install_resets_only_the_jobs_slot_state(clean, switch):
     ctl, (_, pipeline) = clean, switch
     spec = _spec(base=200, count=4)
@@ -507,6 +529,28 @@ def test_arbitration_higher_election_id_takes_over(ctl, switch):
             time.sleep(0.05)
     ctl.remove_forward("02:00:00:00:00:f1")
 
+
+
+def test_an_election_id_already_held_is_invalid_argument(ctl, switch):
+    """A second client asking for the controller's own election id is refused (P4Runtime
+    spec 5.3): the stream ends with INVALID_ARGUMENT, and the controller stays primary."""
+    server, _ = switch
+
+    def requests():
+        req = p4rt.StreamMessageRequest()
+        req.arbitration.device_id = 0
+        req.arbitration.election_id.high, req.arbitration.election_id.low = ELECTION
+        yield req
+        time.sleep(5)   # keep the stream open: the server must end it
+
+    with grpc.insecure_channel(server.addr) as ch:
+        stream = p4runtime_pb2_grpc.P4RuntimeStub(ch).StreamChannel(requests(), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            next(stream)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Election id already exists" in err.value.details()
+    ctl.set_forward("02:00:00:00:00:f2", 1)      # still the primary
+    ctl.remove_forward("02:00:00:00:00:f2")
 
 # ---- the CLI as a user runs it (separate process; election id 0,2 beside the fixture's) ----
 

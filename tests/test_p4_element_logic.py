@@ -4,6 +4,9 @@ p4/gen_p4.py emits each element's statements (NAT8 code -> +-(1 << (S - o)) and 
 rounding to a code) from small functions. This test runs those exact statements through a tiny
 interpreter of the P4 expression subset they use (unsigned bit<W> arithmetic, slices, ternary,
 concatenation; p4c's operator precedence) and compares with nina.wire's reference functions.
+The SlotState and JobAdmission controls run as whole apply blocks against the embedded switch
+(switch/pipeline.py) on the same packets, so the P4 program's decisions are checked without
+BMv2.
 """
 from __future__ import annotations
 
@@ -412,3 +415,115 @@ def test_slot_state_decides_as_the_embedded_switch(gen):
         if n > 1:
             wanted |= {Decision.FIRST}
         assert wanted <= decisions, (n, decisions)
+
+
+class AdmissionMachine(BlockMachine):
+    """BlockMachine plus JobAdmission's table applies (from the job and admission entries a
+    controller would write) and its loss draw."""
+
+    def __init__(self, widths, values, consts, jobs, admitted, loss_draw, job_params):
+        super().__init__(widths, values, consts, {})
+        self.jobs, self.admitted, self.loss_draw = jobs, admitted, loss_draw
+        self.job_params = job_params
+
+    def run(self, items):
+        for item in items:
+            st = item[1] if item[0] == "stmt" else None
+            if st == "job_table.apply();":
+                params = self.jobs.get(self.env["hdr.nina.job"][0])
+                if params is not None:
+                    self.env["meta.job_hit"] = (1, 1)
+                    for (name, bits), v in zip(self.job_params, params):
+                        self.env[f"meta.{name}"] = (v, bits)
+            elif st == "worker_table.apply();":
+                key = tuple(self.env[f][0] for f in (
+                    "hdr.nina.job", "hdr.nina.worker", "standard_metadata.ingress_port",
+                    "hdr.ipv4.srcAddr", "hdr.udp.srcPort"))
+                if key in self.admitted:
+                    self.env["meta.admitted"] = (1, 1)
+            elif st is not None and st.startswith("random(meta.loss_draw,"):
+                self.env["meta.loss_draw"] = (self.loss_draw, 16)
+            else:
+                super().run([item])
+
+
+def test_job_admission_decides_as_the_embedded_switch(gen):
+    """The generated JobAdmission (every drop check, the capacities, the worker limit, the
+    job and admission tables) run on random headers at the field boundaries gives the embedded
+    switch's decision: its drop reason, or acceptance when the embedded switch goes on to the
+    slot state. A capacity or limit constant off by one in the generator fails here."""
+    from nina import p4spec
+    from nina.config import JobSpec, WorkerAddr, ip_to_int
+    from nina.decisions import Decision
+    from switch.pipeline import PacketIn, Pipeline
+
+    text = _apply_block(gen.admission_control()).replace("hdr.nina.isValid()", "hdr.nina.valid")
+    items = _statements(text)
+    consts = {**_consts(gen), "error.NoError": (0, 8)}
+    widths = {**{f"hdr.nina.{n}": b for n, b in gen.NINA},
+              **{f"hdr.udp.{n}": b for n, b in gen.UDP},
+              **{f"meta.{n}": b for n, b in gen.JOB_PARAMS},
+              "hdr.nina.valid": 1, "hdr.ipv4.ihl": 4, "hdr.ipv4.totalLen": 16,
+              "hdr.ipv4.flags": 3, "hdr.ipv4.fragOffset": 13, "hdr.ipv4.srcAddr": 32,
+              "standard_metadata.parser_error": 8, "standard_metadata.packet_length": 32,
+              "standard_metadata.ingress_port": 9, "meta.job": 16, "meta.job_hit": 1,
+              "meta.admitted": 1, "meta.accepted": 1, "meta.decision": 8, "meta.loss_draw": 16}
+    ip = "127.0.0.1"
+    specs = [JobSpec(3, 2, wire.Encoding.NAT8, slot_base=8, slot_count=4,
+                     workers=tuple(WorkerAddr(w, ip, 6000 + w) for w in range(2))),
+             JobSpec(4, 32, wire.Encoding.INT32, slot_base=16, slot_count=2,
+                     workers=tuple(WorkerAddr(w, ip, 7000 + w) for w in range(32)))]
+    pipe = Pipeline(pool_slots=p4spec.POOL_SLOTS, seed=1)
+    jobs, admitted = {}, set()
+    for s in specs:
+        pipe.install_job(s)
+        jobs[s.job_id] = (s.n_workers, s.slot_base, s.slot_count, s.shift, int(s.encoding),
+                          int(s.cm), s.mcast_grp, s.loss_q16)
+        admitted |= {(s.job_id, w.wid, w.port, ip_to_int(w.ip), w.udp_port) for w in s.workers}
+    # boundary values per field (then random ones); the sender is a registered worker mostly
+    pick = {"version": [wire.VERSION, wire.VERSION + 1, 0],
+            "msg_type": [wire.MsgType.UPDATE, wire.MsgType.RESULT, 0, 3],
+            "encoding": [0, 1, 2],
+            "job": [3, 4, 5],
+            "worker": [0, 1, 2, 31, 32, 33],
+            "count": [0, 63, 64, 65, 127, 128, 255, 256, 257],
+            "slot": [0, 1, 2, 3, 4, 0xFFFF]}
+    update_len = wire.HEADER_LEN + gen.UPDATE_PAYLOAD_LEN
+    rng = np.random.default_rng(9)
+    seen = set()
+    for step in range(3000):
+        f = {k: int(v[rng.integers(len(v))]) for k, v in pick.items()}
+        f["flags"] = int(rng.integers(256))
+        if rng.random() < 0.1:
+            f["worker"] = int(rng.integers(256))
+        h = np.zeros((), wire.HEADER_DTYPE)
+        for k, v in f.items():
+            h[k] = v
+        nbytes = update_len if rng.random() < 0.9 else int(rng.choice([10, 16, 271, 273]))
+        raw = (h.tobytes() + bytes(gen.UPDATE_PAYLOAD_LEN))[:nbytes].ljust(nbytes, b"\0")
+        port = (6000 if f["job"] == 3 else 7000) + f["worker"] % 40
+        if rng.random() < 0.1:
+            port += 100                                  # not a registered source
+        before = pipe.counters_packets.copy()
+        pipe.process(PacketIn(0, ip_to_int(ip), port, raw))
+        want = Decision(int(np.flatnonzero(pipe.counters_packets != before)[0]))
+        parsed = nbytes >= update_len
+        values = {**{f"hdr.nina.{k}": v for k, v in f.items()}, "hdr.nina.valid": int(parsed),
+                  "hdr.udp.length": 8 + nbytes, "hdr.udp.srcPort": port,
+                  "hdr.ipv4.ihl": 5, "hdr.ipv4.totalLen": 28 + nbytes,
+                  "hdr.ipv4.srcAddr": ip_to_int(ip),
+                  "standard_metadata.parser_error": 0 if parsed else 1,
+                  "standard_metadata.packet_length": 42 + nbytes,
+                  "meta.decision": int(Decision.FORWARDED)}
+        m = AdmissionMachine(widths, values, consts, jobs, admitted, 0xFFFF, gen.JOB_PARAMS)
+        m.run(items)
+        if want.name.startswith("DROP_") and want != Decision.DROP_DUPLICATE:
+            got = Decision(m.env["meta.decision"][0])
+            assert (got, m.env["meta.accepted"][0]) == (want, 0), (step, f, nbytes, port)
+        else:   # accepted: the slot state decides
+            assert m.env["meta.accepted"][0] == 1, (step, f, nbytes, port, want.name)
+            want = "ACCEPTED"
+        seen.add(want)
+    drops = {d for d in Decision if d.name.startswith("DROP_")} - \
+        {Decision.DROP_DUPLICATE, Decision.DROP_INJECTED}
+    assert drops | {"ACCEPTED"} <= seen, sorted(map(str, drops - seen))

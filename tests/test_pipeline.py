@@ -446,8 +446,14 @@ def test_any_bytes_are_counted_never_raised(data, port, registered_source):
     w = spec.workers[0]
     src = (ip_to_int(w.ip), w.udp_port) if registered_source else (1, 2)
     outs = p.process(PacketIn(port, src[0], src[1], data))
-    assert isinstance(outs, list)
+    assert outs == []                 # one packet of a 2-worker job can never complete a slot
     assert p.counters_packets.sum() == 1
+    decision = int(np.argmax(p.counters_packets))
+    bitmaps = [p.read_register(p4spec.REG_BITMAP, i) for i in range(2 * 16)]
+    if decision == D.FIRST:           # admitted: exactly its worker's bit in one slot version
+        assert sorted(bitmaps, reverse=True)[:2] == [1 << Header.unpack(data).worker, 0]
+    else:                             # dropped: no register touched
+        assert decision in {d for d in D if d.name.startswith("DROP_")} and not any(bitmaps)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])

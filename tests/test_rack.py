@@ -146,11 +146,9 @@ def test_mininet_rack_allreduce_exact_through_the_switch(tmp_path):
     rack = MininetRack(4, LinkShape(), run_dir=str(tmp_path), pcap=True, log=print)
     with rack:
         pids = _rack_pids(rack)
-        if shutil.which("ping"):
-            ok, tried = rack.pingall()
-            assert (ok, tried) == (20, 20)        # plain forwarding by MAC between all hosts
-        else:
-            print("ping not installed (iputils-ping): pingall not checked")
+        assert shutil.which("ping"), "no ping: iputils-ping is in the Makefile's APT_PACKAGES"
+        ok, tried = rack.pingall()
+        assert (ok, tried) == (20, 20)            # plain forwarding by MAC between all hosts
         rep = run_allreduce(rack, size=100_000, encoding="nat8", log=print)
         print(rep.summary())
         assert rep.exact, rep.problems
@@ -160,11 +158,15 @@ def test_mininet_rack_allreduce_exact_through_the_switch(tmp_path):
         assert c["COMPLETE"][0] > 0 and c["FORWARDED"][0] > 0, c
         rep2 = run_allreduce(rack, size=5_000, encoding="int32", log=print)
         assert rep2.exact, rep2.problems
+        completes = rack.controller.read_counters()["COMPLETE"][0]
         pids += [p.pid for p in rack._procs.values()]
     _assert_gone(pids, before)
-    trace = tmp_path / "switch.trace"
-    if trace.exists():
-        assert trace.stat().st_size > 0
+    # tracing is on by default: the switch traced the jobs' rounds, completions included
+    from nina.decisions import Decision
+    from switch.trace_file import read_all
+    recs = read_all(tmp_path / "switch.trace")
+    assert (recs["decision"] == Decision.COMPLETE).sum() == completes, \
+        "every completion the switch counted is in its trace"
     pcaps = sorted((tmp_path / "pcap").glob("s1-eth*.pcap"))
     assert [p.name for p in pcaps] == [f"s1-eth{i}.pcap" for i in range(1, 6)]
     assert all(p.stat().st_size > 24 for p in pcaps)   # more than the pcap header

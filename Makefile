@@ -20,7 +20,7 @@ DELAY ?=
 LOSS ?=
 RACK_LINKS = $(if $(BW),--bw $(BW)) $(if $(DELAY),--delay $(DELAY)) $(if $(LOSS),--loss $(LOSS))
 
-.PHONY: help venv sysdeps demo test bench p4 clean rack train trace
+.PHONY: help venv sysdeps demo test bench p4 clean rack train trace mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -64,6 +64,17 @@ train: venv  ## a training job on a fresh rack, then teardown: COMPRESSOR, MODEL
 test: venv  ## all tests
 	$(BIN)/python -m pytest -ra -q
 
+MUTATE_VENV := .venv-mutate
+MUTATE ?=
+# cosmic-ray from pyproject.toml's `mutate` extra, in its own venv (see the comment there)
+$(MUTATE_VENV)/.installed: pyproject.toml
+	@test -x $(MUTATE_VENV)/bin/python || $(PY) -m venv $(MUTATE_VENV)
+	$(MUTATE_VENV)/bin/pip install -q $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["mutate"]))')
+	@touch $@
+
+mutate: venv $(MUTATE_VENV)/.installed  ## mutation testing of the core modules (slow, not in CI): MUTATE="wire encodings ..." (docs/testing.md)
+	$(BIN)/python tests/mutation/mutate.py $(MUTATE)
+
 bench: venv  ## headline measurements: regenerates bench/REPORT.md and its plots (long)
 	$(BIN)/python bench/report.py
 
@@ -77,4 +88,4 @@ p4-compile:
 	p4c --target bmv2 --arch v1model -o p4/build --p4runtime-files p4/build/nina.p4info.txtpb p4/nina.p4
 
 clean:  ## remove the venv, caches and run folders (of this checkout only)
-	cd "$(REPO)" && rm -rf -- .venv .pytest_cache .hypothesis runs build *.egg-info
+	cd "$(REPO)" && rm -rf -- .venv .venv-mutate .pytest_cache .hypothesis runs build *.egg-info

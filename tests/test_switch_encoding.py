@@ -106,3 +106,56 @@ def test_int32_stochastic_rounding_is_unbiased():
     # without a random source (rounding="nearest") it is round-to-nearest, deterministic
     near = se.int32_encode(x, np.array([eb]), s, None)[0]
     np.testing.assert_array_equal(near, np.rint(scaled))
+
+
+def test_blocks_at_the_bottom_of_the_float_range():
+    """An all-zero block (exponent byte 0) sends only zero codes; a block topped by the
+    smallest normal float (byte 1) sends its powers, not zeros."""
+    rng = np.random.default_rng(0)
+    s = headroom_shift(2)
+    zeros = np.zeros((1, 8), np.float32)
+    assert se.exponent_bytes(zeros)[0] == 0
+    assert (se.nat8_encode(zeros, np.array([0]), s, rng) == NAT8_ZERO).all()
+    tiny = np.array([[np.finfo(np.float32).tiny, -np.finfo(np.float32).tiny, 0.0]], np.float32)
+    eb = se.exponent_bytes(tiny)
+    assert eb[0] == 1
+    codes = se.nat8_encode(tiny, eb, s, rng)
+    # 2^-126 is exactly a power: o = e_top - e = 1, deterministic; its sign in bit 7
+    assert codes[0].tolist() == [1, 0x80 | 1, NAT8_ZERO]
+    np.testing.assert_array_equal(_values(codes, eb, s)[0], tiny[0])
+
+
+class _FixedNoise:
+    """A stand-in random source for the bit trick: integers() gives fixed mantissa noise,
+    random() a fixed uniform (unit test of the arithmetic around the generator)."""
+
+    def __init__(self, noise: int, uniform: float = 0.5):
+        self.noise, self.uniform = noise, uniform
+
+    def integers(self, lo, hi, size, dtype):
+        return np.full(size, self.noise, dtype)
+
+    def random(self, shape):
+        return np.full(shape, self.uniform)
+
+
+def test_natural_rounding_bit_trick_carries_exactly():
+    """x = 1 + 2^-23 rounds up to 2 exactly when noise + mantissa reaches 2^23: noise 2^23 - 1
+    carries (every mantissa bit counts), noise 2^23 - 2 does not."""
+    s = headroom_shift(1)
+    x = np.array([[np.float32(1) + np.float32(2.0 ** -23), 2.0]], np.float32)
+    eb = se.exponent_bytes(x)                          # e_top = 2
+    up = se.nat8_encode(x, eb, s, _FixedNoise((1 << 23) - 1))
+    down = se.nat8_encode(x, eb, s, _FixedNoise((1 << 23) - 2))
+    assert _values(up, eb, s)[0, 0] == 2.0 and _values(down, eb, s)[0, 0] == 1.0
+
+
+def test_exponent_bytes_of_a_vector_and_of_stacked_blocks():
+    assert se.exponent_bytes(np.array([0.5, -3.0], np.float32)) == 128
+    blocks = np.array([[[1.0, 0], [0, 4.0]], [[0.25, 0], [0, 0]]], np.float32)
+    assert se.exponent_bytes(blocks).tolist() == [[127, 129], [125, 0]]
+
+
+def test_check_finite_names_the_first_bad_index():
+    with pytest.raises(ValueError, match="inf at flat index 1"):
+        se.check_finite(np.array([1.0, np.inf, np.nan]))

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -95,12 +96,14 @@ def config_text(module: str, tests: list[str], timeout: float) -> str:
     ])
 
 
-def run_target(name: str, work: Path, out: Path, timeout: float, log, bindir: Path) -> dict:
+def run_target(name: str, work: Path, out: Path, timeout: float, log, bindir: Path,
+               resume: bool = False) -> dict:
     module, tests = TARGETS[name]
     cfg = out / f"{name}.toml"
     session = out / f"{name}.sqlite"
     cfg.write_text(config_text(module, tests, timeout))
-    if session.exists():
+    fresh = not (resume and session.exists())
+    if fresh and session.exists():
         session.unlink()
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -108,9 +111,10 @@ def run_target(name: str, work: Path, out: Path, timeout: float, log, bindir: Pa
         return subprocess.run([str(bindir / args[0]), *args[1:]], cwd=work, env=env,
                               capture_output=True, text=True, check=check)
     t0 = time.monotonic()
-    cr("cosmic-ray", "init", str(cfg), str(session))
-    cr("cr-filter-operators", str(session), str(cfg))
-    cr("cr-filter-pragma", str(session))
+    if fresh:
+        cr("cosmic-ray", "init", str(cfg), str(session))
+        cr("cr-filter-operators", str(session), str(cfg))
+        cr("cr-filter-pragma", str(session))
     base = cr("cosmic-ray", "baseline", str(cfg), check=False)
     if base.returncode != 0:
         raise RuntimeError(f"{name}: the tests fail without any mutant ({' '.join(tests)}); "
@@ -153,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tool-venv", default=str(REPO / ".venv-mutate"),
                     help="the venv holding cosmic-ray (default .venv-mutate; make mutate "
                          "builds it); the tests run with this script's Python")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the targets' sessions in --out where an earlier run stopped "
+                         "(mutants not yet run), instead of starting them afresh")
     ap.add_argument("--list", action="store_true", help="list the targets and their tests")
     a = ap.parse_args(argv)
     if a.list:
@@ -170,13 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"pyproject.toml's `mutate` extra")
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (a timeout, a stopped make) ends like Ctrl-C: the running cosmic-ray is killed
+    # and the copy removed; a later --resume goes on from the sessions
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
     with tempfile.TemporaryDirectory(prefix="nina-mutate-") as tmp:
         work = Path(tmp)
         copy_checkout(work)
         for name in a.targets or list(TARGETS):
             try:
-                c = run_target(name, work, out, a.timeout, print, bindir)
+                c = run_target(name, work, out, a.timeout, print, bindir, a.resume)
             except (RuntimeError, subprocess.CalledProcessError) as e:
                 text = getattr(e, "stderr", "") or str(e)
                 return fail(text.strip().splitlines()[-1] if text.strip() else str(e))

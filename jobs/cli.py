@@ -144,5 +144,6 @@ def cmd_allreduce(args) -> int:
         return 1
     print(f"EXACT: {what}, {args.calls} calls: every result equals "
           + ("the C_M rounding (a neighbouring power of two) of " if args.cm else "")
-          + f"the exact sum of what the workers sent (run folder {folder})")
+          + "the exact sum of what the workers sent, and lies within the encoding's error "
+          + f"bound of the sum of their inputs, unbiased (run folder {folder})")
     return 0

@@ -55,8 +55,10 @@ def register(subparsers) -> None:
     a = subparsers.add_parser(
         "allreduce", help="all-reduce random tensors through the switch and check the sums",
         description="n worker processes all-reduce seeded random tensors through the switch; "
-                    "every result is checked against the exact sum of what the workers sent "
-                    "(bit for bit; with C_M: a neighbouring power of two of it).")
+                    "every result is checked against the sum of the workers' inputs (rebuilt "
+                    "from --seed; within the encoding's error bound, unbiased) and against the "
+                    "exact sum of what the workers sent (bit for bit; with C_M: a neighbouring "
+                    "power of two of it). docs/testing.md gives the bounds.")
     a.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
     a.add_argument("--size", type=positive_int, default=100_000, help="elements per tensor")
     a.add_argument("--encoding", choices=["nat8", "int32"], default="nat8")

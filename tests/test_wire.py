@@ -160,6 +160,24 @@ def test_batch_and_single_packet_checks_agree_at_the_boundaries(field, good, bad
         wire.parse_packet(pkts[1])
     assert e.value.field == field
 
+
+def test_batch_of_another_message_type_is_refused():
+    """An INT32 update has the size of an INT32 result: only the type field tells them apart,
+    in either direction."""
+    for sent, expected in ((MsgType.UPDATE, MsgType.RESULT), (MsgType.RESULT, MsgType.UPDATE)):
+        batch = wire.empty_batch(2, sent, Encoding.INT32)
+        with pytest.raises(BadField) as e:
+            wire.unpack_batch(wire.pack_batch(batch), expected, Encoding.INT32)
+        assert e.value.field == "msg_type"
+
+
+def test_empty_batch_defaults_to_no_flags_and_ver_is_the_low_flag_bit():
+    assert (wire.empty_batch(3, MsgType.UPDATE, Encoding.NAT8)["hdr"]["flags"] == 0).all()
+    for rnd in (0, 1, 2, 3, 126, 127):
+        for cm in (0, FLAG_CM):
+            h = Header(flags=wire.round_flags(rnd) | cm)
+            assert (h.ver, h.round) == (rnd & 1, rnd)
+
 def test_headroom():
     for n in range(1, 33):
         s = wire.headroom_shift(n)
@@ -189,6 +207,19 @@ def test_cm_codes_are_neighbouring_powers(sums, seed):
     pw = np.where(nz, vals, 0)
     assert (wire.cm_codes_to_int(wire.int_to_cm_codes(pw, u ^ 0xFFFFFFFF)) == pw).all()
 
+
+
+@pytest.mark.parametrize("u", [0, 0xFFFFFFFF, 0x55555555])
+def test_cm_of_every_power_of_two_is_itself(u):
+    """2^p and -2^p (p = 0..30) are fixed points of C_M for any random draw, the extreme
+    draws included (a retransmission reply re-encodes the written-back powers)."""
+    pw = np.array([1 << p for p in range(31)] + [-(1 << p) for p in range(31)], np.int64)
+    codes = wire.int_to_cm_codes(pw, np.full(pw.size, u, np.uint64))
+    np.testing.assert_array_equal(wire.cm_codes_to_int(codes), pw)
+    # and the rounding probability is the remaining fraction exactly: 3 = 2 + 1 rounds up
+    # to 4 iff the draw's low bit is below 1, i.e. is 0
+    three = np.full(2, 3, np.int64)
+    assert wire.cm_codes_to_int(wire.int_to_cm_codes(three, np.array([0, 1]))).tolist() == [4, 2]
 
 def test_cm_unbiased():
     x = np.full(200_000, 3 * 2**20 + 12345, np.int64)

@@ -258,3 +258,67 @@ def test_result_parts_split_only_nat8_sums(encoding, flags, count, want):
     assert wire.result_part_count(count, parts, encoding, flags) is None
     # a result part never grows the 256-byte update by more than BMv2's 512 bytes
     assert wire.payload_layout(MsgType.RESULT, encoding, flags).nbytes - 256 <= 512
+
+
+def test_plain_int_encodings_and_the_default_flags():
+    """The codec functions take the encoding as a plain int (as it comes off the wire) and
+    their flags default to none."""
+    assert wire.result_parts(1) == wire.result_parts(Encoding.NAT8) == 2
+    assert wire.result_parts(1, FLAG_CM) == wire.result_parts(0) == 1
+    assert wire.result_part_count(200, 1, 1) == 72
+    assert wire.payload_layout(MsgType.RESULT, 1).capacity == wire.RESULT_PART_SUMS
+    assert Header().flags == 0 and Header().ver == 0
+
+
+@pytest.mark.parametrize("worker", [32, 33, 255])
+def test_every_worker_id_beyond_the_bitmap_is_refused(worker):
+    with pytest.raises(BadField) as e:
+        Header(worker=worker).pack()
+    assert e.value.field == "worker"
+
+
+def test_payload_padding_is_the_zero_element_of_its_type():
+    """Unused payload elements are zero codes (0x7F) in NAT8 payloads and 0 in int32 ones,
+    for one packet and for a batch."""
+    nat8 = wire.pack_packet(Header(count=2), np.array([1, 2], np.uint8))
+    assert nat8[wire.HEADER_LEN + 2:] == bytes([wire.NAT8_ZERO]) * 254
+    i32 = wire.pack_packet(Header(encoding=Encoding.INT32, count=1), np.array([5]))
+    assert i32[wire.HEADER_LEN + 4:] == bytes(252)
+    assert (wire.empty_batch(2, MsgType.UPDATE, Encoding.NAT8)["payload"] == wire.NAT8_ZERO).all()
+    assert (wire.empty_batch(2, MsgType.UPDATE, Encoding.INT32)["payload"] == 0).all()
+    assert (wire.empty_batch(2, MsgType.RESULT, Encoding.NAT8)["payload"] == 0).all()
+
+
+@pytest.mark.parametrize("cm", [0, FLAG_CM])
+def test_batches_carry_any_round_and_refuse_the_other_cm_kind(cm):
+    batch = wire.empty_batch(wire.ROUND_MOD, MsgType.RESULT, Encoding.NAT8, cm)
+    batch["hdr"]["flags"] = [wire.round_flags(r) | cm for r in range(wire.ROUND_MOD)]
+    back = wire.unpack_batch(wire.pack_batch(batch), MsgType.RESULT, Encoding.NAT8, cm)
+    assert [wire.round_of(f) for f in back["hdr"]["flags"]] == list(range(wire.ROUND_MOD))
+    # a packet whose C_M bit disagrees with the kind asked for (updates: same size either way)
+    batch = wire.empty_batch(2, MsgType.UPDATE, Encoding.NAT8, cm)
+    batch["hdr"]["flags"][1] ^= FLAG_CM
+    with pytest.raises(BadField) as e:
+        wire.unpack_batch(wire.pack_batch(batch), MsgType.UPDATE, Encoding.NAT8, cm)
+    assert e.value.field == "flags"
+
+
+@pytest.mark.parametrize("field,value,enc", [("version", 0, Encoding.NAT8),
+                                             ("version", 2, Encoding.NAT8),
+                                             ("encoding", 0, Encoding.NAT8),
+                                             ("encoding", 1, Encoding.INT32)])
+def test_batch_refuses_a_lower_or_higher_version_or_encoding(field, value, enc):
+    """INT32 and NAT8 updates have the same size: only the encoding field tells them apart."""
+    batch = wire.empty_batch(2, MsgType.UPDATE, enc)
+    batch["hdr"][field][1] = value
+    with pytest.raises(BadField, match="packet 1") as e:
+        wire.unpack_batch(wire.pack_batch(batch), MsgType.UPDATE, enc)
+    assert e.value.field == field
+
+
+def test_batch_refuses_a_packet_of_the_wrong_size():
+    good = wire.pack_batch(wire.empty_batch(2, MsgType.UPDATE, Encoding.NAT8))
+    with pytest.raises(TruncatedPacket, match="packet 1"):
+        wire.unpack_batch([good[0], good[1][:-1]], MsgType.UPDATE, Encoding.NAT8)
+    with pytest.raises(BadField, match="packet 0"):
+        wire.unpack_batch([good[0] + b"\0", good[1]], MsgType.UPDATE, Encoding.NAT8)

@@ -122,11 +122,14 @@ def run_target(name: str, work: Path, out: Path, timeout: float, log, bindir: Pa
     log(f"{name}: {module} against {' '.join(tests)}")
     cr("cosmic-ray", "exec", str(cfg), str(session))
     dump = cr("cosmic-ray", "dump", str(session)).stdout
-    counts = {"mutants": 0, "killed": 0, "survived": 0, "incompetent": 0}
+    counts = {"mutants": 0, "killed": 0, "survived": 0, "incompetent": 0, "filtered": 0}
     survivors = []
     for line in dump.splitlines():
         item, result = json.loads(line)
         if result is None:
+            continue
+        if result.get("worker_outcome") == "skipped":   # an EXCLUDED_OPERATORS mutant
+            counts["filtered"] += 1
             continue
         counts["mutants"] += 1
         outcome = result.get("test_outcome")
@@ -191,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 text = getattr(e, "stderr", "") or str(e)
                 return fail(text.strip().splitlines()[-1] if text.strip() else str(e))
             rows.append((name, c))
-            print(f"  {c['mutants']} mutants: {c['killed']} killed, {c['survived']} survived, "
-                  f"{c['incompetent']} incompetent ({c['seconds']:.0f} s)")
+            print(f"  {c['mutants']} mutants run: {c['killed']} killed, {c['survived']} "
+                  f"survived, {c['incompetent']} incompetent (broke the run itself); "
+                  f"{c['filtered']} of excluded operators not run ({c['seconds']:.0f} s)")
     print(f"\n{'target':12}{'mutants':>9}{'killed':>8}{'survived':>10}{'score':>8}")
     for name, c in rows:
         score = c["killed"] / max(1, c["killed"] + c["survived"])

@@ -54,6 +54,13 @@ def test_nat8_rejects_broken_exponent_agreement():
     x = np.array([[8.0]], np.float32)
     with pytest.raises(ValueError, match="agreed exponent"):
         se.nat8_encode(x, np.array([120]), 20, np.random.default_rng(0))
+    # one power above the block's top (offset -1) is refused too, never sent as a zero code
+    with pytest.raises(ValueError, match="agreed exponent"):
+        se.nat8_encode(np.array([[4.0]], np.float32), np.array([127]), 20,
+                       np.random.default_rng(0))
+    # the top itself is fine: 2.0 has offset 0 against byte 127 (1.5's)
+    assert se.nat8_encode(np.array([[2.0]], np.float32), np.array([127]), 20,
+                          np.random.default_rng(0))[0, 0] == 0
 
 
 def test_nat8_zero_negative_zero_subnormal():

@@ -376,16 +376,25 @@ def test_slot_state_decides_as_the_embedded_switch(gen):
         workers = tuple(WorkerAddr(w, "127.0.0.1", 5000 + w) for w in range(n))
         spec = JobSpec(1, n, wire.Encoding.INT32, slot_base=base, slot_count=2, workers=workers)
         pipe = Pipeline(pool_slots=8, seed=1)
-        pipe.install_job(spec)
-        regs: dict = {}
-        nxt = [124] * n            # each worker's next round; they wrap past 127
+        # an earlier installation left the slot after rounds 121/122: this one starts at 124
+        # (nina.install_rounds), so the rounds wrap past 127 early
+        for ver, rnd in ((0, 122), (1, 121)):
+            pipe.write_register(p4spec.REG_COUNT, (base + slot) * 2 + ver, 1)
+            pipe.write_register(p4spec.REG_ROUND, (base + slot) * 2 + ver, rnd)
+        first = pipe.install_job(spec)[slot]
+        assert first == 124
+        # the P4 side starts from the slot state the install wrote (nina.install_rounds)
+        regs = {(local, (base + slot) * 2 + ver): pipe.read_register(full, (base + slot) * 2 + ver)
+                for ver in (0, 1) for local, full in names.items()}
+        nxt = [first] * n          # each worker's next round; they wrap past 127
         done = set()               # rounds completed (the workers have their results)
         sent = []
         decisions = set()
+        completed = 0
         for step in range(800):
             w = int(rng.integers(n))
             r = nxt[w]
-            if sent and (rng.random() < 0.4 or (r - 1) % 128 not in done and r != 124):
+            if sent and (rng.random() < 0.4 or (r - 1) % 128 not in done and r != first):
                 w, r = sent[int(rng.integers(len(sent)))]   # a copy of an earlier packet
             else:
                 nxt[w] = (r + 1) % 128
@@ -406,6 +415,7 @@ def test_slot_state_decides_as_the_embedded_switch(gen):
             decisions.add(Decision(got))
             if got == Decision.COMPLETE:
                 done.add(r)
+                completed += 1
             for ver in (0, 1):
                 idx = (base + slot) * 2 + ver
                 for local, full in names.items():
@@ -415,6 +425,7 @@ def test_slot_state_decides_as_the_embedded_switch(gen):
         if n > 1:
             wanted |= {Decision.FIRST}
         assert wanted <= decisions, (n, decisions)
+        assert first + completed > wire.ROUND_MOD, (n, completed)   # the rounds wrapped
 
 
 class AdmissionMachine(BlockMachine):

@@ -285,6 +285,10 @@ class SwitchProcess:
     def read_counters(self) -> dict:
         return {}                      # only at stop(): see stop()
 
+    def slot_bitmap(self, spec: JobSpec, slot: int, ver: int) -> int:
+        """SwitchHandle's register read: this switch process has no control plane."""
+        raise RuntimeError("a switch process started with --jobs has no control plane")
+
     def died(self) -> str | None:
         return None                    # killed and restarted on purpose: a fault under test
 

@@ -203,70 +203,19 @@ def test_killed_worker_ends_its_job_naming_it_and_nothing_else(switch, tmp_path)
 # ---- the switch process restarted mid-job -------------------------------------------------
 #
 # What a restart promises (docs/testing.md): the switch's registers are lost, not its job
-# table. Every worker retransmits its outstanding round into the empty slots, so the job
-# recovers, exactly, whenever no completed round's result was lost with the switch (the crash
-# did not fall between a round's completion and the last copy of its result leaving). When it
-# did, the worker still waiting for that result can never get it: the job then ends within
-# the peer timeout with an error naming the stalled slot. A restart never yields a wrong sum.
-
-@pytest.mark.parametrize("encoding,cm", [(Encoding.NAT8, True), (Encoding.INT32, False)],
-                         ids=["nat8cm", "int32"])
-def test_switch_restart_with_no_result_in_flight_recovers_exactly(tmp_path, encoding, cm):
-    """One worker is paused (SIGSTOP), so every open round waits for it and every completed
-    round's result has left the switch; the switch is then killed and restarted with empty
-    registers, the worker resumed. Recovery is required: the job completes, exactly."""
-    import signal
-    sw = SwitchProcess(str(tmp_path))
-    spawner = KillingSpawner()
-    calls, size = 40, 20_000 if encoding == Encoding.NAT8 else 5_000
-    result: dict = {}
-
-    def job():
-        try:
-            result["out"] = run_allreduce(N, sw, size=size, encoding=encoding, cm=cm,
-                                          calls=calls, job_id=8, run_dir=str(tmp_path / "job"),
-                                          timeout=30.0, heartbeat_timeout=30.0,
-                                          spawn=spawner, log=QUIET)
-        except JobAborted as e:
-            result["error"] = str(e)
-        result["end"] = time.monotonic()
-
-    t = threading.Thread(target=job)
-    t.start()
-    try:
-        assert sw.installed.wait(120), "the job never got installed"
-        time.sleep(0.3)
-        assert sw.wait_busy(ticks=15), "the job never sent anything"
-        paused = spawner.procs[1]
-        os.kill(paused.pid, signal.SIGSTOP)
-        try:
-            time.sleep(1.0)                       # every result the switch owes has left it
-            crashed_at = time.monotonic()
-            sw.kill()
-            time.sleep(0.3)
-            sw.start()                            # same job table, empty registers
-        finally:
-            os.kill(paused.pid, signal.SIGCONT)
-        t.join(180)
-        assert not t.is_alive()
-    finally:
-        if sw.alive():
-            sw.stop()
-    assert "error" not in result, result.get("error")
-    assert result["end"] > crashed_at, "the job ended before the crash: nothing was tested"
-    out = result["out"]
-    retx = sum(st["retransmissions"] for cs in out.per_worker.values() for st in cs)
-    assert retx > 0
-    assert check_allreduce(str(tmp_path / "job"), N, calls, out.config["shift"], encoding, cm,
-                           seed=0, size=size) == []
-
+# table, and the restarted switch starts each slot at round 0, as after any fresh install
+# (nina/install_rounds.py): it cannot tell the running job's rounds from copies held back from
+# an earlier installation, so it drops them as stale. A running job therefore does not
+# recover: it ends within the peer timeout with a one-line error naming a stalled slot, never
+# with a wrong sum, and the next job installed on the restarted switch is exact.
 
 @pytest.mark.parametrize("encoding,cm", [(Encoding.NAT8, False), (Encoding.NAT8, True),
                                          (Encoding.INT32, False)],
                          ids=["nat8", "nat8cm", "int32"])
-def test_switch_crash_at_any_moment_recovers_or_names_the_stalled_slot(tmp_path, encoding, cm):
-    """A crash at an arbitrary moment (see above): an exact result, or, if a result was lost
-    with the switch, a one-line error naming the slot that stalled; never a wrong sum."""
+def test_switch_restart_mid_job_ends_naming_a_stalled_slot_then_takes_a_new_job(tmp_path,
+                                                                               encoding, cm):
+    """A crash at an arbitrary moment mid-job (see above): the job fails cleanly, naming the
+    slot, in bounded time; the restarted switch then runs a new job exactly."""
     sw = SwitchProcess(str(tmp_path))
     calls, size = 150, 20_000 if encoding == Encoding.NAT8 else 5_000
     result: dict = {}
@@ -292,21 +241,19 @@ def test_switch_crash_at_any_moment_recovers_or_names_the_stalled_slot(tmp_path,
         sw.start()                                # same address, same job table, empty state
         t.join(180)
         assert not t.is_alive()
-    finally:
-        if sw.alive():
-            sw.stop()
-    assert result["end"] > crashed_at, "the job ended before the crash: nothing was tested"
-    if "error" in result:
+        assert result["end"] > crashed_at, "the job ended before the crash: nothing was tested"
+        # the promised failure: a stalled slot named, one line, within the peer timeout
+        assert "error" in result, "the job recovered: the restart promise has changed"
         err = result["error"]
         print("failed cleanly:", err)
-        # the promised failure: the stalled slot named, one line, within the peer timeout
         assert re.search(r"slot \d+ \(version [01], .*\) did not complete within", err), err
         assert "\n" not in err and "Traceback" not in err
         assert result["end"] - crashed_at < 6.0 + 30.0
-    else:
-        out = result["out"]
-        retx = sum(st["retransmissions"] for cs in out.per_worker.values() for st in cs)
-        print(f"recovered after the restart with {retx} retransmissions")
-        assert retx > 0
-        assert check_allreduce(str(tmp_path / "job"), N, calls, out.config["shift"],
-                               encoding, cm, seed=0, size=size) == []
+        # the restarted switch serves the next job exactly
+        after = run_allreduce(N, sw, size=3_000, encoding=encoding, cm=cm, calls=2, job_id=9,
+                              run_dir=str(tmp_path / "after"), log=QUIET)
+        assert check_allreduce(str(tmp_path / "after"), N, 2, after.config["shift"], encoding,
+                               cm, seed=0, size=3_000) == []
+    finally:
+        if sw.alive():
+            sw.stop()

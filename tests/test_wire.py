@@ -322,3 +322,32 @@ def test_batch_refuses_a_packet_of_the_wrong_size():
         wire.unpack_batch([good[0], good[1][:-1]], MsgType.UPDATE, Encoding.NAT8)
     with pytest.raises(BadField, match="packet 0"):
         wire.unpack_batch([good[0] + b"\0", good[1]], MsgType.UPDATE, Encoding.NAT8)
+
+
+def test_a_nat8_result_packet_byte_for_byte():
+    """A golden packet in docs/protocol.md's terms: RESULT is type 2, NAT8 encoding 1, the C_M
+    flag bit 1, round 127 fills every round bit of flags (0xFD), the zero code is 0x7F."""
+    h = Header(msg_type=MsgType.RESULT, encoding=Encoding.NAT8,
+               flags=wire.round_flags(127) | FLAG_CM, job=7, worker=3, exponent=130, slot=2,
+               count=2, offset=512)
+    pkt = wire.pack_packet(h, np.array([0x81, 0x05], np.uint8))
+    assert pkt[:16] == bytes([1, 2, 1, 0xFF, 0, 7, 3, 130, 0, 2, 0, 2, 0, 0, 2, 0])
+    assert pkt[16:] == bytes([0x81, 0x05]) + b"\x7f" * 254
+    assert wire.round_of(0xFD) == 127 and wire.round_flags(128) == 0   # rounds are mod 128
+
+
+def test_header_and_batch_defaults():
+    h = Header()
+    assert [getattr(h, f) for f, _, _ in wire.HEADER_FIELDS] == \
+        [wire.VERSION, MsgType.UPDATE, Encoding.NAT8, 0, 0, 0, 0, 0, 0, 0]
+    assert wire.batch_dtype(MsgType.RESULT, Encoding.NAT8).itemsize == 16 + 512   # no C_M
+
+
+def test_pack_packet_refuses_more_values_than_the_count():
+    with pytest.raises(BadField):
+        wire.pack_packet(Header(count=1), np.zeros(2, np.uint8))
+
+
+def test_cm_of_zero_is_the_zero_code():
+    assert wire.int_to_cm_codes(np.zeros(3, np.int64), np.array([0, 1, 0xFFFFFFFF])).tolist() \
+        == [wire.NAT8_ZERO] * 3

@@ -54,7 +54,7 @@ def test_header_layout_is_big_endian_and_fixed():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("version", 2), ("msg_type", 0), ("msg_type", 9), ("encoding", 7), ("flags", 0x100),
+    ("version", 2), ("version", 0), ("msg_type", 0), ("msg_type", 9), ("encoding", 7), ("flags", 0x100),
     ("worker", 32), ("job", 1 << 16), ("offset", -1),
 ])
 def test_invalid_header_names_the_field(field, value):

@@ -37,9 +37,9 @@ def task_tensor(size: int, seed: int, wid: int, call: int) -> np.ndarray:
     return (rng.standard_normal(size) * scale).astype(np.float32)
 
 
-def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
+def run(link, welcome: dict, blob: bytes | None, udp, gather, gossip_net=None) -> dict:
     from worker.allreduce import AllReduceClient
-    from worker.train import Aggregator, Path, TrainConfig, Trainer, plan
+    from worker.train import TrainConfig, Trainer, make_communicator, plan
     wid, n = welcome["wid"], welcome["n"]
     task = welcome["task"]
     spec = JobSpec.from_dict(welcome["spec"]) if welcome.get("spec") else None
@@ -59,10 +59,17 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
     trainer = None
     if task["kind"] == "train":   # data and model before the start barrier: steps start together
         cfg = TrainConfig.from_dict(task["config"])
-        path: Path = plan(cfg.compressor)
+        path = plan(cfg.compressor) if cfg.algorithm == "allreduce" else None
+        if path is None:
+            from worker.gossip_graph import make_graph
+            graph = make_graph(cfg.topology, n, seed=cfg.seed, degree=cfg.degree)
+            gossip_net.timeout = welcome.get("timeout", 10.0)
+            gossip_net.connect(wid, {j: tuple(welcome["gossip_peers"][str(j)])
+                                     for j in graph.neighbours(wid)})
         params = None if blob is None else np.frombuffer(blob, np.float32).copy()
-        trainer = Trainer(cfg, wid, n, Aggregator(path, client, gather,
-                                                  seed=cfg.seed * 1000 + wid), params)
+        comm = make_communicator(cfg, path, wid, n, client=client, gather=gather,
+                                 gossip_net=gossip_net)
+        trainer = Trainer(cfg, wid, n, comm, params)
     link.send({"t": "ready"})
     link.barrier("start")
     if trainer is None:
@@ -76,7 +83,7 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
         if reason:
             raise JobAborted(reason)
     return {"hash": model_hash(trainer.params),
-            "final": trainer.evaluate() if wid == 0 else None}
+            "final": trainer.evaluate() if wid == 0 or trainer.comm.decentralized else None}
 
 
 def _allreduce_task(link, client, task, wid) -> dict:
@@ -145,14 +152,17 @@ def _one_job(a) -> tuple[int, bool]:
     from nina.jobmsg import JobAborted
     from worker.link import WorkerLink
     from worker.allgather import AllGather
+    from worker.gossip_net import GossipNet
     from worker.transport import UdpTransport
 
     import worker.train  # noqa: F401  (scikit-learn loads later, only for training tasks)
     udp = UdpTransport(("127.0.0.1", 0), bind_ip=a.ip, bind_port=a.udp_port)
     gather = AllGather(0, 1, ip=a.ip)
+    gossip_net = GossipNet(bind_ip=a.ip)
     link = WorkerLink(a.coord, timeout=a.join_timeout)
     hello = {"t": "hello", "udp": list(udp.address), "gather": list(gather.address),
-             "pid": os.getpid(), "host": socket.gethostname()}
+             "gossip": list(gossip_net.address), "pid": os.getpid(),
+             "host": socket.gethostname()}
     if a.rank is not None:
         hello["rank"] = a.rank
     wid = "?"
@@ -160,7 +170,7 @@ def _one_job(a) -> tuple[int, bool]:
         welcome, blob = _join(link, hello, a.join_timeout, HELLO_REPEAT if a.serve else None)
         wid = link.wid = welcome["wid"]
         link.start_heartbeat()
-        result = run(link, welcome, blob, udp, gather)
+        result = run(link, welcome, blob, udp, gather, gossip_net)
         link.send({"t": "done", **result})
         bye, _ = link.expect("bye", timeout=30.0)
         return 0, bool(bye.get("more"))
@@ -185,6 +195,7 @@ def _one_job(a) -> tuple[int, bool]:
         link.close()
         udp.close()
         gather.close()
+        gossip_net.close()
 
 
 if __name__ == "__main__":

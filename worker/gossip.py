@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from worker.gossip_graph import Graph
-from worker.gossip_net import GossipNet
+from worker.gossip_net import EdgeCounters, GossipNet
 
 ALGORITHMS = ("exact", "powergossip", "choco")
 
@@ -56,6 +56,7 @@ class Gossip:
         self.nbrs = graph.neighbours(wid)
         self.w = {j: graph.weight(wid, j) for j in self.nbrs}
         self.round = 0
+        self._seen = EdgeCounters()    # everything this net carries counts in some step
 
     def _exchange(self, msgs: dict[int, bytes]) -> dict[int, bytes]:
         got = self.net.exchange(self.round, msgs)
@@ -63,10 +64,12 @@ class Gossip:
         return got
 
     def step(self, tensors: list[np.ndarray]) -> dict:
-        """One gossip step on this worker's tensors (in place); returns what it sent."""
-        before = self.net.totals()
+        """One gossip step on this worker's tensors (in place); returns the datagrams sent
+        and received since the previous step's return (a neighbour's datagram that arrives
+        while this worker computes its gradient counts in the next step, never nowhere)."""
         self._step(tensors)
-        after = self.net.totals()
+        before, after = self._seen, self.net.totals()
+        self._seen = after
         return {"bytes_up": after.bytes_out - before.bytes_out,
                 "bytes_down": after.bytes_in - before.bytes_in,
                 "packets_up": after.datagrams_out - before.datagrams_out,

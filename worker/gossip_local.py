@@ -8,6 +8,7 @@ job runner instead.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from worker.gossip_graph import Graph
@@ -24,15 +25,17 @@ class LocalGroup:
             net.connect(w, {j: self.nets[j].address for j in graph.neighbours(w)})
 
     def run(self, fn: Callable[[int, GossipNet], object]) -> list:
-        """fn(wid, net) on every worker at once; results by worker id; the first error raised."""
+        """fn(wid, net) on every worker at once; results by worker id. If workers fail, the
+        earliest failure is raised (later ones are usually its consequences: a neighbour of a
+        failed worker times out first, its own neighbours one timeout later)."""
         out: list = [None] * self.graph.n
-        errors: list[tuple[int, BaseException]] = []
+        errors: list[tuple[float, BaseException]] = []
 
         def body(w):
             try:
                 out[w] = fn(w, self.nets[w])
             except BaseException as e:     # reported to the caller below
-                errors.append((w, e))
+                errors.append((time.monotonic(), e))
         threads = [threading.Thread(target=body, args=(w,), daemon=True)
                    for w in range(self.graph.n)]
         for t in threads:
@@ -40,7 +43,7 @@ class LocalGroup:
         for t in threads:
             t.join()
         if errors:
-            raise sorted(errors, key=lambda e: e[0])[0][1]
+            raise min(errors, key=lambda e: e[0])[1]
         return out
 
     def close(self) -> None:

@@ -148,6 +148,24 @@ def make_communicator(cfg: TrainConfig, path: Path | None, wid: int, n_workers: 
     return HostAllGather(gather, n_workers, path.host, seed, memory, label=path.label)
 
 
+def check_decentralized(cfg: TrainConfig, n_workers: int) -> None:
+    """ValueError with one clear line if a decentralized job cannot run as configured."""
+    from worker.gossip import ALGORITHMS
+    from worker.gossip_graph import make_graph
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose allreduce or one of "
+                         f"{', '.join(ALGORITHMS)}")
+    make_graph(cfg.topology, n_workers, seed=cfg.seed, degree=cfg.degree)  # GraphError
+    for what, v in (("rank", cfg.rank), ("iterations", cfg.iterations)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{cfg.algorithm}: {what} {v!r} must be an integer >= 1")
+    if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
+        raise ValueError(f"gossip step size {cfg.gamma} must be in (0, 1]")
+    if cfg.algorithm == "choco":
+        from worker.compress import get_compressor
+        get_compressor(cfg.compressor, 0)        # CompressorSpecError names the problem
+
+
 def gossip_label(cfg: TrainConfig) -> str:
     """How a decentralized job mixes, for tables and run folders."""
     what = {"exact": "exact gossip",

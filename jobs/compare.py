@@ -124,4 +124,8 @@ def format_table(rows: list[dict], target: float, key: str, baseline: str | None
                  f"UDP payloads (NINA header + payload) of all workers, up (workers to switch) "
                  f"and down (switch to workers), retransmissions included; time: the job's wall "
                  f"time, worker start-up included.")
+    if any(r.get("algorithm") for r in rows):
+        lines.append("Decentralized rows: accuracy of the averaged model; bytes and packets are "
+                     "the gossip datagrams (gossip header + payload) the workers sent to "
+                     "(up) and received from (down) their neighbours.")
     return "\n".join(lines)

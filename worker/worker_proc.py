@@ -9,7 +9,9 @@ after its C_nat run) until a job ends without announcing another.
 
 Tasks (sent by the coordinator in the welcome):
 - "train": Algorithm 1 (worker/train.py) for cfg.steps steps; per-step metrics to the
-  coordinator; at the end a hash of the model (all workers must agree bit for bit).
+  coordinator; at the end a hash of the model (all workers must agree bit for bit). With a
+  gossip algorithm (cfg.algorithm) the worker gossips with its graph neighbours over its
+  gossip socket (announced in the hello) instead; the models then differ per worker.
 - "allreduce": `calls` all-reduces of a seeded random tensor; with `dump` set, what was sent and
   received goes to an npz file so a checker can verify the switch's sums exactly.
 Exit status: 0 done, 2 the job was aborted or failed (the reason is on stderr and was sent to

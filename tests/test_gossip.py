@@ -274,3 +274,30 @@ def test_a_bad_decentralized_job_fails_before_starting_workers(tmp_path):
         run_training(TrainConfig(algorithm="exact", topology="torus"), 5, None,
                      run_dir=str(tmp_path), log=QUIET, progress=False)
     assert not any(p.name.startswith("worker") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv,why", [
+    (["--algorithm", "exact", "--topology", "torus", "--workers", "5"], "torus: 5 workers"),
+    (["--algorithm", "powergossip", "--compressor", "topk"], "--compressor is for allreduce"),
+    (["--algorithm", "exact", "--loss", "0.1"], "--switch, --grpc and --loss")])
+def test_nina_train_rejects_bad_gossip_options_in_one_line(argv, why):
+    import subprocess
+    import sys
+    from nina.procs import REPO
+    p = subprocess.run([sys.executable, "-m", "nina.cli", "train", *argv, "--no-progress"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and why in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_decentralized_configs_are_checked_before_a_job_starts():
+    from worker.train import TrainConfig, check_decentralized
+    for cfg, why in ((TrainConfig(algorithm="exact", gamma=1.5), "must be in \\(0, 1\\]"),
+                     (TrainConfig(algorithm="choco", compressor="zip"), "unknown compressor"),
+                     (TrainConfig(algorithm="gossip"), "unknown algorithm"),
+                     (TrainConfig(algorithm="powergossip", rank=0), "rank 0"),
+                     (TrainConfig(algorithm="exact", topology="random", degree=3), "even")):
+        with pytest.raises(ValueError, match=why):
+            check_decentralized(cfg, 5)
+    check_decentralized(TrainConfig(algorithm="choco", compressor="topk:k=0.1"), 5)

@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from worker.gossip_graph import Graph
-from worker.gossip_net import GossipNet
+from worker.gossip_net import GossipError, GossipNet
 
 
 class LocalGroup:
@@ -26,8 +26,9 @@ class LocalGroup:
 
     def run(self, fn: Callable[[int, GossipNet], object]) -> list:
         """fn(wid, net) on every worker at once; results by worker id. If workers fail, the
-        earliest failure is raised (later ones are usually its consequences: a neighbour of a
-        failed worker times out first, its own neighbours one timeout later)."""
+        root cause is raised: an error that is not a gossip timeout, else the timeout of the
+        earliest round (a silent worker's neighbours wait at round r, theirs at r + 1 and
+        time out at about the same moment, naming the neighbour that waits too)."""
         out: list = [None] * self.graph.n
         errors: list[tuple[float, BaseException]] = []
 
@@ -43,7 +44,10 @@ class LocalGroup:
         for t in threads:
             t.join()
         if errors:
-            raise min(errors, key=lambda e: e[0])[1]
+            def rank(e):
+                err = e[1]
+                return (err.round if isinstance(err, GossipError) else -1, e[0])
+            raise min(errors, key=rank)[1]
         return out
 
     def close(self) -> None:

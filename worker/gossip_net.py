@@ -27,6 +27,10 @@ _BUF = 4 << 20
 class GossipError(RuntimeError):
     """A neighbour's message did not arrive (lost for good, or the neighbour is gone)."""
 
+    def __init__(self, message: str, round_: int = -1, peer: int = -1):
+        super().__init__(message)
+        self.round, self.peer = round_, peer
+
 
 @dataclass
 class EdgeCounters:
@@ -152,7 +156,7 @@ class GossipNet:
                                 if box.count else "nothing")
                         raise GossipError(
                             f"gossip round {rnd}: worker {w} ({ip}:{port}) sent {what} within "
-                            f"{self.timeout:.0f} s (process gone or link down?)")
+                            f"{self.timeout:.0f} s (process gone or link down?)", rnd, w)
                     if now >= nack_at[w]:
                         nack_at[w] = now + self.resend
                         self.edges[w].nacks_out += 1

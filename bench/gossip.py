@@ -167,6 +167,8 @@ def train_main(a) -> int:
             jobs.append((f"choco topk:k={k} g={gam}",
                          TrainConfig(algorithm="choco", compressor=f"topk:k={k}",
                                      gamma=float(gam), **base)))
+    if a.skip_allreduce:
+        jobs = jobs[1:]
     sw = None
     rows = []
     try:
@@ -240,6 +242,8 @@ def main(argv=None) -> int:
     t.add_argument("--eval-every", type=int, default=10)
     t.add_argument("--choco-k", default="0.02")
     t.add_argument("--choco-gamma", default="0.2,0.5")
+    t.add_argument("--skip-allreduce", action="store_true",
+                   help="leave out the all-reduce reference (e.g. for more seeds)")
     a = ap.parse_args(argv)
     return consensus_main(a) if a.what == "consensus" else train_main(a)
 

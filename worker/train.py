@@ -171,7 +171,9 @@ def gossip_label(cfg: TrainConfig) -> str:
     what = {"exact": "exact gossip",
             "powergossip": f"PowerGossip rank {cfg.rank} x{cfg.iterations}",
             "choco": f"Choco-SGD {cfg.compressor}"}[cfg.algorithm]
-    return f"{what} on a {cfg.topology}"
+    graph = {"torus": "2-D torus", "complete": "complete graph",
+             "random": f"random {cfg.degree}-regular graph"}.get(cfg.topology, cfg.topology)
+    return f"{what} on a {graph}"
 
 
 class Trainer:

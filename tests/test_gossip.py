@@ -240,8 +240,9 @@ def test_powergossip_ring_job_reaches_accuracy(tmp_path):
     assert s["worker_accuracy_worst"] >= 0.85, s
     assert s["consensus_distance"] > 0 and len(set(out.hashes)) == 4
     assert s["path"] == "PowerGossip rank 1 x1 on a ring"
-    assert out.records[-1]["bytes_up"] == out.records[-1]["bytes_down"] or \
-        s["bytes_up"] == s["bytes_down"]     # every datagram sent was received
+    # every datagram sent was received, but for NACKs (header only) that may reach a
+    # neighbour after its last step on a loaded machine
+    assert 0 <= s["bytes_up"] - s["bytes_down"] <= 32 * gw.HEADER.size, s
     evals = [r for r in out.records if "consensus_distance" in r]
     assert [r["step"] for r in evals] == [20, 40, 60, 80]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nina import gossip_wire as gw
 from topology import modes
 
 
@@ -31,4 +32,4 @@ def test_powergossip_on_the_rack_goes_through_the_switch(tmp_path):
     assert r["path"] == "PowerGossip rank 1 x1 on a ring"
     # each of the 4 workers sent 2 datagrams per step to its ring neighbours via the switch
     assert after - before >= 4 * 2 * 60, (before, after)
-    assert r["bytes_up"] == r["bytes_down"]
+    assert 0 <= r["bytes_up"] - r["bytes_down"] <= 32 * gw.HEADER.size   # late NACKs at most

@@ -3,8 +3,10 @@
 exchange(round, {neighbour: bytes}) sends this worker's message to each neighbour (cut into
 nina.gossip_wire datagrams) and returns every neighbour's message of the same round. UDP may
 lose or delay a datagram, so a receiver that misses chunks asks for them again with a NACK
-every `resend` s, and a sender keeps its last two rounds' datagrams to answer (a neighbour can
-be at most one round behind: it cannot start round r+1 before it has this worker's round r).
+every `resend` s (a NACK that reaches the sender within resend/2 of its send most likely
+crossed the data and is not answered), and a sender keeps its last two rounds' datagrams to
+answer (a neighbour can be at most one round behind: it cannot start round r+1 before it has
+this worker's round r).
 A neighbour that stays silent for `timeout` s ends the step with GossipError naming it: a
 missing message is never averaged as zeros.
 
@@ -80,6 +82,7 @@ class GossipNet:
         self._cv = threading.Condition()
         self._inbox: dict[tuple[int, int], _Inbox] = {}
         self._sent: dict[tuple[int, int], list[bytes]] = {}
+        self._sent_at: dict[tuple[int, int], float] = {}
         self._done: dict[int, int] = {}    # neighbour -> last round taken from it
         self._round = -1
         self._closed = False
@@ -126,8 +129,10 @@ class GossipNet:
             self._round = rnd
             for key in [k for k in self._sent if k[1] < rnd - 1]:
                 del self._sent[key]
+                del self._sent_at[key]
             for dst in sorted(messages):
                 self._sent[(dst, rnd)] = gw.data_datagrams(self.wid, rnd, messages[dst])
+                self._sent_at[(dst, rnd)] = time.monotonic()
                 for c, d in enumerate(self._sent[(dst, rnd)]):
                     if self.drop is not None and self.drop(dst, rnd, c):
                         continue
@@ -201,6 +206,9 @@ class GossipNet:
                     sent = self._sent.get((sender, rnd))
                     if sent is None:
                         continue        # not sent yet: the data follows by itself
+                    if time.monotonic() - self._sent_at[(sender, rnd)] < self.resend / 2:
+                        continue        # crossed our data, still queued at the receiver;
+                        # if it was lost, the receiver's next NACK comes after `resend`
                     wanted = gw.nack_indices(payload, chunks) or range(len(sent))
                     for c in wanted:
                         if c < len(sent):

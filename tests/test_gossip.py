@@ -243,6 +243,9 @@ def test_powergossip_ring_job_reaches_accuracy(tmp_path):
     # every datagram sent was received, but for NACKs (header only) that may reach a
     # neighbour after its last step on a loaded machine
     assert 0 <= s["bytes_up"] - s["bytes_down"] <= 32 * gw.HEADER.size, s
+    assert set(s["edge_bytes"]) == {"0->1", "1->0", "1->2", "2->1", "2->3", "3->2", "3->0",
+                                    "0->3"}
+    assert sum(s["edge_bytes"].values()) == s["bytes_up"]
     evals = [r for r in out.records if "consensus_distance" in r]
     assert [r["step"] for r in evals] == [20, 40, 60, 80]
 

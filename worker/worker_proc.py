@@ -84,8 +84,13 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather, gossip_net=None) -
         reason = link.poll_abort()
         if reason:
             raise JobAborted(reason)
-    return {"hash": model_hash(trainer.params),
-            "final": trainer.evaluate() if wid == 0 or trainer.comm.decentralized else None}
+    out = {"hash": model_hash(trainer.params),
+           "final": trainer.evaluate() if wid == 0 or trainer.comm.decentralized else None}
+    if trainer.comm.decentralized:   # the job's bytes per edge, as this worker counted them
+        out["edges"] = {str(j): {"bytes_out": e.bytes_out, "bytes_in": e.bytes_in,
+                                 "datagrams_out": e.datagrams_out, "resent": e.resent}
+                        for j, e in gossip_net.edges.items()}
+    return out
 
 
 def _allreduce_task(link, client, task, wid) -> dict:

@@ -225,6 +225,8 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         out.summary.update({k: v for k, v in out.records[-1].items()
                             if k.startswith("worker_") or k == "consensus_distance"})
         out.summary.update(algorithm=cfg.algorithm, compressor=name)
+        out.summary["worker_final"] = [out.per_worker[w].get("final")
+                                       for w in range(n_workers)]   # each worker's own model
         out.summary["edge_bytes"] = {f"{w}->{j}": e["bytes_out"]
                                      for w in range(n_workers)
                                      for j, e in sorted(out.per_worker[w].get("edges", {})

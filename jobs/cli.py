@@ -42,8 +42,9 @@ def register(subparsers) -> None:
         "train", help="train a model with n worker processes through the switch",
         description="Quantized data-parallel SGD (Algorithm 1: worker compression, switch "
                     "aggregation, optional master compression) with real worker processes "
-                    "and the embedded switch as a process; writes a run folder with metrics "
-                    "and plots.", epilog=TRAIN_EPILOG,
+                    "and the embedded switch as a process, or decentralized SGD where the "
+                    "workers gossip with their graph neighbours (--algorithm); writes a run "
+                    "folder with metrics and plots.", epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
     add_train_args(p)

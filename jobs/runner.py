@@ -218,7 +218,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     out.seconds = time.monotonic() - t0
     final = out.per_worker.get(0, {}).get("final")
     if decentralized:
-        final = _averaged_final(out, model, data)
+        final = _averaged_final(out)
     out.summary = summarize(out.records, cfg, n_workers, label,
                             None if decentralized else out.hashes[0], final)
     if decentralized:
@@ -234,7 +234,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     return out
 
 
-def _averaged_final(out: JobOutcome, model, data) -> dict | None:
+def _averaged_final(out: JobOutcome) -> dict | None:
     """The final evaluation of a decentralized job: the averaged model's (the last record
     holds it, from every worker's last model)."""
     last = out.records[-1] if out.records else {}

@@ -191,6 +191,7 @@ def test_a_lost_datagram_is_recovered_and_changes_nothing():
         res = grp.run(body)
     assert lost
     assert sum(t.resent for _, t in res) >= len(lost)
+    assert sum(t.recovery_bytes for _, t in res) > sum(t.resent for _, t in res) * gw.HEADER.size
     for w, (X, _) in enumerate(res):
         for a, b in zip(X, clean[w][0][-1]):
             assert np.array_equal(a, b)

@@ -74,7 +74,8 @@ class Gossip:
                 "bytes_down": after.bytes_in - before.bytes_in,
                 "packets_up": after.datagrams_out - before.datagrams_out,
                 "packets_down": after.datagrams_in - before.datagrams_in,
-                "retransmissions": after.resent - before.resent}
+                "retransmissions": after.resent - before.resent,
+                "recovery_bytes": after.recovery_bytes - before.recovery_bytes}
 
     def _step(self, tensors: list[np.ndarray]) -> None:
         raise NotImplementedError

@@ -42,6 +42,7 @@ class EdgeCounters:
     datagrams_in: int = 0
     resent: int = 0          # datagrams sent again after a NACK (included in the above)
     nacks_out: int = 0
+    recovery_bytes: int = 0  # bytes of NACKs and resent datagrams (included in bytes_out)
 
 
 @dataclass
@@ -104,7 +105,7 @@ class GossipNet:
         t = EdgeCounters()
         for e in self.edges.values():
             for f in ("bytes_out", "bytes_in", "datagrams_out", "datagrams_in", "resent",
-                      "nacks_out"):
+                      "nacks_out", "recovery_bytes"):
                 setattr(t, f, getattr(t, f) + getattr(e, f))
         return t
 
@@ -115,6 +116,7 @@ class GossipNet:
         e.bytes_out += len(dgram)
         e.datagrams_out += 1
         e.resent += resent
+        e.recovery_bytes += len(dgram) if resent else 0
         try:
             self.sock.sendto(dgram, self.peers[dst])
         except OSError:
@@ -167,6 +169,7 @@ class GossipNet:
                         self.edges[w].nacks_out += 1
                         d = gw.nack_datagram(self.wid, rnd, box.missing())
                         self.edges[w].bytes_out += len(d)
+                        self.edges[w].recovery_bytes += len(d)
                         self.edges[w].datagrams_out += 1
                         try:
                             self.sock.sendto(d, self.peers[w])

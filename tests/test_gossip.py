@@ -112,7 +112,7 @@ def test_powergossip_moves_exactly_the_projected_difference():
     rng.standard_normal((12, 1))
     q = rng.standard_normal((8, 1)).astype(np.float64)
     q /= np.linalg.norm(q)
-    (a0, b0), (a1, b1) = res[0][0][0], res[1][0][0]
+    (a0, _), (a1, _) = res[0][0][0], res[1][0][0]
     (x0, _), (x1, _) = res[0][0][1], res[1][0][1]
     D = (a0 - a1).astype(np.float64)
     w = g.weight(0, 1)

@@ -15,8 +15,15 @@ TRAIN_EPILOG = """compressors (--compressor / --compare):
   stochastic rounding), nat (NAT8 natural compression), nat+cm (NAT8 up, C_M in the switch
   down); any other spec of worker.compress (e.g. topk:k=0.05, dither_nat:s=4,p=inf,
   randk:q=0.1, spherical) is all-gathered by the hosts; prefix ef+ adds error feedback.
+decentralized training (--algorithm exact | powergossip | choco; no switch aggregation):
+  every worker keeps its own model, takes a local SGD step and gossips with its neighbours on
+  --topology (ring, torus, complete, random) as UDP datagrams; exact sends whole models,
+  powergossip rank-r power-iteration products of the neighbours' differences (--rank,
+  --iterations), choco Choco-SGD with --compressor (default topk:k=0.01). The metrics are
+  those of the averaged model, plus each worker's accuracy and the consensus distance.
 examples:
   nina train --workers 4 --compressor nat --model mlp --steps 200
+  nina train --workers 8 --algorithm powergossip --topology ring --rank 1 --steps 300
   nina train --compare none,int32,nat,nat+cm --steps 150 --target 0.93
   nina train --compressor nat --loss 0.05 --steps 50"""
 
@@ -42,8 +49,9 @@ def register(subparsers) -> None:
         "train", help="train a model with n worker processes through the switch",
         description="Quantized data-parallel SGD (Algorithm 1: worker compression, switch "
                     "aggregation, optional master compression) with real worker processes "
-                    "and the embedded switch as a process; writes a run folder with metrics "
-                    "and plots.", epilog=TRAIN_EPILOG,
+                    "and the embedded switch as a process, or decentralized SGD where the "
+                    "workers gossip with their graph neighbours (--algorithm); writes a run "
+                    "folder with metrics and plots.", epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
     add_train_args(p)
@@ -79,8 +87,11 @@ def _fail(msg: str) -> int:
 
 def cmd_train(args) -> int:
     from nina.jobmsg import JobAborted
+    if args.algorithm != "allreduce" and (args.switch or args.grpc or args.loss):
+        return _fail(f"--algorithm {args.algorithm} gossips between the workers: --switch, "
+                     "--grpc and --loss are for --algorithm allreduce")
     try:
-        specs = compressor_specs(args)
+        specs = compressor_specs(args, args.workers)
     except ValueError as e:
         return _fail(str(e))
     base = train_config(args, args.window)

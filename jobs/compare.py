@@ -35,10 +35,11 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
     from jobs.runner import run_training
     from jobs.metrics import steps_to_target
     from jobs.runfolder import new_run_dir, plot_runs, write_csv, write_json, write_run
+    what = specs[0] if base.algorithm in ("allreduce", "choco") else base.algorithm
     name = getattr(args, "name", None) or \
-        (f"compare-{'-'.join(specs)}" if len(specs) > 1 else specs[0]) + f"-{base.model}"
+        (f"compare-{'-'.join(specs)}" if len(specs) > 1 else what) + f"-{base.model}"
     folder = new_run_dir(name, args.out, args.runs_dir)
-    own = switch is None
+    own = switch is None and base.algorithm == "allreduce"   # gossip needs no switch
     if own:
         switch = open_switch(args, folder, log)
     rows, runs = [], {}
@@ -46,8 +47,11 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
         for i, spec in enumerate(specs):
             cfg = replace(base, compressor=spec)
             sub = os.path.join(folder, _safe(spec)) if len(specs) > 1 else folder
-            log(f"[{i + 1}/{len(specs)}] {spec}: {n_workers} workers, {cfg.model} on {cfg.data}, "
-                f"{cfg.steps} steps" + (f", switch loss {args.loss}" if args.loss else ""))
+            job_name = {"allreduce": spec, "choco": f"choco {spec}"}.get(cfg.algorithm,
+                                                                         cfg.algorithm)
+            log(f"[{i + 1}/{len(specs)}] {job_name}: {n_workers} workers, {cfg.model} on "
+                f"{cfg.data}, {cfg.steps} steps"
+                + (f", switch loss {args.loss}" if args.loss else ""))
             kw = {"spawn": spawn} if spawn is not None else {}
             if coordinator is not None:
                 kw["coordinator"] = coordinator
@@ -59,7 +63,7 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
                 kw.update(coord_port=coord_port, more_jobs=i < len(specs) - 1)
             job_id = next_job_id() if next_job_id is not None else i + 1
             out = run_training(cfg, n_workers, switch, job_id=job_id, loss=args.loss,
-                               run_dir=sub, name=spec, log=log,
+                               run_dir=sub, name=job_name, log=log,
                                progress=not getattr(args, "no_progress", False), **kw)
             files = write_run(sub, out.config, out.records, out.summary)
             st, sb = steps_to_target(out.records, target, key, higher)
@@ -67,8 +71,13 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
                          "seconds": round(out.seconds, 1), "folder": sub,
                          "switch_counters": out.counters})
             runs[spec] = out.records
-            log(f"    models identical on all workers (hash {out.summary['model_hash']}); "
-                f"metrics: {files[1]}")
+            if cfg.algorithm == "allreduce":
+                log(f"    models identical on all workers (hash {out.summary['model_hash']}); "
+                    f"metrics: {files[1]}")
+            else:
+                log(f"    decentralized: consensus distance "
+                    f"{out.summary.get('consensus_distance', float('nan')):.3g} at the end; "
+                    f"metrics: {files[1]}")
     finally:
         if own:
             switch.stop()
@@ -115,4 +124,8 @@ def format_table(rows: list[dict], target: float, key: str, baseline: str | None
                  f"UDP payloads (NINA header + payload) of all workers, up (workers to switch) "
                  f"and down (switch to workers), retransmissions included; time: the job's wall "
                  f"time, worker start-up included.")
+    if any(r.get("algorithm") for r in rows):
+        lines.append("Decentralized rows: accuracy of the averaged model; bytes and packets are "
+                     "the gossip datagrams (gossip header + payload) the workers sent to "
+                     "(up) and received from (down) their neighbours.")
     return "\n".join(lines)

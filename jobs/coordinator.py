@@ -33,6 +33,7 @@ class Member:
     pid: int
     host: str
     last_seen: float = field(default_factory=time.monotonic)
+    gossip: tuple[str, int] | None = None    # its UDP socket for neighbour (gossip) messages
 
     def describe(self) -> str:
         return f"worker {self.wid} (pid {self.pid} on {self.host}, udp {self.udp[0]}:{self.udp[1]})"
@@ -199,7 +200,8 @@ class Coordinator:
             order = list(range(self.n))
         for wid, i in enumerate(order):
             ident, h = hellos[i]
-            m = Member(wid, ident, tuple(h["udp"]), tuple(h["gather"]), h["pid"], h["host"])
+            m = Member(wid, ident, tuple(h["udp"]), tuple(h["gather"]), h["pid"], h["host"],
+                       gossip=tuple(h["gossip"]) if h.get("gossip") else None)
             self.members[wid] = m
             self.by_identity[ident] = m
         return [self.members[w] for w in range(self.n)]
@@ -207,10 +209,11 @@ class Coordinator:
     def welcome(self, job: dict, params: np.ndarray | None) -> None:
         """Send every worker its id, the job (spec, switch address, task) and the model."""
         peers = {str(m.wid): list(m.gather) for m in self.members.values()}
+        gossip = {str(m.wid): list(m.gossip) for m in self.members.values() if m.gossip}
         blob = None if params is None else np.ascontiguousarray(params, np.float32).tobytes()
         for m in self.members.values():
             send(self.sock, m.identity, {"t": "welcome", "wid": m.wid, "n": self.n,
-                                         "peers": peers, **job}, blob)
+                                         "peers": peers, "gossip_peers": gossip, **job}, blob)
             m.last_seen = time.monotonic()
 
     def wait_ready(self, timeout: float = 60.0) -> None:

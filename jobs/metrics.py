@@ -55,3 +55,26 @@ def summarize(records, cfg, n, label, model_hash_, final) -> dict:
     if final:
         s.update({f"final_test_{k}": v for k, v in final.items()})
     return s
+
+
+def gossip_metrics(model, data, recs: list[dict]) -> dict:
+    """Metrics of a decentralized step from the workers' models (records with "params"):
+    accuracy and loss of the averaged model (test_*), of each worker (mean and worst), and the
+    consensus distance, the mean squared distance of the workers' models to their average."""
+    from worker.train import decode_params
+    models_ = [decode_params(r.pop("params")) for r in recs if "params" in r]
+    if len(models_) != len(recs):
+        return {}
+    X = np.stack(models_).astype(np.float64)
+    avg = X.mean(0)
+    ev = model.evaluate(avg.astype(np.float32), data.X_test, data.y_test)
+    out = {("test_" + k): v for k, v in ev.items()}
+    key = "accuracy" if "accuracy" in ev else "loss"
+    per = [r.get("test_" + key) for r in recs]
+    out[f"worker_{key}_mean"] = float(np.mean(per))
+    out[f"worker_{key}_worst"] = float(min(per) if key == "accuracy" else max(per))
+    out["consensus_distance"] = float(((X - avg) ** 2).sum(1).mean())
+    for r in recs:              # the merged row takes these instead of worker 0's values
+        for k in ev:
+            r.pop("test_" + k, None)
+    return out

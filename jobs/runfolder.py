@@ -5,7 +5,9 @@ Layout (runs/<timestamp>-<name>/ unless --out says otherwise):
   metrics.json    config + one record per step + summary
   metrics.csv     the per-step records
   loss.png        training/test loss vs steps and vs bytes on the wire
-  accuracy.png    test accuracy vs steps and vs bytes (classification models)
+  accuracy.png    test accuracy vs steps and vs bytes (classification models; decentralized
+                  jobs: of the averaged model)
+  consensus.png   decentralized jobs: consensus distance vs steps and vs bytes
 A comparison (--compare) writes one folder per compressor under the run folder, plus
 comparison.json/.csv and the same plots with one line per compressor.
 """
@@ -80,14 +82,16 @@ def _series(records: list[dict], key: str):
 
 
 def plot_runs(folder: str, runs: dict[str, list[dict]]) -> list[str]:
-    """loss.png and (if any run has accuracy) accuracy.png, one line per run."""
+    """loss.png, accuracy.png and consensus.png (those with data), one line per run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
     panels = [("loss.png", [("train_loss", "training loss (minibatch, mean over workers)"),
                             ("test_loss", "test loss")]),
-              ("accuracy.png", [("test_accuracy", "test accuracy")])]
+              ("accuracy.png", [("test_accuracy", "test accuracy")]),
+              ("consensus.png", [("consensus_distance", "consensus distance (mean squared "
+                                                        "distance to the average model)")])]
     for fname, keys in panels:
         have = [(k, label) for k, label in keys
                 if any(r.get(k) is not None for rs in runs.values() for r in rs)]
@@ -106,7 +110,7 @@ def plot_runs(folder: str, runs: dict[str, list[dict]]) -> list[str]:
             for ax in axes[row]:
                 ax.set_ylabel(label)
                 ax.grid(alpha=0.3)
-                if "loss" in key:
+                if "loss" in key or key == "consensus_distance":
                     ax.set_yscale("log")
                 ax.legend(fontsize=8)
         fig.tight_layout()

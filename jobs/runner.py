@@ -21,7 +21,7 @@ from nina import p4spec
 from nina.config import DEFAULT_WINDOW, JobSpec, WorkerAddr
 from nina.wire import Encoding
 from jobs.coordinator import Coordinator
-from jobs.metrics import _epoch_line, _merge_step, summarize
+from jobs.metrics import _epoch_line, _merge_step, gossip_metrics, summarize
 from nina.jobmsg import JobAborted
 from nina.procs import REPO, stop_process
 from switch.handles import JobInstaller
@@ -124,16 +124,23 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     from worker import data as datasets
     from worker import models
     from worker.models import model_hash
-    from worker.train import plan
-    path = plan(cfg.compressor)
+    from worker.train import check_decentralized, gossip_label, plan
+    decentralized = cfg.algorithm != "allreduce"
+    try:
+        if decentralized:
+            check_decentralized(cfg, n_workers)
+        path = None if decentralized else plan(cfg.compressor)
+    except ValueError as e:
+        raise JobAborted(str(e)) from None
+    label = gossip_label(cfg) if decentralized else path.label
     data = datasets.load(cfg.data, cfg.seed)
     model = models.make_model(cfg.model, data, cfg.hidden)
     params0 = model.init_params(np.random.default_rng(cfg.seed))
     steps_per_epoch = max(1, -(-len(data.y_train) // (n_workers * cfg.batch)))
-    name = name or cfg.compressor
+    name = name or (cfg.algorithm if decentralized else cfg.compressor)
     installer = JobInstaller(switch)
     window = min(cfg.window, 2 * DEFAULT_WINDOW)
-    config = {**cfg.as_dict(), "workers": n_workers, "path": path.label, "loss": loss,
+    config = {**cfg.as_dict(), "workers": n_workers, "path": label, "loss": loss,
               "job_id": job_id, "model_size": int(params0.size),
               "initial_model_hash": model_hash(params0)}
     out = JobOutcome(name, config)
@@ -146,9 +153,14 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
     try:
         members = [coord.members[w] for w in range(n_workers)]
         job = {"task": {"kind": "train", "config": cfg.as_dict()}, "window": window,
-               "seed": cfg.seed, "timeout": cfg.timeout, "rounding": path.rounding,
-               "host_fallback": path.kind == "host"}
-        if path.kind == "switch":
+               "seed": cfg.seed, "timeout": cfg.timeout,
+               "rounding": path.rounding if path else "stochastic",
+               "host_fallback": path is not None and path.kind == "host"}
+        if decentralized and any(m.gossip is None for m in members):
+            raise JobAborted("decentralized training: workers "
+                             f"{[m.wid for m in members if m.gossip is None]} announced no "
+                             "gossip socket (an older worker_proc?)")
+        if path is not None and path.kind == "switch":
             spec = (spec_factory or make_spec)(job_id, n_workers, path.encoding, path.cm, loss,
                                                members)
             firsts = installer.install(spec)
@@ -170,7 +182,9 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
             step = len(out.records) + 1
             while step in pending and all(r is not None for r in pending[step]):
                 recs = pending.pop(step)
+                extra = gossip_metrics(model, data, recs) if decentralized else {}
                 row = _merge_step(recs, totals)
+                row.update(extra)
                 out.records.append(row)
                 if bar is not None:
                     bar.update(1)
@@ -186,7 +200,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         out.hashes = [done[w].get("hash") for w in range(n_workers)]
         out.per_worker = {w: {k: v for k, v in done[w].items() if k not in ("t", "wid")}
                           for w in range(n_workers)}
-        if len(set(out.hashes)) != 1:
+        if len(set(out.hashes)) != 1 and not decentralized:   # gossip: they differ
             raise JobAborted(f"models diverged: worker model hashes {out.hashes}")
     except KeyboardInterrupt:
         coord.abort("interrupted by the user (Ctrl-C)")
@@ -202,9 +216,30 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
             installer.remove(spec.job_id)
         _teardown(coord, procs)
     out.seconds = time.monotonic() - t0
-    out.summary = summarize(out.records, cfg, n_workers, path.label, out.hashes[0],
-                            out.per_worker.get(0, {}).get("final"))
+    final = out.per_worker.get(0, {}).get("final")
+    if decentralized:
+        final = _averaged_final(out)
+    out.summary = summarize(out.records, cfg, n_workers, label,
+                            None if decentralized else out.hashes[0], final)
+    if decentralized:
+        out.summary.update({k: v for k, v in out.records[-1].items()
+                            if k.startswith("worker_") or k == "consensus_distance"})
+        out.summary.update(algorithm=cfg.algorithm, compressor=name)
+        out.summary["worker_final"] = [out.per_worker[w].get("final")
+                                       for w in range(n_workers)]   # each worker's own model
+        out.summary["edge_bytes"] = {f"{w}->{j}": e["bytes_out"]
+                                     for w in range(n_workers)
+                                     for j, e in sorted(out.per_worker[w].get("edges", {})
+                                                        .items(), key=lambda kv: int(kv[0]))}
     return out
+
+
+def _averaged_final(out: JobOutcome) -> dict | None:
+    """The final evaluation of a decentralized job: the averaged model's (the last record
+    holds it, from every worker's last model)."""
+    last = out.records[-1] if out.records else {}
+    ev = {k[len("test_"):]: v for k, v in last.items() if k.startswith("test_")}
+    return ev or None
 
 
 def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: bool = False,

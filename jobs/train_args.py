@@ -10,7 +10,8 @@ from nina.cli_types import finite_float, positive_float, positive_int
 def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None:
     """What a training job is: compressors, model, optimisation, evaluation, target."""
     from worker.models import MODELS
-    p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
+    p.add_argument("--compressor", default=None,
+                   help="compressor spec (default nat; with --algorithm choco topk:k=0.01)")
     p.add_argument("--compare", metavar="LIST",
                    help="comma-separated compressors: run the same job once per compressor and "
                         "print a comparison table (the first is the baseline of the ratios)")
@@ -22,23 +23,63 @@ def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None
     p.add_argument("--batch", type=positive_int, default=32, help="minibatch per worker (default 32)")
     p.add_argument("--hidden", type=positive_int, default=32, help="MLP hidden units (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and sampling")
-    p.add_argument("--eval-every", type=positive_int, default=1, help="test evaluation period")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="test evaluation period in steps (default 1; gossip 10, as every "
+                        "worker then sends its model to the runner for the averaged metrics)")
     p.add_argument("--target", type=finite_float, default=None,
                    help="accuracy (or, for lsq, f - f*) whose steps and bytes the comparison "
                         "table reports (default 0.93 for digits, 0.002 for lsq)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_gossip_args(p)
 
 
-def compressor_specs(args) -> list[str]:
-    """The job's compressors, checked (ValueError with the reason)."""
-    from worker.train import plan
-    given = args.compare if args.compare is not None else args.compressor
+def add_gossip_args(p: argparse.ArgumentParser) -> None:
+    """Decentralized training: the algorithm, the worker graph, PowerGossip's rank."""
+    from worker.gossip import ALGORITHMS
+    from worker.gossip_graph import TOPOLOGIES
+    g = p.add_argument_group("decentralized training (gossip instead of the switch)")
+    g.add_argument("--algorithm", choices=("allreduce",) + ALGORITHMS, default="allreduce",
+                   help="allreduce: data-parallel SGD through the switch (default); exact: "
+                        "D-PSGD with whole models; powergossip: low-rank differences; choco: "
+                        "Choco-SGD with --compressor")
+    g.add_argument("--topology", choices=TOPOLOGIES, default="ring",
+                   help="worker graph (default ring); torus needs a composite worker count")
+    g.add_argument("--degree", type=positive_int, default=3,
+                   help="neighbours per worker of --topology random (default 3)")
+    g.add_argument("--rank", type=positive_int, default=1, help="powergossip rank (default 1)")
+    g.add_argument("--iterations", type=positive_int, default=1,
+                   help="powergossip power-iteration steps per training step (default 1)")
+    g.add_argument("--gamma", type=positive_float, default=None,
+                   help="gossip step size in (0, 1] (default 1; choco 0.5)")
+
+
+def _compressor(args) -> str:
+    if args.compressor is not None:
+        return args.compressor
+    return "topk:k=0.01" if args.algorithm == "choco" else "nat"
+
+
+def compressor_specs(args, n_workers: int | None = None) -> list[str]:
+    """The job's compressors, checked (ValueError with the reason); for a decentralized job
+    (--algorithm) also its graph on n_workers and its gossip parameters."""
+    from dataclasses import replace
+    from worker.train import check_decentralized, plan
+    given = args.compare if args.compare is not None else _compressor(args)
     specs = [s.strip() for s in given.split(",") if s.strip()]
     if not specs:
         flag = "--compare" if args.compare is not None else "--compressor"
         raise ValueError(f"no compressor given in {flag} {given!r}")
+    if args.algorithm == "allreduce":
+        for s in specs:
+            plan(s)
+        return specs
+    if args.compressor is not None and args.algorithm != "choco":
+        raise ValueError(f"--compressor is for allreduce and choco; {args.algorithm} sends "
+                         + ("whole models" if args.algorithm == "exact" else
+                            "rank --rank products"))
+    base = train_config(args, 1)
     for s in specs:
-        plan(s)
+        check_decentralized(replace(base, compressor=s), n_workers or 2)
     return specs
 
 
@@ -47,6 +88,11 @@ def train_config(args, window: int):
     from worker.train import TrainConfig, default_lr
     data = "lsq" if args.model == "lsq" else "digits"
     lr = args.lr if args.lr is not None else default_lr(args.model)
-    return TrainConfig(model=args.model, data=data, steps=args.steps, lr=lr,
-                       batch=args.batch, seed=args.seed, hidden=args.hidden,
-                       eval_every=args.eval_every, window=window, timeout=args.timeout)
+    gossip = args.algorithm != "allreduce"
+    eval_every = args.eval_every or (10 if gossip else 1)
+    return TrainConfig(model=args.model, data=data, compressor=_compressor(args),
+                       steps=args.steps, lr=lr, batch=args.batch, seed=args.seed,
+                       hidden=args.hidden, eval_every=eval_every, window=window,
+                       timeout=args.timeout, algorithm=args.algorithm, topology=args.topology,
+                       degree=args.degree, rank=args.rank, iterations=args.iterations,
+                       gamma=args.gamma)

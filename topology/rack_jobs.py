@@ -94,7 +94,8 @@ def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
     from jobs.train_args import add_train_args
     p = cls(prog="train", add_help=True,
             description="train a model with the rack's workers (as `nina train`; compressors "
-                        "as in `nina train --help`)")
+                        "as in `nina train --help`; decentralized jobs gossip through the "
+                        "switch's plain forwarding)")
     add_train_args(p, default_steps=100)
     p.add_argument("--loss", type=probability, default=0.0,
                    help="switch loss simulator probability (the links have their own loss)")
@@ -112,7 +113,7 @@ def run_train(rack, argv: list[str] | str, log=print,
     if isinstance(argv, str):
         argv = shlex.split(argv)
     args = train_parser(parser_cls).parse_args(argv)
-    specs = compressor_specs(args)                   # ValueError with the reason if unknown
+    specs = compressor_specs(args, rack.n_workers)   # ValueError with the reason if bad
     base = train_config(args, args.window if args.window is not None else rack.default_window)
     target, key, higher = default_target(args.model)
     if args.target is not None:

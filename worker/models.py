@@ -1,8 +1,10 @@
-"""Numpy models for the training jobs: parameters are one flat float32 vector.
+"""Numpy models for the training jobs: parameters are named, shaped per-layer tensors.
 
-Every model gives loss and gradient on a minibatch and an evaluation on a held-out set. The
-flat vector is what the workers all-reduce (gradients) and broadcast (initial model), and what
-the model hash at the end of a job is computed from.
+Every model lists its layers (name and shape, e.g. W1 (64, 32), b1 (32,)) and gives loss and
+gradient on a minibatch and an evaluation on a held-out set. The tensors of a model live in one
+contiguous float32 buffer (Params): the layers are views into it, so operators that need
+matrices (PowerSGD, PowerGossip) get each layer in its shape, while the switch all-reduce,
+the broadcast of the initial model and the model hash use the buffer as it is, without copies.
 """
 from __future__ import annotations
 
@@ -12,9 +14,58 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def model_hash(params: np.ndarray) -> str:
+def model_hash(params) -> str:
     """Hash of the exact parameter bits: equal hashes mean bit-identical models."""
-    return hashlib.sha256(np.ascontiguousarray(params, np.float32).tobytes()).hexdigest()[:16]
+    flat = params.flat if isinstance(params, Params) else params
+    return hashlib.sha256(np.ascontiguousarray(flat, np.float32).tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One parameter tensor of a model: its name and shape."""
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def split(layers, flat: np.ndarray) -> list[np.ndarray]:
+    """Views of `flat` shaped like `layers`, in order (writing to a view writes to flat)."""
+    total = sum(lay.size for lay in layers)
+    if flat.size != total:
+        raise ValueError(f"{flat.size} values for layers of {total} in all")
+    out, i = [], 0
+    for lay in layers:
+        out.append(flat[i:i + lay.size].reshape(lay.shape))
+        i += lay.size
+    return out
+
+
+class Params:
+    """A model's tensors, by layer, over one contiguous float32 buffer `flat`."""
+
+    def __init__(self, layers, flat: np.ndarray | None = None):
+        self.layers = tuple(layers)
+        size = sum(lay.size for lay in self.layers)
+        self.flat = (np.zeros(size, np.float32) if flat is None
+                     else np.ascontiguousarray(flat, np.float32))
+        if self.flat.ndim != 1 or self.flat.size != size:
+            raise ValueError(f"a model of {size} parameters cannot hold {self.flat.size} values")
+        self.tensors = split(self.layers, self.flat)
+
+    def __iter__(self):
+        return iter(zip(self.layers, self.tensors))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def named(self) -> dict[str, np.ndarray]:
+        return {lay.name: t for lay, t in self}
+
+    def copy(self) -> "Params":
+        return Params(self.layers, self.flat.copy())
 
 
 def _softmax_xent(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -36,12 +87,13 @@ class LogisticRegression:
     l2: float = 1e-4
 
     @property
-    def size(self) -> int:
-        return self.n_features * self.n_classes + self.n_classes
+    def layers(self) -> tuple[Layer, ...]:
+        return (Layer("W", (self.n_features, self.n_classes)), Layer("b", (self.n_classes,)))
+
+    size = property(lambda self: sum(lay.size for lay in self.layers))
 
     def _split(self, p: np.ndarray):
-        d, c = self.n_features, self.n_classes
-        return p[:d * c].reshape(d, c), p[d * c:]
+        return split(self.layers, p)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         return np.zeros(self.size, np.float32)
@@ -72,21 +124,14 @@ class MLP:
     l2: float = 1e-4
 
     @property
-    def shapes(self):
+    def layers(self) -> tuple[Layer, ...]:
         d, h, c = self.n_features, self.hidden, self.n_classes
-        return [(d, h), (h,), (h, c), (c,)]
+        return (Layer("W1", (d, h)), Layer("b1", (h,)), Layer("W2", (h, c)), Layer("b2", (c,)))
 
-    @property
-    def size(self) -> int:
-        return sum(int(np.prod(s)) for s in self.shapes)
+    size = property(lambda self: sum(lay.size for lay in self.layers))
 
     def _split(self, p):
-        out, i = [], 0
-        for s in self.shapes:
-            n = int(np.prod(s))
-            out.append(p[i:i + n].reshape(s))
-            i += n
-        return out
+        return split(self.layers, p)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         d, h, c = self.n_features, self.hidden, self.n_classes
@@ -126,8 +171,10 @@ class LeastSquares:
     optimum_loss: float = 0.0
 
     @property
-    def size(self) -> int:
-        return self.n_features
+    def layers(self) -> tuple[Layer, ...]:
+        return (Layer("x", (self.n_features,)),)
+
+    size = property(lambda self: self.n_features)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         return np.zeros(self.size, np.float32)

@@ -9,6 +9,10 @@ Per step t every worker i:
   4. applies x <- x - lr * (sum / n).
 The sum is bit-identical on every worker (the switch multicasts one result; the fallback sums in
 worker-id order), so the models stay identical without ever being exchanged again.
+
+Decentralized training (cfg.algorithm exact / powergossip / choco) replaces steps 2-4 by a
+local step and a gossip step with the graph neighbours; the models then differ per worker. The
+trainer sees neither: it hands its gradient to a Communicator (worker/communicator.py).
 """
 from __future__ import annotations
 
@@ -48,6 +52,12 @@ class TrainConfig:
     eval_every: int = 1
     window: int = 32
     timeout: float = 10.0      # a stalled slot / silent peer ends the job after this many s
+    algorithm: str = "allreduce"   # or a gossip algorithm: exact, powergossip, choco
+    topology: str = "ring"     # gossip graph: ring, torus, complete, random
+    degree: int = 3            # random topology: neighbours per worker
+    rank: int = 1              # powergossip: rank of the per-edge approximations
+    iterations: int = 1        # powergossip: power-iteration steps per training step
+    gamma: float | None = None  # gossip step size (default 1, Choco 0.5)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,76 +121,106 @@ def plan(spec: str) -> Path:
     return Path(raw, "host", host=comp.spec, error_feedback=ef)
 
 
-class Aggregator:
-    """Sum of every worker's compressed vector, by the path's means; also this worker's part."""
-
-    def __init__(self, path: Path, client=None, gather=None, seed: int = 0):
-        from worker.compress import get_compressor
-        self.path, self.client, self.gather = path, client, gather
-        if path.kind == "switch" and client is None:
+def make_communicator(cfg: TrainConfig, path: Path | None, wid: int, n_workers: int, *,
+                      client=None, gather=None, gossip_net=None):
+    """The Communicator of this worker's job (worker/communicator.py), with the job's Memory."""
+    from worker.communicator import GossipCommunicator, HostAllGather, SwitchAllReduce
+    from worker.compress import Memory, get_compressor
+    seed = cfg.seed * 1000 + wid
+    if cfg.algorithm != "allreduce":
+        from worker.gossip import make_gossip
+        from worker.gossip_graph import make_graph
+        if gossip_net is None:
+            raise ValueError("decentralized training needs a gossip socket")
+        graph = make_graph(cfg.topology, n_workers, seed=cfg.seed, degree=cfg.degree)
+        g = make_gossip(cfg.algorithm, graph, wid, gossip_net, rank=cfg.rank,
+                        iterations=cfg.iterations, gamma=cfg.gamma,
+                        compressor=cfg.compressor, seed=cfg.seed)
+        return GossipCommunicator(g, label=gossip_label(cfg))
+    memory = Memory() if path.error_feedback else None
+    if path.kind == "switch":
+        if client is None:
             raise ValueError("a switch path needs an all-reduce client")
-        if path.kind == "host" and gather is None:
-            raise ValueError("the host fallback needs an all-gather mesh")
-        self.pre = get_compressor(path.pre, seed) if path.pre else None
-        self.host = get_compressor(path.host, seed) if path.host else None
+        pre = get_compressor(path.pre, seed) if path.pre else None
+        return SwitchAllReduce(client, n_workers, pre, memory, label=path.label)
+    if gather is None:
+        raise ValueError("the host fallback needs an all-gather mesh")
+    return HostAllGather(gather, n_workers, path.host, seed, memory, label=path.label)
 
-    def __call__(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        if self.path.kind == "switch":
-            x = self.pre(v) if self.pre is not None else v
-            r = self.client.allreduce(x, record=True)
-            st = r.stats
-            return r.values, r.contribution, {
-                "bytes_up": st.bytes_out, "bytes_down": st.bytes_in,
-                "packets_up": st.packets_out, "packets_down": st.packets_in,
-                "retransmissions": st.retransmissions, "comm_s": st.seconds}
-        from worker.compress import Compressed
-        from worker.allgather import pack_message, sum_in_order, unpack_message
-        c = self.host.compress(v)
-        blobs, st = self.gather.allgather(pack_message(c.codec, c.shape, c.data))
-        parts = []
-        for b in blobs:
-            codec, shape, payload = unpack_message(b)
-            parts.append(self.host.decompress(Compressed(payload, shape, 8 * len(payload), codec)))
-        total = sum_in_order(parts)
-        return total, parts[self.gather.wid], {
-            "bytes_up": st.bytes_out, "bytes_down": st.bytes_in, "packets_up": st.messages_out,
-            "packets_down": st.messages_out, "retransmissions": 0, "comm_s": st.seconds}
+
+def check_decentralized(cfg: TrainConfig, n_workers: int) -> None:
+    """ValueError with one clear line if a decentralized job cannot run as configured."""
+    from worker.gossip import ALGORITHMS
+    from worker.gossip_graph import make_graph
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose allreduce or one of "
+                         f"{', '.join(ALGORITHMS)}")
+    make_graph(cfg.topology, n_workers, seed=cfg.seed, degree=cfg.degree)  # GraphError
+    for what, v in (("rank", cfg.rank), ("iterations", cfg.iterations)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{cfg.algorithm}: {what} {v!r} must be an integer >= 1")
+    if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
+        raise ValueError(f"gossip step size {cfg.gamma} must be in (0, 1]")
+    if cfg.algorithm == "choco":
+        from worker.compress import get_compressor
+        get_compressor(cfg.compressor, 0)        # CompressorSpecError names the problem
+
+
+def gossip_label(cfg: TrainConfig) -> str:
+    """How a decentralized job mixes, for tables and run folders."""
+    what = {"exact": "exact gossip",
+            "powergossip": f"PowerGossip rank {cfg.rank} x{cfg.iterations}",
+            "choco": f"Choco-SGD {cfg.compressor}"}[cfg.algorithm]
+    graph = {"torus": "2-D torus", "complete": "complete graph",
+             "random": f"random {cfg.degree}-regular graph"}.get(cfg.topology, cfg.topology)
+    return f"{what} on a {graph}"
 
 
 class Trainer:
-    """One worker's side of a job: its shard, the shared model, the step."""
+    """One worker's side of a job: its shard, its model (per-layer tensors), the step."""
 
-    def __init__(self, cfg: TrainConfig, wid: int, n_workers: int, aggregate: Aggregator,
+    def __init__(self, cfg: TrainConfig, wid: int, n_workers: int, comm,
                  params: np.ndarray | None = None):
         self.cfg, self.wid, self.n = cfg, wid, n_workers
         self.data = datasets.load(cfg.data, cfg.seed)
-        self.model = models.make_model(cfg.model, self.data, cfg.hidden)
+        self.model = models.make_model(cfg.model, data=self.data, hidden=cfg.hidden)
         X, y = datasets.shard(self.data, wid, n_workers, cfg.seed)
         self.batches = datasets.Batches(X, y, cfg.batch, seed=cfg.seed * 1000 + wid)
-        self.params = (self.model.init_params(np.random.default_rng(cfg.seed))
-                       if params is None else np.array(params, np.float32))
-        if self.params.size != self.model.size:
-            raise ValueError(f"initial model has {self.params.size} parameters, "
+        flat = (self.model.init_params(np.random.default_rng(cfg.seed))
+                if params is None else np.array(params, np.float32))
+        if flat.size != self.model.size:
+            raise ValueError(f"initial model has {flat.size} parameters, "
                              f"{cfg.model} needs {self.model.size}")
-        self.aggregate = aggregate
-        self.memory = np.zeros_like(self.params) if aggregate.path.error_feedback else None
+        self.params = models.Params(self.model.layers, flat)
+        self.comm = comm
         self.steps_per_epoch = max(1, -(-len(self.data.y_train) // (n_workers * cfg.batch)))
 
     def evaluate(self) -> dict:
-        return self.model.evaluate(self.params, self.data.X_test, self.data.y_test)
+        return self.model.evaluate(self.params.flat, self.data.X_test, self.data.y_test)
 
     def step(self, t: int) -> dict:
         t0 = time.monotonic()
         X, y = self.batches.next()
-        loss, g = self.model.loss_grad(self.params, X, y)
-        v = g + self.memory if self.memory is not None else g
-        total, mine, comm = self.aggregate(v)
-        if self.memory is not None:
-            self.memory = (v - mine).astype(np.float32)
-        self.params -= np.float32(self.cfg.lr / self.n) * total
+        loss, g = self.model.loss_grad(self.params.flat, X, y)
+        comm = self.comm.step(self.params, models.Params(self.model.layers, g), self.cfg.lr)
         rec = {"step": t + 1, "train_loss": loss, **comm,
                "step_s": time.monotonic() - t0}
-        if self.wid == 0 and ((t + 1) % self.cfg.eval_every == 0 or t + 1 == self.cfg.steps):
+        last = t + 1 == self.cfg.steps
+        if (self.wid == 0 or self.comm.decentralized) and \
+                ((t + 1) % self.cfg.eval_every == 0 or last):
             ev = self.evaluate()
             rec.update({("test_" + k): v for k, v in ev.items()})
+            if self.comm.decentralized:   # the runner averages the models for its metrics
+                rec["params"] = encode_params(self.params.flat)
         return rec
+
+
+def encode_params(flat: np.ndarray) -> str:
+    """A model as text for a JSON metrics record (base64 of its float32 bytes)."""
+    import base64
+    return base64.b64encode(np.ascontiguousarray(flat, "<f4").tobytes()).decode()
+
+
+def decode_params(text: str) -> np.ndarray:
+    import base64
+    return np.frombuffer(base64.b64decode(text), "<f4").copy()

@@ -9,7 +9,9 @@ after its C_nat run) until a job ends without announcing another.
 
 Tasks (sent by the coordinator in the welcome):
 - "train": Algorithm 1 (worker/train.py) for cfg.steps steps; per-step metrics to the
-  coordinator; at the end a hash of the model (all workers must agree bit for bit).
+  coordinator; at the end a hash of the model (all workers must agree bit for bit). With a
+  gossip algorithm (cfg.algorithm) the worker gossips with its graph neighbours over its
+  gossip socket (announced in the hello) instead; the models then differ per worker.
 - "allreduce": `calls` all-reduces of a seeded random tensor; with `dump` set, what was sent and
   received goes to an npz file so a checker can verify the switch's sums exactly.
 Exit status: 0 done, 2 the job was aborted or failed (the reason is on stderr and was sent to
@@ -37,9 +39,9 @@ def task_tensor(size: int, seed: int, wid: int, call: int) -> np.ndarray:
     return (rng.standard_normal(size) * scale).astype(np.float32)
 
 
-def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
+def run(link, welcome: dict, blob: bytes | None, udp, gather, gossip_net=None) -> dict:
     from worker.allreduce import AllReduceClient
-    from worker.train import Aggregator, Path, TrainConfig, Trainer, plan
+    from worker.train import TrainConfig, Trainer, make_communicator, plan
     wid, n = welcome["wid"], welcome["n"]
     task = welcome["task"]
     spec = JobSpec.from_dict(welcome["spec"]) if welcome.get("spec") else None
@@ -59,10 +61,17 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
     trainer = None
     if task["kind"] == "train":   # data and model before the start barrier: steps start together
         cfg = TrainConfig.from_dict(task["config"])
-        path: Path = plan(cfg.compressor)
+        path = plan(cfg.compressor) if cfg.algorithm == "allreduce" else None
+        if path is None:
+            from worker.gossip_graph import make_graph
+            graph = make_graph(cfg.topology, n, seed=cfg.seed, degree=cfg.degree)
+            gossip_net.timeout = welcome.get("timeout", 10.0)
+            gossip_net.connect(wid, {j: tuple(welcome["gossip_peers"][str(j)])
+                                     for j in graph.neighbours(wid)})
         params = None if blob is None else np.frombuffer(blob, np.float32).copy()
-        trainer = Trainer(cfg, wid, n, Aggregator(path, client, gather,
-                                                  seed=cfg.seed * 1000 + wid), params)
+        comm = make_communicator(cfg, path, wid, n, client=client, gather=gather,
+                                 gossip_net=gossip_net)
+        trainer = Trainer(cfg, wid, n, comm, params)
     link.send({"t": "ready"})
     link.barrier("start")
     if trainer is None:
@@ -75,8 +84,13 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather) -> dict:
         reason = link.poll_abort()
         if reason:
             raise JobAborted(reason)
-    return {"hash": model_hash(trainer.params),
-            "final": trainer.evaluate() if wid == 0 else None}
+    out = {"hash": model_hash(trainer.params),
+           "final": trainer.evaluate() if wid == 0 or trainer.comm.decentralized else None}
+    if trainer.comm.decentralized:   # the job's bytes per edge, as this worker counted them
+        out["edges"] = {str(j): {"bytes_out": e.bytes_out, "bytes_in": e.bytes_in,
+                                 "datagrams_out": e.datagrams_out, "resent": e.resent}
+                        for j, e in gossip_net.edges.items()}
+    return out
 
 
 def _allreduce_task(link, client, task, wid) -> dict:
@@ -145,14 +159,17 @@ def _one_job(a) -> tuple[int, bool]:
     from nina.jobmsg import JobAborted
     from worker.link import WorkerLink
     from worker.allgather import AllGather
+    from worker.gossip_net import GossipNet
     from worker.transport import UdpTransport
 
     import worker.train  # noqa: F401  (scikit-learn loads later, only for training tasks)
     udp = UdpTransport(("127.0.0.1", 0), bind_ip=a.ip, bind_port=a.udp_port)
     gather = AllGather(0, 1, ip=a.ip)
+    gossip_net = GossipNet(bind_ip=a.ip)
     link = WorkerLink(a.coord, timeout=a.join_timeout)
     hello = {"t": "hello", "udp": list(udp.address), "gather": list(gather.address),
-             "pid": os.getpid(), "host": socket.gethostname()}
+             "gossip": list(gossip_net.address), "pid": os.getpid(),
+             "host": socket.gethostname()}
     if a.rank is not None:
         hello["rank"] = a.rank
     wid = "?"
@@ -160,7 +177,7 @@ def _one_job(a) -> tuple[int, bool]:
         welcome, blob = _join(link, hello, a.join_timeout, HELLO_REPEAT if a.serve else None)
         wid = link.wid = welcome["wid"]
         link.start_heartbeat()
-        result = run(link, welcome, blob, udp, gather)
+        result = run(link, welcome, blob, udp, gather, gossip_net)
         link.send({"t": "done", **result})
         bye, _ = link.expect("bye", timeout=30.0)
         return 0, bool(bye.get("more"))
@@ -185,6 +202,7 @@ def _one_job(a) -> tuple[int, bool]:
         link.close()
         udp.close()
         gather.close()
+        gossip_net.close()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from .errors import (CompressedFormatError, CompressionError, CompressorInputErr
                      CompressorSpecError, NonFiniteError)
 from .identity import Identity
 from .lowrank import PowerSGD
-from .memory import ErrorFeedback
+from .memory import ErrorFeedback, Memory
 from .natural import Nat8, Nat9
 from .optimal import SparseDither, Spherical
 from .registry import get_compressor, list_compressors
@@ -22,7 +22,7 @@ from .topk import TopK
 __all__ = [
     "Compressed", "Compressor", "as_gradient", "get_compressor", "list_compressors",
     "Identity", "Nat8", "Nat9", "DitherNat", "DitherSta", "RandK", "TopK", "Sparsified",
-    "SparseDither", "Spherical", "PowerSGD", "ErrorFeedback",
+    "SparseDither", "Spherical", "PowerSGD", "ErrorFeedback", "Memory",
     "CompressionError", "CompressorSpecError", "CompressorInputError", "NonFiniteError",
     "CompressedFormatError",
 ]

@@ -117,6 +117,7 @@ class Compressor(abc.ABC):
     name: str = "?"
     unbiased: bool = False
     summable_in_switch: bool = False  # can the switch sum this operator's values exactly?
+    needs_matrix: bool = False        # works only on tensors of >= 2 dims (per layer)
 
     def __init__(self, seed: SeedLike = None):
         self.rng = make_rng(seed)

@@ -21,6 +21,7 @@ from .errors import CompressorInputError, CompressorSpecError
 class PowerSGD(Compressor):
     name = "powersgd"
     unbiased = False
+    needs_matrix = True
 
     def __init__(self, r: int = 2, seed=None):
         super().__init__(seed)

@@ -5,6 +5,10 @@ Ports are numbered 1..N in the order the interfaces are given. NINA frames (IPv4
 (the worker_addr rewrite: MACs, IPs, UDP ports) with correct checksums; any other frame is
 counted FORWARDED and sent unchanged out of the port the l2_forward table names.
 Needs root (CAP_NET_RAW).
+
+Frames move in batches: one recvmmsg per ready port takes what is queued (nina.mmsg), the NINA
+updates among them go through the compiled pipeline as one batch, and the result frames of a
+batch leave each port in one sendmmsg.
 """
 from __future__ import annotations
 
@@ -13,12 +17,18 @@ import select
 import socket
 import sys
 
+import numpy as np
+
+from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
+from nina.wire import UDP_PORT
+from switch import kernel as K
 from switch.packets import MALFORMED, NINA, build_udp_frame, parse_frame
-from switch.pipeline import UPDATE_LEN
+from switch.pipeline import BATCH, UPDATE_LEN, _Rows
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4          # our own transmissions, looped back to packet sockets
-FRAME_BUFFER = 65536 + 64
+FRAME_BUFFER = 2048          # a frame row; longer frames are cut (their length still counts)
+_PKTTYPE_AT = 10             # sockaddr_ll.sll_pkttype
 
 
 class RawIO:
@@ -65,44 +75,55 @@ class RawIO:
             poller.register(s.fileno(), select.POLLIN)
             fd_port[s.fileno()] = port
         poller.register(self._wake_r, select.POLLIN)
-        fbuf = bytearray(FRAME_BUFFER)
-        view = memoryview(fbuf)
-        rx = pipeline.rx_buffer
+        ring = MsgRing(BATCH, FRAME_BUFFER)
+        rows = _Rows(BATCH, UPDATE_LEN)
         while not self._stop:
             for fd, _ in poller.poll():
                 port = fd_port.get(fd)
                 if port is None:
                     continue   # the wake pipe: the loop condition ends it
-                recv = self.socks[port].recvfrom_into
                 while not self._stop:
-                    try:
-                        n, addr = recv(fbuf)
-                    except (BlockingIOError, InterruptedError):
+                    m = ring.recv(fd, MSG_DONTWAIT | MSG_TRUNC)
+                    if not m:
                         break
-                    if addr[2] == PACKET_OUTGOING:
-                        continue
                     try:
-                        self._handle(pipeline, port, view, n, rx)
+                        self._handle(pipeline, port, ring, m, rows)
                     except Exception as e:  # a pipeline bug must not take the switch down
                         self._internal_error(e)
-                    self.rx_packets += 1
 
-    def _handle(self, pipeline, port: int, view: memoryview, n: int, rx: bytearray) -> None:
-        f = parse_frame(view[:n])
-        if f.kind == NINA:
-            off, plen = f.payload_offset, f.payload_len
-            m = min(plen, UPDATE_LEN)
-            rx[:m] = view[off:off + m]
-            for o in pipeline.process_rx(plen, port, f.src_ip, f.src_port, n):
-                self._send(o.egress_port, build_udp_frame(
-                    o.dst_mac, o.src_mac, o.src_ip, o.dst_ip, o.src_udp_port, o.dst_udp_port,
-                    o.payload))
-        elif f.kind == MALFORMED:
-            pipeline.drop_malformed(port, n)
-        else:
-            egress = pipeline.forward(port, f.dst_mac, n)
-            if egress is not None:
-                self._send(egress, bytes(view[:n]))
+    def _handle(self, pipeline, port: int, ring: MsgRing, m: int, rows: _Rows) -> None:
+        pkttype = ring.name.view(np.uint8).reshape(ring.n, -1)[:m, _PKTTYPE_AT]
+        k = 0
+        for i in range(m):
+            if pkttype[i] == PACKET_OUTGOING:
+                continue
+            self.rx_packets += 1
+            n = int(ring.lengths[i])
+            view = memoryview(ring.buf[i])[:min(n, FRAME_BUFFER)]
+            f = parse_frame(view)
+            if f.kind == NINA:
+                off, plen = f.payload_offset, f.payload_len
+                c = min(plen, UPDATE_LEN)
+                rows.rx[k, :c] = ring.buf[i, off:off + c]
+                rows.rx_len[k], rows.rx_port[k], rows.frame_len[k] = plen, port, n
+                rows.rx_ip[k], rows.rx_udp[k] = f.src_ip, f.src_port
+                k += 1
+            elif f.kind == MALFORMED:
+                pipeline.drop_malformed(port, n)
+            else:
+                egress = pipeline.forward(port, f.dst_mac, n)
+                if egress is not None:
+                    self._send(egress, bytes(view))
+        if k:
+            pipeline.process_batch(rows.rx, rows.rx_off, rows.rx_len, rows.rx_port, rows.rx_ip,
+                                   rows.rx_udp, rows.frame_len, k, self._send_results)
+
+    def _send_results(self, out, out_len, out_rep, k, img) -> None:
+        for i in range(k):
+            r = img.replicas[out_rep[i]]
+            self._send(int(r[K.R_PORT]), build_udp_frame(
+                int(r[K.R_DMAC]), int(r[K.R_SMAC]), int(r[K.R_SIP]), int(r[K.R_DIP]),
+                UDP_PORT, int(r[K.R_DPORT]), out[i, :out_len[i]].tobytes()))
 
     def _send(self, port: int, frame: bytes) -> None:
         s = self.socks.get(port)

@@ -34,11 +34,14 @@ _check_layout()
 
 
 class _Batcher:
-    """Packs records into a preallocated buffer; subclasses decide where a full batch goes."""
+    """Collects records in a preallocated TRACE_DTYPE buffer; subclasses decide where a full
+    batch goes. The compiled data plane hands over whole arrays (`write`); the rare per-packet
+    paths in Python (forwarded frames, broken framing) pack one record (`emit`)."""
 
     def __init__(self, batch: int):
         self.batch = max(1, int(batch))
-        self._buf = bytearray(self.batch * _REC.size)
+        self._arr = np.zeros(self.batch, TRACE_DTYPE)
+        self._buf = memoryview(self._arr.view(np.uint8))
         self._n = 0
         self.records = 0   # records emitted so far (flushed or not)
 
@@ -52,8 +55,20 @@ class _Batcher:
         if self._n == self.batch:
             self.flush()
 
+    def write(self, records: np.ndarray) -> None:
+        """Append an array of TRACE_DTYPE records (copied: the caller reuses its buffer)."""
+        i, n = 0, len(records)
+        self.records += n
+        while i < n:
+            m = min(n - i, self.batch - self._n)
+            self._arr[self._n:self._n + m] = records[i:i + m]
+            self._n += m
+            i += m
+            if self._n == self.batch:
+                self.flush()
+
     def _take(self) -> np.ndarray:
-        recs = np.frombuffer(bytes(self._buf[:self._n * _REC.size]), TRACE_DTYPE)
+        recs = self._arr[:self._n].copy()
         self._n = 0
         return recs
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def cache_dir() -> Path:
     """Where compiled code is cached (created on first use)."""
@@ -44,3 +46,38 @@ def njit(fn):
     if _numba is None:
         return fn
     return _numba.njit(cache=True, nogil=True)(fn)
+
+
+# ---- the compiled code's random source: xorshift64* over a one-word state ----------------
+# (the switch's C_M rounding and loss draws, the workers' natural rounding). numpy's Generator
+# cannot be called from compiled code; a state is seeded from one (seed_state), so a seeded
+# run is reproducible.
+
+def seed_state(rng) -> np.ndarray:
+    """A fresh one-word state (uint64 array of 1) drawn from a numpy Generator and passed
+    through splitmix64's finaliser (the usual way to seed xorshift: no weak states)."""
+    z = np.uint64(rng.integers(1, 1 << 63))
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return np.array([z or 1], np.uint64)
+
+
+def _rand_u64(state):
+    """Next 64 random bits (uint64); advances state[0]."""
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return x * np.uint64(0x2545F4914F6CDD1D)
+
+
+def _rand_u32(state):
+    """Next 32 random bits, as a non-negative int64."""
+    return np.int64(rand_u64(state) >> np.uint64(32))
+
+
+rand_u64 = njit(_rand_u64)
+rand_u32 = njit(_rand_u32)

@@ -112,9 +112,10 @@ class MsgRing:
 
     # ---- send -------------------------------------------------------------------------------
 
-    def send_rows(self, fd: int, rows: np.ndarray, lengths, m: int, ip=None, port=None) -> \
-            tuple[int, int]:
-        """Send rows[0..m-1][:lengths[i]] (rows: a C-contiguous 2-D uint8 array), each to
+    def send_rows(self, fd: int, rows: np.ndarray, lengths, m: int, ip=None, port=None,
+                  index: np.ndarray | None = None) -> tuple[int, int]:
+        """Send rows[0..m-1][:lengths[i]] (rows: a C-contiguous 2-D uint8 array; with `index`,
+        rows[index[0..m-1]] instead), each to
         (ip[i], port[i]) (scalars or arrays; None: the socket's connected peer or, for
         AF_PACKET, the bound interface). Returns (sent, failed): a datagram the kernel refuses
         with a transient error (no buffer, ICMP refusal) is counted failed and skipped, as a
@@ -125,7 +126,9 @@ class MsgRing:
         while sent + failed < m:
             lo = sent + failed
             k = min(m - lo, self.n)
-            self.iov["base"][:k] = base + np.arange(lo, lo + k, dtype=np.uint64) * stride
+            sel = np.arange(lo, lo + k, dtype=np.uint64) if index is None else \
+                index[lo:lo + k].astype(np.uint64)
+            self.iov["base"][:k] = base + sel * np.uint64(stride)
             self.iov["len"][:k] = lengths[lo:lo + k] if np.ndim(lengths) else lengths
             if ip is None:
                 self.hdr["namelen"][:k] = 0

@@ -13,7 +13,7 @@ matters through its length). Outputs are written as whole packets into rows of `
 rewrite) they go to. Trace records go into `trace` (TRACE_DTYPE), one per packet.
 
 Numbers in the loops are kept int64 (numba promotes mixed unsigned/signed arithmetic to
-float otherwise); the random source is xorshift64* over a one-word state per pipeline.
+float otherwise); the random source is nina.jit's xorshift64* over a state per pipeline.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from nina.decisions import Decision
-from nina.jit import njit
+from nina.jit import njit, rand_u32
 from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_LEN, NAT8_MAG,
                        NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD, VERSION,
                        Encoding, MsgType)
@@ -58,17 +58,6 @@ _RID_WORKER = (1 << RID_PART_SHIFT) - 1
 _ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
 _FLAG_VER, _FLAG_CM, _VERSION, _HLEN, _ULEN = FLAG_VER, FLAG_CM, VERSION, HEADER_LEN, UPDATE_LEN
 _SIGN, _MAG, _ZERO, _RMOD = NAT8_SIGN, NAT8_MAG, NAT8_ZERO, ROUND_MOD
-
-
-@njit
-def next_u32(state):
-    """xorshift64* step on state[0] (uint64); the high 32 bits of the product, as int64."""
-    x = state[0]
-    x ^= x >> np.uint64(12)
-    x ^= x << np.uint64(25)
-    x ^= x >> np.uint64(27)
-    state[0] = x
-    return np.int64((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32))
 
 
 @njit
@@ -145,7 +134,7 @@ def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offs
         nbody = 4 * _CAP_INT32
     elif cm:
         for i in range(_CAP_NAT8):
-            c = cm_code(np.int64(acc[idx, i]), next_u32(rng))
+            c = cm_code(np.int64(acc[idx, i]), rand_u32(rng))
             body[i] = c
             if completing:
                 m = 0 if c == _ZERO else np.int64(1) << (c & _MAG)
@@ -255,7 +244,7 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                 decision = D_UNREGISTERED
             elif slot >= jobs[jx, J_SLOT_COUNT]:
                 decision = D_BAD_SLOT
-            elif jobs[jx, J_LOSS] and (next_u32(rng) >> 16) < jobs[jx, J_LOSS]:
+            elif jobs[jx, J_LOSS] and (rand_u32(rng) >> 16) < jobs[jx, J_LOSS]:
                 decision = D_INJECTED
         if decision >= 0:   # dropped: counted and traced with the header as read
             ctr_pkts[decision] += 1

@@ -23,6 +23,7 @@ from nina import p4spec
 from nina.config import JobSpec, slots_overlap
 from nina.decisions import N_DECISIONS, TRACE_DTYPE, Decision
 from nina.install_rounds import install_cells, install_rounds
+from nina.jit import seed_state
 from nina.wire import (ELEMENTS_NAT8, FLAG_CM, MAX_WORKERS, RID_PART_SHIFT, UDP_PORT, Encoding,
                        nat8_to_int, result_parts)
 from switch import kernel as K
@@ -153,7 +154,7 @@ class Pipeline:
         self.register_size = size = 2 * pool_slots
         self.rng = np.random.default_rng(seed)
         # the data plane's random source (C_M rounding, the loss simulator): xorshift64*
-        self._rng_state = self.rng.integers(1, 1 << 63, 1, dtype=np.uint64)
+        self._rng_state = seed_state(self.rng)
         self.trace = trace
 
         self._bitmap = np.zeros(size, np.uint32)
@@ -443,3 +444,12 @@ class Pipeline:
         """{decision name: (packets, bytes)} for the non-zero cells (for printing)."""
         return {d.name: (int(self._ctr_pkts[d]), int(self._ctr_bytes[d]))
                 for d in Decision if self._ctr_pkts[d]}
+
+
+def _warm() -> None:
+    """Load (on a machine's first run: compile) the kernel at import, so a switch's first
+    packet is not held up by the compiler."""
+    Pipeline(pool_slots=1).process(PacketIn(0, 0, 0, bytes(UPDATE_LEN)))
+
+
+_warm()

@@ -38,7 +38,7 @@ def set_buffers(sock: socket.socket, nbytes: int) -> None:
 
 
 class UdpIO:
-    """Runs a pipeline-like object (rx_buffer, process_rx) behind a UDP socket."""
+    """Runs a pipeline-like object (process_batch, trace) behind a UDP socket."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = UDP_PORT,
                  buffer_bytes: int = SOCKET_BUFFER):

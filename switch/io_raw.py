@@ -21,9 +21,9 @@ import numpy as np
 
 from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
 from nina.wire import UDP_PORT
-from switch import kernel as K
-from switch.packets import MALFORMED, NINA, build_udp_frame, parse_frame
-from switch.pipeline import BATCH, UPDATE_LEN, _Rows
+from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
+from switch.kernel import OUT_ROW
+from switch.pipeline import BATCH, OUT_ROWS
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4          # our own transmissions, looped back to packet sockets
@@ -76,7 +76,11 @@ class RawIO:
             fd_port[s.fileno()] = port
         poller.register(self._wake_r, select.POLLIN)
         ring = MsgRing(BATCH, FRAME_BUFFER)
-        rows = _Rows(BATCH, UPDATE_LEN)
+        self._frows = FrameRows(BATCH)
+        self._frames = np.zeros((OUT_ROWS, FRAME_HEAD + OUT_ROW), np.uint8)
+        self._flen = np.zeros(OUT_ROWS, np.int64)
+        self._tx = MsgRing(BATCH, 0)
+        self._port_of = np.zeros(BATCH, np.int64)
         while not self._stop:
             for fd, _ in poller.poll():
                 port = fd_port.get(fd)
@@ -87,43 +91,55 @@ class RawIO:
                     if not m:
                         break
                     try:
-                        self._handle(pipeline, port, ring, m, rows)
+                        self._handle(pipeline, port, ring, m)
                     except Exception as e:  # a pipeline bug must not take the switch down
                         self._internal_error(e)
 
-    def _handle(self, pipeline, port: int, ring: MsgRing, m: int, rows: _Rows) -> None:
+    def _handle(self, pipeline, port: int, ring: MsgRing, m: int) -> None:
+        """One batch of frames from `port`: the NINA updates through the pipeline in one call
+        (the frames' own rows, the payload at its offset), the rest one by one (rare)."""
         pkttype = ring.name.view(np.uint8).reshape(ring.n, -1)[:m, _PKTTYPE_AT]
-        k = 0
-        for i in range(m):
-            if pkttype[i] == PACKET_OUTGOING:
-                continue
-            self.rx_packets += 1
-            n = int(ring.lengths[i])
-            view = memoryview(ring.buf[i])[:min(n, FRAME_BUFFER)]
-            f = parse_frame(view)
-            if f.kind == NINA:
-                off, plen = f.payload_offset, f.payload_len
-                c = min(plen, UPDATE_LEN)
-                rows.rx[k, :c] = ring.buf[i, off:off + c]
-                rows.rx_len[k], rows.rx_port[k], rows.frame_len[k] = plen, port, n
-                rows.rx_ip[k], rows.rx_udp[k] = f.src_ip, f.src_port
-                k += 1
-            elif f.kind == MALFORMED:
+        lens = ring.lengths[:m].astype(np.int64)
+        fr = self._frows
+        fr.classify(ring.buf, lens, m)
+        mine = pkttype != PACKET_OUTGOING
+        nina = mine & (fr.kind[:m] == K_NINA)
+        self.rx_packets += int(mine.sum())
+        for i in np.flatnonzero(mine & ~nina).tolist():   # malformed NINA or other traffic
+            n = int(lens[i])
+            if fr.kind[i] == K_MALFORMED:
                 pipeline.drop_malformed(port, n)
             else:
-                egress = pipeline.forward(port, f.dst_mac, n)
+                egress = pipeline.forward(port, int(fr.dst_mac[i]), n)
                 if egress is not None:
-                    self._send(egress, bytes(view))
-        if k:
-            pipeline.process_batch(rows.rx, rows.rx_off, rows.rx_len, rows.rx_port, rows.rx_ip,
-                                   rows.rx_udp, rows.frame_len, k, self._send_results)
+                    self._send(egress, ring.buf[i, :min(n, FRAME_BUFFER)].tobytes())
+        idx = np.flatnonzero(nina)
+        if not len(idx):
+            return
+        self._port_of[:] = port
+        if len(idx) == m:   # the usual batch: every frame an update, processed in place
+            pipeline.process_batch(ring.buf, fr.off, fr.plen, self._port_of, fr.src_ip,
+                                   fr.src_port, lens, m, self._send_results)
+        else:
+            pipeline.process_batch(ring.buf[idx], fr.off[idx], fr.plen[idx], self._port_of,
+                                   fr.src_ip[idx], fr.src_port[idx], lens[idx], len(idx),
+                                   self._send_results)
 
     def _send_results(self, out, out_len, out_rep, k, img) -> None:
-        for i in range(k):
-            r = img.replicas[out_rep[i]]
-            self._send(int(r[K.R_PORT]), build_udp_frame(
-                int(r[K.R_DMAC]), int(r[K.R_SMAC]), int(r[K.R_SIP]), int(r[K.R_DIP]),
-                UDP_PORT, int(r[K.R_DPORT]), out[i, :out_len[i]].tobytes()))
+        """Frame a batch of results (compiled) and send each port's share in one sendmmsg."""
+        frame_results(out, out_len, out_rep, k, img.replicas, self._frames, self._flen,
+                      UDP_PORT)
+        ports = img.replicas[out_rep[:k], 0]
+        for p in np.unique(ports).tolist():
+            sel = np.flatnonzero(ports == p)
+            s = self.socks.get(p)
+            if s is None:
+                self.tx_errors += len(sel)   # no such port on this switch
+                continue
+            sent, failed = self._tx.send_rows(s.fileno(), self._frames, self._flen[sel],
+                                              len(sel), index=sel)
+            self.tx_packets += sent
+            self.tx_errors += failed
 
     def _send(self, port: int, frame: bytes) -> None:
         s = self.socks.get(port)

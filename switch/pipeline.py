@@ -199,6 +199,11 @@ class Pipeline:
         if self._dirty:
             self._dirty = False   # first, so a write racing with the rebuild marks it again
             self._image = build_image(self.tables, self.mcast_groups, self.pool_slots)
+            if self._image.max_replicas > len(self.out):   # one packet's copies must fit
+                rows = self._image.max_replicas
+                self.out = np.zeros((rows, OUT_ROW), np.uint8)
+                self.out_len = np.zeros(rows, np.int64)
+                self.out_rep = np.zeros(rows, np.int64)
         return self._image
 
     def process_batch(self, rx: np.ndarray, rx_off: np.ndarray, rx_len: np.ndarray,

@@ -2,9 +2,10 @@
 
 The file format is switch/trace_file.py's (raw nina.decisions.TRACE_DTYPE records + a JSON
 index beside them), so `nina trace` reads what the embedded switch writes. This module only
-makes emitting cheap: each record is packed with one struct call into a preallocated batch
-buffer, and a full batch goes to the file as one numpy write; the index is refreshed at most
-once a second and on close.
+makes emitting cheap: the compiled data plane hands over a whole batch's records as one array
+(`write`), the rare per-packet paths in Python pack one record with one struct call (`emit`),
+both into a preallocated buffer, and a full buffer goes to the file as one numpy write; the
+index is refreshed at most once a second and on close.
 """
 from __future__ import annotations
 

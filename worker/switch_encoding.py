@@ -179,8 +179,7 @@ def nat8_values(codes: np.ndarray, exp_byte: np.ndarray, shift: int) -> np.ndarr
 
 @dataclass(frozen=True)
 class SwitchCodec:
-    """A switch encoding as the worker sees it: `k` elements per update of `update_dtype`,
-    results in `parts` packets of `part_k` elements (`result_flags` on them), and whether the
+    """A switch encoding as the worker sees it: `k` elements per update, results in `parts` packets of `part_k` elements (`result_flags` on them), and whether the
     first window needs a priming exchange (block exponent agreement: every encoding does)."""
     name: str
     encoding: Encoding
@@ -196,10 +195,6 @@ class SwitchCodec:
     @property
     def result_flags(self) -> int:
         return FLAG_CM if self.cm else 0
-
-    @property
-    def update_dtype(self) -> np.dtype:
-        return payload_layout(MsgType.UPDATE, self.encoding).dtype.newbyteorder("=")
 
     @property
     def parts(self) -> int:

@@ -11,7 +11,9 @@ Sections (each a table of ratios against a baseline measured in the same run):
 3. time to accuracy of the same training job per compressor (bench/train.py);
 4. the poster's table: bits per element on the wire and omega, measured and bound
    (bench/compress.py);
-5. all-reduce time vs loss rate with retransmission counts.
+5. all-reduce time vs loss rate with retransmission counts;
+6. local mode end to end: `nina allreduce` beside a loopback echo bound with the same packets
+   (bench/local_allreduce.py).
 Progress goes to stderr; `make bench` runs this script. NINA_BMV2_PERF=PATH adds a
 performance build of simple_switch_grpc to section 1's BMv2 table.
 """
@@ -267,7 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bw", type=float, default=100.0, help="rack link Mbit/s (Mininet only)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--out", default=str(REPO / "bench" / "REPORT.md"))
-    ap.add_argument("--sections", default="1,2,3,4,5", help="which sections to run")
+    ap.add_argument("--sections", default="1,2,3,4,5,6", help="which sections to run")
     args = ap.parse_args(argv)
     if args.quick:
         args.size, args.loss_size, args.steps = 1 << 16, 1 << 15, 40
@@ -309,6 +311,11 @@ def main(argv=None) -> int:
     finally:
         if net is not None:
             net.close()
+    if "6" in want:
+        parts.append(f"## 6. Local mode end to end vs a loopback echo bound ({args.size} "
+                     f"elements)\n\n```\n"
+                     + run_script(["bench/local_allreduce.py", "--size", str(args.size),
+                                   "--repeat", "2"], 1800) + "\n```\n")
     parts.append(f"\n_Report generated in {time.monotonic() - t_start:.0f} s._\n")
     out.write_text("\n".join(parts))
     log(f"wrote {out}")

@@ -62,19 +62,30 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- the reflector server
 
 def serve_reflector(reply_bytes: int, replies: int) -> int:
-    """The switch's I/O loop with a pipeline that only answers the sender (`replies` packets of
-    `reply_bytes`, as many as the switch sends per update: a NAT8 result comes in parts)."""
+    """The switch's batched I/O loop (switch.io_udp.UdpIO: recvmmsg in, sendmmsg out) with a
+    pipeline that only answers the sender: `replies` packets of `reply_bytes` per update (as
+    many as the switch sends: a NAT8 result without C_M comes in two parts), the update's
+    header copied in. No aggregation, no tables: the bound the switch is held against."""
     from switch.io_udp import UdpIO
-    from switch.pipeline import PacketOut
+    from switch.kernel import N_REP_COLS, R_DIP, R_DPORT
+    from switch.pipeline import BATCH
+
+    class Image:
+        replicas = np.zeros((BATCH * replies, N_REP_COLS), np.int64)
 
     class Reflector:
-        def __init__(self):
-            self.rx_buffer = bytearray(65536)
-            self.pad = bytes(reply_bytes - 16)
+        trace = None
+        out = np.zeros((BATCH * replies, reply_bytes), np.uint8)
+        out_len = np.full(BATCH * replies, reply_bytes, np.int64)
+        out_rep = np.arange(BATCH * replies, dtype=np.int64)
 
-        def process_rx(self, nbytes, ingress_port, src_ip, src_port):
-            return [PacketOut(0, 0, src_ip, src_port, 0, 0, UDP_PORT,
-                              bytes(self.rx_buffer[:16]) + self.pad)] * replies
+        def process_batch(self, rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n,
+                          send):
+            k = n * replies
+            self.out[:k, :16] = np.repeat(rx[:n, :16], replies, axis=0)
+            Image.replicas[:k, R_DIP] = np.repeat(rx_ip[:n], replies)
+            Image.replicas[:k, R_DPORT] = np.repeat(rx_udp[:n], replies)
+            send(self.out, self.out_len, self.out_rep, k, Image)
 
     io = UdpIO("127.0.0.1", 0, SOCK_BUF)
     signal.signal(signal.SIGINT, lambda *_: io.stop())
@@ -88,9 +99,10 @@ def serve_reflector(reply_bytes: int, replies: int) -> int:
 # ---------------------------------------------------------------- server processes
 
 class Server:
-    def __init__(self, cmd: list[str]):
+    def __init__(self, cmd: list[str], cwd: Path = REPO):
+        env = dict(os.environ, PYTHONPATH=str(cwd))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, cwd=REPO)
+                                     text=True, cwd=cwd, env=env)
         deadline = time.monotonic() + 60
         line = ""
         while time.monotonic() < deadline:
@@ -163,12 +175,11 @@ def cpu_ns(pid: int) -> int:
 def drain(server: "Server", socks, seq, addr, per_update: int) -> tuple[float, float]:
     """Queue seq in the paused server, resume it; returns (packets/s until the last result,
     server CPU seconds per packet)."""
+    from nina.mmsg import MSG_DONTWAIT, MsgRing
     poller = select.poll()
-    by_fd = {}
     for s in socks:
         poller.register(s.fileno(), select.POLLIN)
-        by_fd[s.fileno()] = s.recv_into
-    buf = bytearray(4096)
+    ring = MsgRing(1024, 2048)   # batched receives: the load generator must not be the limit
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
         sends = [s.sendto for s in socks]
@@ -186,13 +197,11 @@ def drain(server: "Server", socks, seq, addr, per_update: int) -> tuple[float, f
         if not events:
             break           # results lost (buffers): rate over what arrived
         for fd, _ in events:
-            recv = by_fd[fd]
             while True:
-                try:
-                    recv(buf)
-                except BlockingIOError:
+                m = ring.recv(fd, MSG_DONTWAIT)
+                if not m:
                     break
-                got += 1
+                got += m
         last = time.perf_counter()
     cpu = (cpu_ns(server.proc.pid) - c0) * 1e-9
     if got < expected * 0.9:
@@ -359,33 +368,37 @@ def bmv2_rows(ns: list[int], args) -> list[tuple]:
 # ---------------------------------------------------------------- runs
 
 class Target:
-    """One server under test (reflector or switch) with its own worker sockets and updates."""
+    """One server under test (reflector, switch, or the switch of another checkout: --before)
+    with its own worker sockets and updates."""
 
-    def __init__(self, kind: str, n: int, enc: Encoding, trace: bool, args, tmp: Path):
-        self.kind, self.n, self.enc, self.trace = kind, n, enc, trace
+    def __init__(self, kind: str, n: int, enc: Encoding, cm: bool, trace: bool, args,
+                 tmp: Path):
+        self.kind, self.n, self.enc, self.cm, self.trace = kind, n, enc, cm, trace
         self.socks = make_workers(n)
         self.seq = make_sequence(n, enc, args.window, args.packets)
         self.rates: list[float] = []
         self.cpus: list[float] = []
         ports = [s.getsockname()[1] for s in self.socks]
-        name = f"{kind}-{enc.name}-{n}-{int(trace)}"
-        self.parts = result_parts(enc)   # result packets per update, switch and reflector
+        name = f"{kind}-{enc.name}-{int(cm)}-{n}-{int(trace)}"
+        flags = FLAG_CM if cm else 0
+        self.parts = result_parts(enc, flags)   # result packets per update, switch and reflector
         if kind == "reflector":
-            reply = 16 + payload_layout(MsgType.RESULT, enc).nbytes   # the switch's result
+            reply = 16 + payload_layout(MsgType.RESULT, enc, flags).nbytes   # the switch's result
             cmd = [sys.executable, __file__, "--serve-reflector", "--reply-bytes", str(reply),
                    "--replies", str(self.parts)]
-        else:
-            jobs = [{"job_id": 1, "n_workers": n, "encoding": enc.name,
-                     "slot_count": args.window,
-                     "workers": [{"wid": w, "ip": "127.0.0.1", "udp_port": p}
-                                 for w, p in enumerate(ports)]}]
-            (tmp / f"{name}.json").write_text(json.dumps(jobs))
-            cmd = [sys.executable, "-m", "nina.cli", "switch", "--mode", "local", "--listen",
-                   "127.0.0.1:0", "--jobs", str(tmp / f"{name}.json"),
-                   "--socket-buffer", str(SOCK_BUF)]
-            if trace:
-                cmd += ["--trace", str(tmp / f"{name}.trace")]
-        self.server = Server(cmd)
+            self.server = Server(cmd)
+            return
+        jobs = [{"job_id": 1, "n_workers": n, "encoding": enc.name, "cm": cm,
+                 "slot_count": args.window,
+                 "workers": [{"wid": w, "ip": "127.0.0.1", "udp_port": p}
+                             for w, p in enumerate(ports)]}]
+        (tmp / f"{name}.json").write_text(json.dumps(jobs))
+        cmd = [sys.executable, "-m", "nina.cli", "switch", "--mode", "local", "--listen",
+               "127.0.0.1:0", "--jobs", str(tmp / f"{name}.json"),
+               "--socket-buffer", str(SOCK_BUF)]
+        if trace:
+            cmd += ["--trace", str(tmp / f"{name}.trace")]
+        self.server = Server(cmd, Path(args.before) if kind == "before" else REPO)
 
     def drain(self) -> None:
         rate, cpu = drain(self.server, self.socks, self.seq, self.server.addr, self.parts)
@@ -401,19 +414,24 @@ class Target:
         out = self.server.stop()
         for s in self.socks:
             s.close()
-        if self.kind == "switch" and "COMPLETE" not in out:
+        if self.kind != "reflector" and "COMPLETE" not in out:
             raise RuntimeError(f"the switch completed no round:\n{out}")
         return {"pps": self.pps, "cpu": min(self.cpus), "rss": rss}
+
+
+VARIANTS = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, True))
 
 
 def run_n(n: int, args, tmp: Path) -> list[tuple]:
     """All servers for one n, drained in turn `repeat` times: load drifts hit all alike."""
     targets = []
     try:
-        for enc in (Encoding.INT32, Encoding.NAT8):
-            targets.append(Target("reflector", n, enc, False, args, tmp))
+        for enc, cm in VARIANTS:
+            targets.append(Target("reflector", n, enc, cm, False, args, tmp))
             for trace in (False, True):
-                targets.append(Target("switch", n, enc, trace, args, tmp))
+                targets.append(Target("switch", n, enc, cm, trace, args, tmp))
+            if args.before:
+                targets.append(Target("before", n, enc, cm, False, args, tmp))
         for rep in range(args.repeat):
             log(f"n={n}: drain {rep + 1}/{args.repeat} of {len(targets)} servers "
                 f"({len(targets[0].seq)} updates each)")
@@ -422,11 +440,13 @@ def run_n(n: int, args, tmp: Path) -> list[tuple]:
     finally:
         results = [(t, t.stop()) for t in targets]
     rows = []
-    for enc in (Encoding.INT32, Encoding.NAT8):
-        ref = next(r for t, r in results if t.kind == "reflector" and t.enc == enc)
-        for t, r in results:
-            if t.kind == "switch" and t.enc == enc:
-                rows.append((enc, n, t.trace, r, ref))
+    for enc, cm in VARIANTS:
+        mine = [(t, r) for t, r in results if t.enc == enc and t.cm == cm]
+        ref = next(r for t, r in mine if t.kind == "reflector")
+        before = next((r for t, r in mine if t.kind == "before"), None)
+        for t, r in mine:
+            if t.kind == "switch":
+                rows.append((enc, cm, n, t.trace, r, ref, before))
     return rows
 
 
@@ -441,6 +461,9 @@ def main() -> int:
                     help="skip the BMv2-vs-embedded table on veths")
     ap.add_argument("--bmv2-packets", type=int, default=3000,
                     help="updates per switch in the BMv2 table")
+    ap.add_argument("--before", metavar="CHECKOUT",
+                    help="also measure the switch of another checkout of this project (e.g. "
+                         "the main branch before a change), same run, same load")
     ap.add_argument("--serve-reflector", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reply-bytes", type=int, default=272, help=argparse.SUPPRESS)
     ap.add_argument("--replies", type=int, default=1, help=argparse.SUPPRESS)
@@ -449,6 +472,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.serve_reflector:
         return serve_reflector(args.reply_bytes, args.replies)
+    if args.before and not (Path(args.before) / "nina" / "cli.py").is_file():
+        ap.error(f"--before {args.before}: not a checkout of this project (no nina/cli.py)")
     try:
         ns = [int(x) for x in args.workers.split(",")]
     except ValueError:
@@ -469,31 +494,43 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ninabench") as tmpdir:
         for n in ns:
             rows += run_n(n, args, Path(tmpdir))
-    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
 
-    cap_eps = {(enc, n, t): CAPACITY[enc] / n / sw["cpu"] for enc, n, t, sw, _ in rows}
+    def enc_name(enc, cm):
+        return enc.name + ("+C_M" if cm else "")
+
+    cap_eps = {(enc, cm, n, t): CAPACITY[enc] / n / sw["cpu"]
+               for enc, cm, n, t, sw, _, _ in rows}
     print(f"embedded switch, loopback UDP drains of {args.packets} updates (best of "
           f"{args.repeat}), window {args.window}; {os.cpu_count()} cores, "
           f"load avg {os.getloadavg()[0]:.1f}")
-    hdr = (f"{'enc':<6}{'n':>3}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
+    hdr = (f"{'enc':<10}{'n':>3}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
            f"{'us/pkt':>8}{'refl us':>9}{'cpu ratio':>10}{'Melem/s':>9}{'Melem/cpu-s':>12}"
-           f"{'NAT8/INT32':>11}{'RSS MiB':>9}")
+           f"{'vs INT32':>9}{'RSS MiB':>9}" + (f"{'before kpps':>12}{'x before':>9}"
+                                              if args.before else ""))
     print(hdr)
     print("-" * len(hdr))
-    for enc, n, trace, sw, ref in rows:
-        e = cap_eps[enc, n, trace]
-        print(f"{enc.name:<6}{n:>3}{'on' if trace else 'off':>6}{sw['pps'] / 1e3:>8.1f}"
-              f"{ref['pps'] / 1e3:>10.1f}{sw['pps'] / ref['pps']:>7.2f}"
-              f"{sw['cpu'] * 1e6:>8.2f}{ref['cpu'] * 1e6:>9.2f}{ref['cpu'] / sw['cpu']:>10.2f}"
-              f"{sw['pps'] / n * CAPACITY[enc] / 1e6:>9.2f}{e / 1e6:>12.2f}"
-              f"{e / cap_eps[Encoding.INT32, n, trace]:>10.2f}x{sw['rss']:>9.1f}")
-    print("kpps: update packets/s through the server, wall clock (reflector: the same I/O loop "
-          "and load, the switch's result\npackets per update: 2 parts for NAT8); us/pkt: server CPU time per packet "
-          "(main thread, /proc/PID/schedstat), robust to load from\nother processes; cpu "
-          "ratio: reflector/switch CPU per packet = capacity ratio on an idle core; Melem/s: "
-          "all-reduced\nelements/s (rounds x elements per packet), wall clock and per CPU-second "
-          "of the switch; NAT8/INT32: from the\nlatter, same n and trace; RSS: peak resident "
-          f"set (VmHWM) of the switch process, default pool of {POOL_SLOTS} slots.")
+    for enc, cm, n, trace, sw, ref, before in rows:
+        e = cap_eps[enc, cm, n, trace]
+        line = (f"{enc_name(enc, cm):<10}{n:>3}{'on' if trace else 'off':>6}"
+                f"{sw['pps'] / 1e3:>8.1f}"
+                f"{ref['pps'] / 1e3:>10.1f}{sw['pps'] / ref['pps']:>7.2f}"
+                f"{sw['cpu'] * 1e6:>8.2f}{ref['cpu'] * 1e6:>9.2f}{ref['cpu'] / sw['cpu']:>10.2f}"
+                f"{sw['pps'] / n * CAPACITY[enc] / 1e6:>9.2f}{e / 1e6:>12.2f}"
+                f"{e / cap_eps[Encoding.INT32, False, n, trace]:>8.2f}x{sw['rss']:>9.1f}")
+        if args.before and before is not None:
+            line += f"{before['pps'] / 1e3:>12.1f}{sw['pps'] / before['pps']:>8.1f}x"
+        print(line)
+    print("kpps: update packets/s through the server, wall clock (reflector: the same batched "
+          "I/O loop, recvmmsg/sendmmsg, and load,\nthe switch's result packets per update: 2 "
+          "parts for NAT8 without C_M); us/pkt: server CPU time per update (the server\nloop's "
+          "thread, /proc/PID/schedstat), robust to load from other processes; cpu ratio: "
+          "reflector/switch CPU per\nupdate = capacity ratio on an idle core; Melem/s: "
+          "all-reduced elements/s (rounds x elements per packet), wall clock\nand per "
+          "CPU-second of the switch; vs INT32: from the latter, same n and trace; RSS: peak "
+          f"resident set (VmHWM)\nof the switch process, default pool of {POOL_SLOTS} slots."
+          + ("\nbefore: the switch of the checkout --before (traces off), same run, same load."
+             if args.before else ""))
     if args.no_bmv2:
         return 0
     from switch.bmv2_harness import bmv2_unavailable

@@ -5,6 +5,10 @@ Ports are numbered 1..N in the order the interfaces are given. NINA frames (IPv4
 (the worker_addr rewrite: MACs, IPs, UDP ports) with correct checksums; any other frame is
 counted FORWARDED and sent unchanged out of the port the l2_forward table names.
 Needs root (CAP_NET_RAW).
+
+Frames move in batches: one recvmmsg per ready port takes what is queued (nina.mmsg), the NINA
+updates among them go through the compiled pipeline as one batch, and the result frames of a
+batch leave each port in one sendmmsg.
 """
 from __future__ import annotations
 
@@ -13,12 +17,18 @@ import select
 import socket
 import sys
 
-from switch.packets import MALFORMED, NINA, build_udp_frame, parse_frame
-from switch.pipeline import UPDATE_LEN
+import numpy as np
+
+from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
+from nina.wire import UDP_PORT
+from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
+from switch.kernel import OUT_ROW
+from switch.pipeline import BATCH, OUT_ROWS
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4          # our own transmissions, looped back to packet sockets
-FRAME_BUFFER = 65536 + 64
+FRAME_BUFFER = 2048          # a frame row; longer frames are cut (their length still counts)
+_PKTTYPE_AT = 10             # sockaddr_ll.sll_pkttype
 
 
 class RawIO:
@@ -65,44 +75,71 @@ class RawIO:
             poller.register(s.fileno(), select.POLLIN)
             fd_port[s.fileno()] = port
         poller.register(self._wake_r, select.POLLIN)
-        fbuf = bytearray(FRAME_BUFFER)
-        view = memoryview(fbuf)
-        rx = pipeline.rx_buffer
+        ring = MsgRing(BATCH, FRAME_BUFFER)
+        self._frows = FrameRows(BATCH)
+        self._frames = np.zeros((OUT_ROWS, FRAME_HEAD + OUT_ROW), np.uint8)
+        self._flen = np.zeros(OUT_ROWS, np.int64)
+        self._tx = MsgRing(BATCH, 0)
+        self._port_of = np.zeros(BATCH, np.int64)
         while not self._stop:
             for fd, _ in poller.poll():
                 port = fd_port.get(fd)
                 if port is None:
                     continue   # the wake pipe: the loop condition ends it
-                recv = self.socks[port].recvfrom_into
                 while not self._stop:
-                    try:
-                        n, addr = recv(fbuf)
-                    except (BlockingIOError, InterruptedError):
+                    m = ring.recv(fd, MSG_DONTWAIT | MSG_TRUNC)
+                    if not m:
                         break
-                    if addr[2] == PACKET_OUTGOING:
-                        continue
                     try:
-                        self._handle(pipeline, port, view, n, rx)
+                        self._handle(pipeline, port, ring, m)
                     except Exception as e:  # a pipeline bug must not take the switch down
                         self._internal_error(e)
-                    self.rx_packets += 1
 
-    def _handle(self, pipeline, port: int, view: memoryview, n: int, rx: bytearray) -> None:
-        f = parse_frame(view[:n])
-        if f.kind == NINA:
-            off, plen = f.payload_offset, f.payload_len
-            m = min(plen, UPDATE_LEN)
-            rx[:m] = view[off:off + m]
-            for o in pipeline.process_rx(plen, port, f.src_ip, f.src_port, n):
-                self._send(o.egress_port, build_udp_frame(
-                    o.dst_mac, o.src_mac, o.src_ip, o.dst_ip, o.src_udp_port, o.dst_udp_port,
-                    o.payload))
-        elif f.kind == MALFORMED:
-            pipeline.drop_malformed(port, n)
+    def _handle(self, pipeline, port: int, ring: MsgRing, m: int) -> None:
+        """One batch of frames from `port`: the NINA updates through the pipeline in one call
+        (the frames' own rows, the payload at its offset), the rest one by one (rare)."""
+        pkttype = ring.name.view(np.uint8).reshape(ring.n, -1)[:m, _PKTTYPE_AT]
+        lens = ring.lengths[:m].astype(np.int64)
+        fr = self._frows
+        fr.classify(ring.buf, lens, m)
+        mine = pkttype != PACKET_OUTGOING
+        nina = mine & (fr.kind[:m] == K_NINA)
+        self.rx_packets += int(mine.sum())
+        for i in np.flatnonzero(mine & ~nina).tolist():   # malformed NINA or other traffic
+            n = int(lens[i])
+            if fr.kind[i] == K_MALFORMED:
+                pipeline.drop_malformed(port, n)
+            else:
+                egress = pipeline.forward(port, int(fr.dst_mac[i]), n)
+                if egress is not None:
+                    self._send(egress, ring.buf[i, :min(n, FRAME_BUFFER)].tobytes())
+        idx = np.flatnonzero(nina)
+        if not len(idx):
+            return
+        self._port_of[:] = port
+        if len(idx) == m:   # the usual batch: every frame an update, processed in place
+            pipeline.process_batch(ring.buf, fr.off, fr.plen, self._port_of, fr.src_ip,
+                                   fr.src_port, lens, m, self._send_results)
         else:
-            egress = pipeline.forward(port, f.dst_mac, n)
-            if egress is not None:
-                self._send(egress, bytes(view[:n]))
+            pipeline.process_batch(ring.buf[idx], fr.off[idx], fr.plen[idx], self._port_of,
+                                   fr.src_ip[idx], fr.src_port[idx], lens[idx], len(idx),
+                                   self._send_results)
+
+    def _send_results(self, out, out_len, out_rep, k, img) -> None:
+        """Frame a batch of results (compiled) and send each port's share in one sendmmsg."""
+        frame_results(out, out_len, out_rep, k, img.replicas, self._frames, self._flen,
+                      UDP_PORT)
+        ports = img.replicas[out_rep[:k], 0]
+        for p in np.unique(ports).tolist():
+            sel = np.flatnonzero(ports == p)
+            s = self.socks.get(p)
+            if s is None:
+                self.tx_errors += len(sel)   # no such port on this switch
+                continue
+            sent, failed = self._tx.send_rows(s.fileno(), self._frames, self._flen[sel],
+                                              len(sel), index=sel)
+            self.tx_packets += sent
+            self.tx_errors += failed
 
     def _send(self, port: int, frame: bytes) -> None:
         s = self.socks.get(port)

@@ -1,19 +1,22 @@
-"""Local-mode I/O of the embedded switch: one UDP socket on loopback.
+"""Local-mode I/O of the embedded switch: one UDP socket on loopback, batched.
 
 Every datagram's source (IP, UDP port) is the worker's source and its ingress port is 0 (there
 is one "port": the socket). Results go out of the same socket, so they come from the switch's
 address (UDP port 0xBEE0 by default) as in the rack.
 
-The loop receives straight into the pipeline's rx_buffer (no per-packet allocation) and blocks
-in recvfrom_into without a timeout (a socket timeout would add a poll() per packet); stop()
-wakes it with an empty datagram after raising the stop flag.
+The loop moves packets in batches (nina.mmsg: one recvmmsg takes whatever is queued, up to
+BATCH datagrams, straight into numpy rows the compiled pipeline reads; one sendmmsg per batch
+of results). It blocks in recvmmsg for the first datagram without a timeout (a timeout would
+add a poll() per batch); stop() wakes it with an empty datagram after raising the stop flag.
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 import sys
 
+import numpy as np
+
+from nina.mmsg import MSG_TRUNC, MSG_WAITFORONE, MsgRing
 from nina.wire import UDP_PORT
 
 DEFAULT_HOST = "127.0.0.1"
@@ -35,7 +38,7 @@ def set_buffers(sock: socket.socket, nbytes: int) -> None:
 
 
 class UdpIO:
-    """Runs a pipeline-like object (rx_buffer, process_rx) behind a UDP socket."""
+    """Runs a pipeline-like object (process_batch, trace) behind a UDP socket."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = UDP_PORT,
                  buffer_bytes: int = SOCKET_BUFFER):
@@ -57,45 +60,40 @@ class UdpIO:
         return f"udp {self.address[0]}:{self.address[1]}"
 
     def run(self, pipeline) -> None:
-        """Serve until stop(); returns after the in-flight packet is done."""
-        recv, send = self.sock.recvfrom_into, self.sock.sendto
-        buf = pipeline.rx_buffer
-        proc = pipeline.process_rx
-        ip_ints: dict[str, int] = {}
-        ip_strs: dict[int, str] = {}
+        """Serve until stop(); returns after the in-flight batch is done."""
+        from switch.kernel import R_DIP, R_DPORT, UPDATE_LEN
+        from switch.pipeline import BATCH, ETH_IP_UDP_LEN
+
+        fd = self.sock.fileno()
+        rx = MsgRing(BATCH, UPDATE_LEN)      # longer datagrams are cut; their length counts
+        tx = MsgRing(BATCH, 0)
+        zeros = np.zeros(BATCH, np.int64)
+
+        def send(out, out_len, out_rep, k, img):
+            reps = img.replicas[out_rep[:k]]
+            sent, failed = tx.send_rows(fd, out, out_len, k, reps[:, R_DIP], reps[:, R_DPORT])
+            self.tx_packets += sent
+            self.tx_errors += failed
+
         while not self._stop:
             try:
-                n, (ip, port) = recv(buf)
-            except ConnectionRefusedError:   # an ICMP error for an earlier send: not ours to
-                continue                     # handle, a UDP switch keeps going
+                m = rx.recv(fd, MSG_WAITFORONE | MSG_TRUNC)
             except OSError:
                 if self._stop:
                     break
                 raise
             if self._stop:
                 break
-            src = ip_ints.get(ip)
-            if src is None:
-                if len(ip_ints) > 65536:
-                    ip_ints.clear()
-                src = ip_ints[ip] = int(ipaddress.IPv4Address(ip))
+            if not m:
+                continue
+            lens = rx.lengths[:m].astype(np.int64)
+            ips, ports = rx.sources(m)
             try:
-                outs = proc(n, LOCAL_INGRESS_PORT, src, port)
+                pipeline.process_batch(rx.buf, zeros, lens, zeros, ips, ports,
+                                       lens + ETH_IP_UDP_LEN, m, send)
             except Exception as e:   # a pipeline bug must not take the switch down
                 self._internal_error(e)
-                continue
-            for o in outs:
-                dst = ip_strs.get(o.dst_ip)
-                if dst is None:
-                    if len(ip_strs) > 65536:
-                        ip_strs.clear()
-                    dst = ip_strs[o.dst_ip] = str(ipaddress.IPv4Address(o.dst_ip))
-                try:
-                    send(o.payload, (dst, o.dst_udp_port))
-                    self.tx_packets += 1
-                except OSError:
-                    self.tx_errors += 1
-            self.rx_packets += 1
+            self.rx_packets += m
 
     def _internal_error(self, e: Exception) -> None:
         self.internal_errors += 1

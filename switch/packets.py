@@ -6,21 +6,25 @@ header checksum and UDP checksum (veth peers verify them: AF_PACKET frames get n
 
 Checksums use the identity "one's-complement sum of 16-bit words == the big-endian integer
 mod 0xFFFF" (2^16 = 1 mod 0xFFFF), so one int.from_bytes does the whole sum in C.
+
+The interface back end works on batches: `classify_frames` and `frame_results` are the same
+rules compiled (nina.jit) over rows of a numpy buffer, and parse_frame/build_udp_frame are
+those functions applied to one frame, so there is one implementation of each.
 """
 from __future__ import annotations
 
 import struct
 from typing import NamedTuple
 
+import numpy as np
+
+from nina.jit import njit
 from nina.wire import UDP_PORT
 
 ETH_LEN, IPV4_MIN_LEN, UDP_LEN = 14, 20, 8
 ETHERTYPE_IPV4 = 0x0800
 IPPROTO_UDP = 17
 
-_ETH = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_UDP = struct.Struct("!HHHH")
 
 # Kinds of frame, as parse_frame reports them.
 NINA, MALFORMED, OTHER = "nina", "malformed", "other"
@@ -52,21 +56,147 @@ def udp_checksum(src_ip: int, dst_ip: int, udp_segment: bytes) -> int:
     return c or 0xFFFF
 
 
+K_OTHER, K_NINA, K_MALFORMED = 0, 1, 2
+_KINDS = {K_OTHER: OTHER, K_NINA: NINA, K_MALFORMED: MALFORMED}
+FRAME_HEAD = ETH_LEN + IPV4_MIN_LEN + UDP_LEN   # the frame around a result's UDP payload
+
+
+@njit
+def _csum_add(b, lo, hi, total):
+    """Add bytes b[lo:hi] as big-endian 16-bit words (odd length: zero-padded)."""
+    i = lo
+    while i + 1 < hi:
+        total += (np.int64(b[i]) << 8) | np.int64(b[i + 1])
+        i += 2
+    if i < hi:
+        total += np.int64(b[i]) << 8
+    return total
+
+
+@njit
+def _csum_fold(total):
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@njit
+def _be(b, o, v, n):
+    for j in range(n):
+        b[o + j] = (v >> (8 * (n - 1 - j))) & 0xFF
+
+
+@njit
+def frame_results(out, out_len, out_rep, k, replicas, frames, frame_len, src_port):
+    """Ethernet/IPv4 (DF, TTL 64, id 0)/UDP frames around result payloads out[i][:out_len[i]],
+    addressed by replica row out_rep[i] (switch.kernel's R_* columns), both checksums set."""
+    for i in range(k):
+        r = replicas[out_rep[i]]
+        dmac, dip, dport, smac, sip = r[3], r[4], r[5], r[6], r[7]
+        f = frames[i]
+        plen = out_len[i]
+        ulen = UDP_LEN + plen
+        _be(f, 0, dmac, 6)
+        _be(f, 6, smac, 6)
+        _be(f, 12, ETHERTYPE_IPV4, 2)
+        ip = ETH_LEN
+        f[ip] = 0x45
+        f[ip + 1] = 0
+        _be(f, ip + 2, IPV4_MIN_LEN + ulen, 2)
+        _be(f, ip + 4, 0, 2)
+        _be(f, ip + 6, 0x4000, 2)
+        f[ip + 8] = 64
+        f[ip + 9] = IPPROTO_UDP
+        _be(f, ip + 10, 0, 2)
+        _be(f, ip + 12, sip, 4)
+        _be(f, ip + 16, dip, 4)
+        _be(f, ip + 10, ~_csum_fold(_csum_add(f, ip, ip + IPV4_MIN_LEN, 0)) & 0xFFFF, 2)
+        u = ip + IPV4_MIN_LEN
+        _be(f, u, src_port, 2)
+        _be(f, u + 2, dport, 2)
+        _be(f, u + 4, ulen, 2)
+        _be(f, u + 6, 0, 2)
+        for j in range(plen):
+            f[u + UDP_LEN + j] = out[i, j]
+        pseudo = (sip >> 16) + (sip & 0xFFFF) + (dip >> 16) + (dip & 0xFFFF) + IPPROTO_UDP + ulen
+        c = ~_csum_fold(_csum_add(f, u, u + ulen, pseudo)) & 0xFFFF
+        _be(f, u + 6, c if c else 0xFFFF, 2)
+        frame_len[i] = u + ulen
+
+
+@njit
+def classify_frames(buf, lens, m, nina_port, kind, dst_mac, src_ip, dst_ip, src_port, dst_port,
+                    off, plen):
+    """parse_frame's rules over frames buf[i][:lens[i]] (a row may hold fewer bytes than the
+    frame had: only the headers are read, lengths are checked against lens)."""
+    for i in range(m):
+        b = buf[i]
+        n = np.int64(lens[i])
+        kind[i] = K_OTHER
+        dst_mac[i] = src_ip[i] = dst_ip[i] = src_port[i] = dst_port[i] = off[i] = plen[i] = 0
+        if n < ETH_LEN:
+            continue
+        d = 0
+        for j in range(6):
+            d = (d << 8) | np.int64(b[j])
+        dst_mac[i] = d
+        etype = (np.int64(b[12]) << 8) | np.int64(b[13])
+        if etype != ETHERTYPE_IPV4 or n < ETH_LEN + IPV4_MIN_LEN:
+            continue
+        ip = ETH_LEN
+        vihl = np.int64(b[ip])
+        ihl = (vihl & 0x0F) * 4
+        if vihl >> 4 != 4 or b[ip + 9] != IPPROTO_UDP or ihl < IPV4_MIN_LEN:
+            continue
+        l4 = ETH_LEN + ihl
+        if n < l4 + UDP_LEN or l4 + UDP_LEN > b.size:
+            continue
+        dport = (np.int64(b[l4 + 2]) << 8) | np.int64(b[l4 + 3])
+        if dport != nina_port:
+            continue
+        total = (np.int64(b[ip + 2]) << 8) | np.int64(b[ip + 3])
+        frag = (np.int64(b[ip + 6]) << 8) | np.int64(b[ip + 7])
+        ulen = (np.int64(b[l4 + 4]) << 8) | np.int64(b[l4 + 5])
+        s = 0
+        t = 0
+        for j in range(4):
+            s = (s << 8) | np.int64(b[ip + 12 + j])
+            t = (t << 8) | np.int64(b[ip + 16 + j])
+        src_ip[i], dst_ip[i] = s, t
+        src_port[i] = (np.int64(b[l4]) << 8) | np.int64(b[l4 + 1])
+        dst_port[i] = dport
+        # Broken lengths, fragments, or a UDP length past the frame: NINA traffic we cannot read
+        ok = (total >= ihl + UDP_LEN and ETH_LEN + total <= n and ulen >= UDP_LEN
+              and ihl + ulen <= total and frag & 0x3FFF == 0)
+        kind[i] = K_NINA if ok else K_MALFORMED
+        off[i] = l4 + UDP_LEN
+        plen[i] = ulen - UDP_LEN if ok else max(0, n - l4 - UDP_LEN)
+
+
+class FrameRows:
+    """Per-frame outputs of classify_frames for a batch of n frames."""
+
+    def __init__(self, n: int):
+        (self.kind, self.dst_mac, self.src_ip, self.dst_ip, self.src_port, self.dst_port,
+         self.off, self.plen) = (np.zeros(n, np.int64) for _ in range(8))
+
+    def classify(self, buf: np.ndarray, lens: np.ndarray, m: int,
+                 nina_port: int = UDP_PORT) -> None:
+        classify_frames(buf, lens, m, nina_port, self.kind, self.dst_mac, self.src_ip,
+                        self.dst_ip, self.src_port, self.dst_port, self.off, self.plen)
+
+
 def build_udp_frame(dst_mac: int, src_mac: int, src_ip: int, dst_ip: int, src_port: int,
-                    dst_port: int, payload: bytes, ttl: int = 64, ident: int = 0) -> bytes:
+                    dst_port: int, payload: bytes) -> bytes:
     """Ethernet/IPv4/UDP frame around payload, with both checksums filled in."""
-    udp_len = UDP_LEN + len(payload)
-    udp_hdr = _UDP.pack(src_port, dst_port, udp_len, 0)
-    ucs = udp_checksum(src_ip, dst_ip, udp_hdr + payload)
-    ip_hdr = _IPV4.pack(0x45, 0, IPV4_MIN_LEN + udp_len, ident & 0xFFFF, 0x4000, ttl,
-                        IPPROTO_UDP, 0, src_ip.to_bytes(4, "big"), dst_ip.to_bytes(4, "big"))
-    ics = ipv4_checksum(ip_hdr)
-    return b"".join((
-        dst_mac.to_bytes(6, "big"), src_mac.to_bytes(6, "big"),
-        ETHERTYPE_IPV4.to_bytes(2, "big"),
-        ip_hdr[:10], ics.to_bytes(2, "big"), ip_hdr[12:],
-        udp_hdr[:6], ucs.to_bytes(2, "big"), payload,
-    ))
+    n = len(payload)
+    out = np.frombuffer(bytes(payload), np.uint8).reshape(1, n)
+    rep = np.array([[0, 0, 0, dst_mac, dst_ip, dst_port, src_mac, src_ip]], np.int64)
+    frames = np.zeros((1, FRAME_HEAD + n), np.uint8)
+    flen = np.zeros(1, np.int64)
+    frame_results(out, np.array([n], np.int64), np.zeros(1, np.int64), 1, rep, frames, flen,
+                  src_port)
+    return frames[0].tobytes()
 
 
 class Frame(NamedTuple):
@@ -83,27 +213,26 @@ class Frame(NamedTuple):
 
 def parse_frame(frame: bytes | memoryview, nina_port: int = UDP_PORT) -> Frame:
     """Classify a frame; never raises. NINA = IPv4/UDP to nina_port, unfragmented."""
-    n = len(frame)
-    if n < ETH_LEN:
+    buf = np.frombuffer(bytes(frame), np.uint8)
+    rows = FrameRows(1)
+    rows.classify(buf.reshape(1, -1), np.array([buf.size], np.int64), 1, nina_port)
+    if not buf.size:
         return Frame(OTHER, 0, 0)
-    dst, src, ethertype = _ETH.unpack_from(frame)
-    dst_mac, src_mac = int.from_bytes(dst, "big"), int.from_bytes(src, "big")
-    if ethertype != ETHERTYPE_IPV4 or n < ETH_LEN + IPV4_MIN_LEN:
-        return Frame(OTHER, dst_mac, src_mac)
-    vihl, _, total, _, frag, _, proto, _, sip, dip = _IPV4.unpack_from(frame, ETH_LEN)
-    ihl = (vihl & 0x0F) * 4
-    if vihl >> 4 != 4 or proto != IPPROTO_UDP or ihl < IPV4_MIN_LEN:
-        return Frame(OTHER, dst_mac, src_mac)
-    l4 = ETH_LEN + ihl
-    if n < l4 + UDP_LEN:
-        return Frame(OTHER, dst_mac, src_mac)
-    sport, dport, ulen, _ = _UDP.unpack_from(frame, l4)
-    if dport != nina_port:
-        return Frame(OTHER, dst_mac, src_mac)
-    src_ip, dst_ip = int.from_bytes(sip, "big"), int.from_bytes(dip, "big")
-    # Broken lengths, fragments, or a UDP length past the frame: NINA traffic we cannot read.
-    ok = (total >= ihl + UDP_LEN and ETH_LEN + total <= n and ulen >= UDP_LEN
-          and ihl + ulen <= total and frag & 0x3FFF == 0)
-    kind = NINA if ok else MALFORMED
-    plen = ulen - UDP_LEN if ok else max(0, n - l4 - UDP_LEN)
-    return Frame(kind, dst_mac, src_mac, src_ip, dst_ip, sport, dport, l4 + UDP_LEN, plen)
+    src_mac = int.from_bytes(bytes(frame[6:12]), "big") if buf.size >= ETH_LEN else 0
+    return Frame(_KINDS[int(rows.kind[0])], int(rows.dst_mac[0]), src_mac, int(rows.src_ip[0]),
+                 int(rows.dst_ip[0]), int(rows.src_port[0]), int(rows.dst_port[0]),
+                 int(rows.off[0]), int(rows.plen[0]))
+
+
+def _warm() -> None:
+    """Load (first run: compile) the framing at import, as the interface loop calls it."""
+    frame = build_udp_frame(2, 1, 0x0A000001, 0x0A000002, UDP_PORT, UDP_PORT, bytes(272))
+    parse_frame(frame)
+    rows = np.zeros((1, 64), np.uint8)
+    frame_results(rows, np.zeros(1, np.int64), np.zeros(1, np.int64), 1,
+                  np.zeros((1, 8), np.int64), np.zeros((1, FRAME_HEAD + 64), np.uint8),
+                  np.zeros(1, np.int64), UDP_PORT)
+    FrameRows(1).classify(rows, np.zeros(1, np.int64), 1)
+
+
+_warm()

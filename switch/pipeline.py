@@ -1,66 +1,41 @@
-"""The embedded NINA data plane: switch state and the per-packet algorithm of docs/protocol.md.
+"""The embedded NINA data plane: switch state, tables and control plane around the algorithm.
 
 State mirrors the P4 program object for object (names from nina.p4spec): the per-(slot, version)
 registers, the `decisions` counter, the exact-match tables (switch.tables.TableStore) and the
-multicast groups. `process()` takes one packet (the UDP payload plus where it came from) and
-returns the packets to send; it never raises on packet bytes: anything malformed is counted
-under its Decision and dropped.
+multicast groups. The per-packet algorithm of docs/protocol.md is switch.kernel.process_batch,
+compiled once and run over these very numpy arrays, a batch of packets per call; the tables
+reach it as a compiled image (`_TableImage`) rebuilt whenever an entry changes.
 
-Speed matters (this runs per packet in Python), hence: registers that are read per packet live
-in array.array buffers (fast int indexing) exposed as numpy views, accumulator rows are cached
-views of one 2-D int32 array, NAT8 addends come from a 256-entry table per shift, the header is
-one struct unpack, and the packet bytes are read through numpy views of a fixed receive buffer
-(`rx_buffer`) that the I/O loop receives into directly (`process_rx`).
+`process_batch()` is what the I/O loops call (packets already in their receive rows; results
+go to a send callback in batches); `process()` runs one PacketIn and returns PacketOuts (tests,
+in-process use). Neither raises on packet bytes: anything malformed is counted under its
+Decision and dropped. Trace records land in a preallocated array, handed to the trace sink in
+bulk after each batch.
 """
 from __future__ import annotations
 
-import struct
 import time
-from array import array
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from nina import p4spec
 from nina.config import JobSpec, slots_overlap
-from nina.decisions import N_DECISIONS, Decision
+from nina.decisions import N_DECISIONS, TRACE_DTYPE, Decision
 from nina.install_rounds import install_cells, install_rounds
-from nina.wire import (ROUND_MOD, ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_DTYPE,
-                       HEADER_LEN, MAX_WORKERS, RESULT_PART_SUMS, RID_PART_SHIFT, UDP_PORT, VERSION,
-                       Encoding, MsgType, cm_codes_to_int, int_to_cm_codes, nat8_to_int,
-                       result_parts)
+from nina.jit import seed_state
+from nina.wire import (ELEMENTS_NAT8, FLAG_CM, MAX_WORKERS, RID_PART_SHIFT, UDP_PORT, Encoding,
+                       nat8_to_int, result_parts)
+from switch import kernel as K
+from switch.kernel import OUT_ROW, UPDATE_LEN
 from switch.tables import P4Error, TableStore
 
 ETH_IP_UDP_LEN = 14 + 20 + 8   # frame bytes around a UDP payload (local mode has no frame)
-UPDATE_LEN = HEADER_LEN + 256  # every UPDATE is 16 + 256 bytes, INT32 and NAT8 alike
-RX_BUFFER_SIZE = 65536         # any UDP datagram fits, so over-long ones are seen as such
-
-# The header as one struct (same layout as nina.wire.HEADER_DTYPE, checked below).
-_HDR = struct.Struct(">BBBBHBBHHI")
-assert _HDR.size == HEADER_DTYPE.itemsize == HEADER_LEN
-assert tuple(HEADER_DTYPE.names) == ("version", "msg_type", "encoding", "flags", "job", "worker",
-                                     "exponent", "slot", "count", "offset")
-assert array("I").itemsize == 4 and array("Q").itemsize == 8
-
-# Plain ints: IntEnum attribute lookups cost more than the work they name on the fast path.
-D_FIRST, D_AGGREGATE, D_COMPLETE = int(Decision.FIRST), int(Decision.AGGREGATE), \
-    int(Decision.COMPLETE)
-D_REPLY, D_DUP = int(Decision.RETRANSMIT_REPLY), int(Decision.DROP_DUPLICATE)
-D_MALFORMED, D_BAD_VERSION = int(Decision.DROP_MALFORMED), int(Decision.DROP_BAD_VERSION)
-D_BAD_TYPE, D_BAD_ENCODING = int(Decision.DROP_BAD_TYPE), int(Decision.DROP_BAD_ENCODING)
-D_BAD_COUNT, D_UNKNOWN_JOB = int(Decision.DROP_BAD_COUNT), int(Decision.DROP_UNKNOWN_JOB)
-D_BAD_WORKER, D_UNREGISTERED = int(Decision.DROP_BAD_WORKER), int(Decision.DROP_UNREGISTERED)
-D_BAD_SLOT, D_INJECTED = int(Decision.DROP_BAD_SLOT), int(Decision.DROP_INJECTED)
-D_FORWARDED = int(Decision.FORWARDED)
-_UPDATE, _RESULT = int(MsgType.UPDATE), int(MsgType.RESULT)
-_INT32, _NAT8 = int(Encoding.INT32), int(Encoding.NAT8)
-_CAPACITY = (ELEMENTS_INT32, ELEMENTS_NAT8)   # indexed by encoding
-_I32BE = np.dtype(">i4")
-_PART_BYTES = RESULT_PART_SUMS * _I32BE.itemsize
+BATCH = 256                    # packets per kernel call at most (I/O batches are this size)
+OUT_ROWS = 4096                # result packets the output buffer holds (>= 64 replicas)
+D_MALFORMED, D_FORWARDED = int(Decision.DROP_MALFORMED), int(Decision.FORWARDED)
+_NAT8 = int(Encoding.NAT8)
 _RID_WORKER = (1 << RID_PART_SHIFT) - 1   # replica id = part << RID_PART_SHIFT | worker
-_WORKER_BYTE = HEADER_DTYPE.fields["worker"][1]   # rewritten per result copy
-_MASK32 = 0xFFFFFFFF
-_ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
 
 _JOB_T, _WORKER_T, _ADDR_T, _L2_T = (p4spec.JOB_TABLE.name, p4spec.WORKER_TABLE.name,
                                      p4spec.WORKER_ADDR.name, p4spec.L2_FORWARD.name)
@@ -91,39 +66,81 @@ class PacketOut(NamedTuple):
     payload: bytes
 
 
-_LUTS: dict[int, np.ndarray] = {}
-
-
 def nat8_lut(shift: int) -> np.ndarray:
     """code -> int32 addend for this shift (nina.wire.nat8_to_int of all 256 codes)."""
-    lut = _LUTS.get(shift)
-    if lut is None:
-        lut = _LUTS[shift] = np.ascontiguousarray(
-            nat8_to_int(np.arange(256, dtype=np.uint8), shift), np.int32)
-    return lut
+    return np.ascontiguousarray(nat8_to_int(np.arange(256, dtype=np.uint8), shift), np.int32)
 
 
-class _Job:
-    """A job_table entry, decoded once, with what the fast path needs precomputed."""
-    __slots__ = ("job", "n", "wlimit", "slot_base", "slot_count", "base2", "shift", "encoding",
-                 "cm", "flag_cm", "parts", "mcast_grp", "loss_q16", "lut", "replicas", "addr")
+class _Rows:
+    """A batch of receive rows with the per-packet metadata process_batch takes."""
 
-    def __init__(self, job: int, params: tuple, pool_slots: int):
+    def __init__(self, n: int, width: int):
+        self.rx = np.zeros((n, width), np.uint8)
+        self.rx_off = np.zeros(n, np.int64)
+        self.rx_len = np.zeros(n, np.int64)
+        self.rx_port = np.zeros(n, np.int64)
+        self.rx_ip = np.zeros(n, np.int64)
+        self.rx_udp = np.zeros(n, np.int64)
+        self.frame_len = np.zeros(n, np.int64)
+
+
+class _TableImage(NamedTuple):
+    """The tables as the kernel reads them (see switch.kernel's column names)."""
+    jobmap: np.ndarray     # job id -> row of jobs, -1 if no entry
+    jobs: np.ndarray       # (jobs, N_JOB_COLS) int64
+    luts: np.ndarray       # (jobs, 256) int32: NAT8 code -> addend at the job's shift
+    admit_ptr: np.ndarray  # row J_ADM + w .. + 1 of it: admit rows of (job, worker w)
+    admit: np.ndarray      # (entries, 3) int64: ingress port, source IP, source UDP port
+    replicas: np.ndarray   # (replicas, N_REP_COLS) int64, grouped per job
+    max_replicas: int
+
+
+def build_image(tables: TableStore, mcast_groups: dict, pool_slots: int) -> _TableImage:
+    """Compile job_table, worker_table, worker_addr and the multicast groups for the kernel."""
+    job_entries = sorted(tables.entries(_JOB_T).copy().items())
+    addrs = tables.entries(_ADDR_T).copy()
+    admits: dict[tuple[int, int], list] = {}
+    for (job, wid, port, ip, udp) in list(tables.entries(_WORKER_T).copy()):
+        admits.setdefault((job, wid), []).append((port, ip, udp))
+    jobmap = np.full(1 << 16, -1, np.int32)
+    jobs = np.zeros((len(job_entries), K.N_JOB_COLS), np.int64)
+    luts = np.zeros((len(job_entries), 256), np.int32)
+    admit_ptr = [0]
+    admit_rows: list = []
+    reps: list = []
+    for jx, ((job,), params) in enumerate(job_entries):
         (n, slot_base, slot_count, shift, encoding, cm, mcast_grp, loss_q16) = params
-        self.job, self.n = job, n
-        self.wlimit = min(n, MAX_WORKERS)         # the bitmap has 32 bits whatever n says
-        self.slot_base = slot_base
+        cm = bool(cm) and encoding == _NAT8   # C_M is defined on NAT8 jobs only
+        r = jobs[jx]
+        r[K.J_ID], r[K.J_N], r[K.J_WLIMIT] = job, n, min(n, MAX_WORKERS)
         # Slots past the end of the pool do not exist: they drop as BAD_SLOT.
-        self.slot_count = max(0, min(slot_count, pool_slots - slot_base))
-        self.base2 = 2 * slot_base
-        self.shift, self.encoding = shift, encoding
-        self.cm = bool(cm) and encoding == _NAT8  # C_M is defined on NAT8 jobs only
-        self.flag_cm = FLAG_CM if self.cm else 0
-        self.parts = result_parts(encoding, self.flag_cm)
-        self.mcast_grp, self.loss_q16 = mcast_grp, loss_q16
-        self.lut = nat8_lut(shift) if encoding == _NAT8 else None
-        self.replicas: list[tuple] = []   # (egress port, rid, dmac, dip, dport, smac, sip)
-        self.addr: dict[int, tuple] = {}  # wid -> (dmac, dip, dport, smac, sip)
+        r[K.J_SLOT_BASE] = slot_base
+        r[K.J_SLOT_COUNT] = max(0, min(slot_count, pool_slots - slot_base))
+        r[K.J_SHIFT], r[K.J_ENC], r[K.J_CM] = shift, encoding, cm
+        r[K.J_PARTS] = result_parts(encoding, FLAG_CM if cm else 0)
+        r[K.J_LOSS] = loss_q16
+        r[K.J_ADM] = len(admit_ptr) - 1
+        for w in range(MAX_WORKERS):
+            admit_rows += admits.get((job, w), [])
+            admit_ptr.append(len(admit_rows))
+        if encoding == _NAT8:
+            luts[jx] = nat8_lut(shift)
+        r[K.J_REP_LO] = len(reps)
+        for port, rid in mcast_groups.get(mcast_grp, ()) if mcast_grp else ():
+            a = addrs.get((job, rid & _RID_WORKER))
+            if a is not None:   # a replica with no egress rewrite entry is dropped
+                reps.append((port, rid & _RID_WORKER, rid >> RID_PART_SHIFT) + tuple(a))
+        r[K.J_REP_HI] = len(reps)
+        jobmap[job] = jx
+    per_job = jobs[:, K.J_REP_HI] - jobs[:, K.J_REP_LO]
+    return _TableImage(jobmap, jobs, luts, np.array(admit_ptr, np.int64),
+                       np.array(admit_rows, np.int64).reshape(-1, 3),
+                       np.array(reps, np.int64).reshape(-1, K.N_REP_COLS),
+                       int(per_job.max()) if len(per_job) else 0)
+
+
+# A send callback: (out rows, their lengths, their replica rows, count, the table image).
+SendFn = Callable[[np.ndarray, np.ndarray, np.ndarray, int, _TableImage], None]
 
 
 class Pipeline:
@@ -136,251 +153,129 @@ class Pipeline:
         self.pool_slots = pool_slots
         self.register_size = size = 2 * pool_slots
         self.rng = np.random.default_rng(seed)
+        # the data plane's random source (C_M rounding, the loss simulator): xorshift64*
+        self._rng_state = seed_state(self.rng)
         self.trace = trace
 
-        # Per-packet registers: array.array storage (fast scalar access), numpy views outside.
-        self._bitmap = array("I", bytes(4 * size))
-        self._count = array("B", bytes(size))
-        self._max_exp = array("B", bytes(size))
-        self._offset = array("I", bytes(4 * size))
-        self._round = array("B", bytes(size))
+        self._bitmap = np.zeros(size, np.uint32)
+        self._count = np.zeros(size, np.uint8)
+        self._max_exp = np.zeros(size, np.uint8)
+        self._offset = np.zeros(size, np.uint32)
+        self._round = np.zeros(size, np.uint8)
         self.acc = np.zeros((size, p4spec.N_ACCUMULATORS), np.int32)
         self.registers: dict[str, np.ndarray] = {
-            p4spec.REG_BITMAP: np.frombuffer(self._bitmap, np.uint32),
-            p4spec.REG_COUNT: np.frombuffer(self._count, np.uint8),
-            p4spec.REG_MAX_EXP: np.frombuffer(self._max_exp, np.uint8),
-            p4spec.REG_OFFSET: np.frombuffer(self._offset, np.uint32),
-            p4spec.REG_ROUND: np.frombuffer(self._round, np.uint8),
+            p4spec.REG_BITMAP: self._bitmap,
+            p4spec.REG_COUNT: self._count,
+            p4spec.REG_MAX_EXP: self._max_exp,
+            p4spec.REG_OFFSET: self._offset,
+            p4spec.REG_ROUND: self._round,
             **{p4spec.reg_acc(i): self.acc[:, i] for i in range(p4spec.N_ACCUMULATORS)},
         }
         assert set(self.registers) == set(p4spec.REGISTERS)
-        self._rows = list(self.acc)                        # row views, one per (slot, ver)
-        self._rows64 = [r[:ELEMENTS_INT32] for r in self._rows]
 
-        self._ctr_pkts = array("Q", bytes(8 * N_DECISIONS))
-        self._ctr_bytes = array("Q", bytes(8 * N_DECISIONS))
-        self.counters_packets = np.frombuffer(self._ctr_pkts, np.uint64)
-        self.counters_bytes = np.frombuffer(self._ctr_bytes, np.uint64)
+        self.counters_packets = self._ctr_pkts = np.zeros(N_DECISIONS, np.uint64)
+        self.counters_bytes = self._ctr_bytes = np.zeros(N_DECISIONS, np.uint64)
 
         self.tables = TableStore(p4spec.TABLES)
         self.tables.add_listener(self._on_table_change)
-        self._admit = self.tables.entries(_WORKER_T)       # live dict: key -> ()
         self._l2 = self.tables.entries(_L2_T)
         self.mcast_groups: dict[int, list[tuple[int, int]]] = {}
-        self._jobs: dict[int, _Job] = {}
+        self._image = build_image(self.tables, self.mcast_groups, pool_slots)
         self._dirty = False
 
-        # The I/O loop receives straight into this buffer; the views below read it in place.
-        self.rx_buffer = bytearray(RX_BUFFER_SIZE)
-        self._rx_codes = np.frombuffer(self.rx_buffer, np.uint8, ELEMENTS_NAT8, HEADER_LEN)
-        self._rx_i32 = np.frombuffer(self.rx_buffer, _I32BE, ELEMENTS_INT32, HEADER_LEN)
-        self._loss_draws: list[int] = []
-        self._loss_i = 0
+        # kernel output and scratch buffers, allocated once
+        self.out = np.zeros((OUT_ROWS, OUT_ROW), np.uint8)
+        self.out_len = np.zeros(OUT_ROWS, np.int64)
+        self.out_rep = np.zeros(OUT_ROWS, np.int64)
+        self._body = np.zeros(4 * ELEMENTS_NAT8, np.uint8)
+        self._trace_buf = np.zeros(BATCH, TRACE_DTYPE)
+        self._one = _Rows(1, UPDATE_LEN)   # process()'s batch of one
 
     # ------------------------------------------------------------------ data plane
 
+    @property
+    def image(self) -> _TableImage:
+        """The current compiled table image (rebuilt here after a table change)."""
+        if self._dirty:
+            self._dirty = False   # first, so a write racing with the rebuild marks it again
+            self._image = build_image(self.tables, self.mcast_groups, self.pool_slots)
+            if self._image.max_replicas > len(self.out):   # one packet's copies must fit
+                rows = self._image.max_replicas
+                self.out = np.zeros((rows, OUT_ROW), np.uint8)
+                self.out_len = np.zeros(rows, np.int64)
+                self.out_rep = np.zeros(rows, np.int64)
+        return self._image
+
+    def process_batch(self, rx: np.ndarray, rx_off: np.ndarray, rx_len: np.ndarray,
+                      rx_port: np.ndarray, rx_ip: np.ndarray, rx_udp: np.ndarray,
+                      frame_len: np.ndarray, n: int, send: SendFn) -> None:
+        """Run n received packets (row i of rx holds packet i's UDP payload at rx_off[i], of
+        rx_len[i] bytes, from rx_port/rx_ip/rx_udp, frame_len[i] bytes on the wire) through the
+        pipeline; `send` gets the results in batches (at least once per call if any)."""
+        start = 0
+        tr = self._trace_buf
+        while start < n:
+            img = self.image
+            m = min(n - start, BATCH)
+            end = start + m
+            tracing = self.trace is not None
+            done, n_out = K.process_batch(
+                rx[start:end], rx_off[start:end], rx_len[start:end], rx_port[start:end],
+                rx_ip[start:end], rx_udp[start:end], frame_len[start:end], m,
+                img.jobmap, img.jobs, img.luts, img.admit_ptr, img.admit, img.replicas,
+                self._bitmap, self._count, self._max_exp, self._offset, self._round, self.acc,
+                self._ctr_pkts, self._ctr_bytes, self._rng_state,
+                self.out, self.out_len, self.out_rep, self._body, tr, tracing,
+                time.time_ns())
+            if tracing and done:
+                self.trace.write(tr[:done])
+            if n_out:
+                send(self.out, self.out_len, self.out_rep, n_out, img)
+            start += done
+
     def process(self, pkt: PacketIn) -> list[PacketOut]:
         """Run one packet through the pipeline; returns the packets to send (maybe none)."""
-        payload = pkt.payload
+        one = self._one
+        payload = memoryview(pkt.payload)
         n = len(payload)
         m = min(n, UPDATE_LEN)   # the rest only matters through its length
-        self.rx_buffer[:m] = memoryview(payload)[:m]
-        return self.process_rx(n, pkt.ingress_port, pkt.src_ip, pkt.src_udp_port,
-                               pkt.frame_len or n + ETH_IP_UDP_LEN)
+        one.rx[0, :m] = np.frombuffer(payload[:m], np.uint8)
+        one.rx_len[0], one.rx_port[0] = n, pkt.ingress_port
+        one.rx_ip[0], one.rx_udp[0] = pkt.src_ip, pkt.src_udp_port
+        one.frame_len[0] = pkt.frame_len or n + ETH_IP_UDP_LEN
+        outs: list[PacketOut] = []
 
-    def process_rx(self, nbytes: int, ingress_port: int, src_ip: int, src_udp_port: int,
-                   frame_len: int = 0) -> list[PacketOut]:
-        """process() for a packet already in rx_buffer[:nbytes] (the I/O loops' fast path)."""
-        if self._dirty:
-            self._rebuild_jobs()
-        if not frame_len:
-            frame_len = nbytes + ETH_IP_UDP_LEN
-        buf = self.rx_buffer
-        # 1. parse and validate, in the order of docs/protocol.md
-        if nbytes != UPDATE_LEN:
-            return self._drop(D_MALFORMED, ingress_port, frame_len,
-                              _HDR.unpack_from(buf) if nbytes >= HEADER_LEN else None)
-        h = _HDR.unpack_from(buf)
-        version, mtype, enc, flags, job, w, exp, slot, count, offset = h
-        if version != VERSION:
-            return self._drop(D_BAD_VERSION, ingress_port, frame_len, h)
-        if mtype != _UPDATE:
-            return self._drop(D_BAD_TYPE, ingress_port, frame_len, h)
-        j = self._jobs.get(job)
-        if enc > 1 or (j is not None and enc != j.encoding):
-            return self._drop(D_BAD_ENCODING, ingress_port, frame_len, h)
-        if count > _CAPACITY[enc]:
-            return self._drop(D_BAD_COUNT, ingress_port, frame_len, h)
-        if j is None:
-            return self._drop(D_UNKNOWN_JOB, ingress_port, frame_len, h)
-        if w >= j.wlimit:
-            return self._drop(D_BAD_WORKER, ingress_port, frame_len, h)
-        if (job, w, ingress_port, src_ip, src_udp_port) not in self._admit:
-            return self._drop(D_UNREGISTERED, ingress_port, frame_len, h)
-        if slot >= j.slot_count:
-            return self._drop(D_BAD_SLOT, ingress_port, frame_len, h)
-        if j.loss_q16 and self._loss_draw() < j.loss_q16:
-            return self._drop(D_INJECTED, ingress_port, frame_len, h)
+        def collect(out, out_len, out_rep, k, img):
+            for i in range(k):
+                r = img.replicas[out_rep[i]]
+                outs.append(PacketOut(int(r[K.R_PORT]), int(r[K.R_DMAC]), int(r[K.R_DIP]),
+                                      int(r[K.R_DPORT]), int(r[K.R_SMAC]), int(r[K.R_SIP]),
+                                      UDP_PORT, out[i, :out_len[i]].tobytes()))
 
-        v = flags & FLAG_VER
-        rnd = (flags & FLAG_VER) | ((flags & 0xFC) >> 1)   # nina.wire.round_of, inlined
-        idx = j.base2 + 2 * slot + v
-        oidx = idx ^ 1
-        bit = 1 << w
-        n = j.n
-        bitmap, counts, max_exp, rounds = self._bitmap, self._count, self._max_exp, self._round
-        b = bitmap[idx]
-        out: list[PacketOut] = []
-        if b & bit:
-            # 2. w already contributed to (slot, v): a retransmission of this round is answered
-            # when complete, else consumed; a packet of another round is stale. Never add twice.
-            if rounds[idx] == rnd and counts[idx] == n:
-                decision = D_REPLY
-                out = self._result_copies(j, idx, enc, flags, slot, count, offset, False, w)
-            else:
-                decision = D_DUP
-        elif (b and (rounds[idx] != rnd or counts[idx] >= n)) or \
-                (not b and counts[idx] and rnd != (rounds[idx] + 2) % ROUND_MOD):
-            # 3. stale: joins only the open round of v; a new round only once every worker has
-            # left v's last round, and only as its successor (round + 2)
-            decision = D_DUP
-        else:
-            # 4. first arrival of w: claim the bit in v, release it in 1 - v
-            bitmap[oidx] &= ~bit & _MASK32
-            if b == 0:
-                c = 1
-                bitmap[idx] = bit
-                counts[idx] = 1
-                max_exp[idx] = exp
-                rounds[idx] = rnd
-                self._offset[idx] = offset
-                if enc == _NAT8:
-                    np.copyto(self._rows[idx], j.lut.take(self._rx_codes))
-                else:
-                    np.copyto(self._rows64[idx], self._rx_i32)
-                decision = D_FIRST
-            else:
-                c = (counts[idx] + 1) & 0xFF
-                bitmap[idx] = b | bit
-                counts[idx] = c
-                if exp > max_exp[idx]:
-                    max_exp[idx] = exp
-                if enc == _NAT8:
-                    row = self._rows[idx]
-                    np.add(row, j.lut.take(self._rx_codes), out=row)
-                else:
-                    row = self._rows64[idx]
-                    np.add(row, self._rx_i32, out=row)
-                decision = D_AGGREGATE
-            if c == n:
-                decision = D_COMPLETE
-                out = self._result_copies(j, idx, enc, flags, slot, count, offset, True, None)
+        self.process_batch(one.rx, one.rx_off, one.rx_len, one.rx_port, one.rx_ip, one.rx_udp,
+                           one.frame_len, 1, collect)
+        return outs
+
+    def _emit(self, ingress_port: int, decision: int) -> None:
         self._ctr_pkts[decision] += 1
-        self._ctr_bytes[decision] += frame_len
         if self.trace is not None:
-            self.trace.emit(time.time_ns(), ingress_port, job, slot, w, decision, v,
-                            max_exp[idx], counts[idx], bitmap[idx], offset, count)
-        return out
-
-    def _result_copies(self, j: _Job, idx: int, enc: int, flags: int, slot: int, count: int,
-                       offset: int, completing: bool, only: int | None) -> list[PacketOut]:
-        """The result of (slot, ver) idx, one copy per replica of the job's group: replica
-        (port, part << 8 | wid) carries result part `part` to worker wid; a part the result
-        does not have is not sent. only: just worker `only`'s copies (a retransmission reply)."""
-        flags = (flags & _ROUND_FLAGS) | j.flag_cm
-        body = self._result_body(j, idx, completing)
-        head = (VERSION, _RESULT, enc, flags, j.job, 0, self._max_exp[idx], slot)
-        if j.parts == 1:
-            parts = [bytearray(_HDR.pack(*head, count, offset) + body)]
-        else:   # nina.wire.result_part_count, inlined: part p only if the chunk reaches it
-            parts = []
-            for p in range(j.parts):
-                a = p * RESULT_PART_SUMS
-                if p and count <= a:
-                    break
-                parts.append(bytearray(_HDR.pack(*head, min(RESULT_PART_SUMS, count - a),
-                                                 offset + a)
-                                       + body[p * _PART_BYTES:(p + 1) * _PART_BYTES]))
-        out = []
-        for port, rid, dmac, dip, dport, smac, sip in j.replicas:
-            w, p = rid & _RID_WORKER, rid >> RID_PART_SHIFT
-            if (only is not None and w != only) or p >= len(parts):
-                continue
-            pkt = parts[p]
-            pkt[_WORKER_BYTE] = w   # one packet per part, its worker byte patched per copy
-            out.append(PacketOut(port, dmac, dip, dport, smac, sip, UDP_PORT, bytes(pkt)))
-        return out
-
-    def _result_body(self, j: _Job, idx: int, completing: bool) -> bytes:
-        """The result payload of (slot, ver) idx; on completion C_M also rewrites the sums."""
-        if j.encoding == _INT32:
-            return self._rows64[idx].astype(_I32BE).tobytes()
-        row = self._rows[idx]
-        if not j.cm:
-            return row.astype(_I32BE).tobytes()
-        codes = int_to_cm_codes(row, self.rng.integers(0, 1 << 32, row.size, np.uint32))
-        if completing:
-            # Write the compressed values back so a retransmission reply re-encodes the same
-            # powers of two (C_M of a power of two is deterministic).
-            np.copyto(row, cm_codes_to_int(codes), casting="unsafe")
-        return codes.tobytes()
-
-    def _drop(self, decision: int, ingress_port: int, frame_len: int,
-              h: tuple | None) -> list[PacketOut]:
-        self._ctr_pkts[decision] += 1
-        self._ctr_bytes[decision] += frame_len
-        if self.trace is not None:
-            if h is None:
-                self.trace.emit(time.time_ns(), ingress_port, 0, 0, 0, decision, 0, 0, 0, 0, 0,
-                                0)
-            else:
-                _, _, _, flags, job, w, exp, slot, count, offset = h
-                self.trace.emit(time.time_ns(), ingress_port, job, slot, w, decision,
-                                flags & FLAG_VER, exp, 0, 0, offset, count)
-        return []
+            self.trace.emit(time.time_ns(), ingress_port, 0, 0, 0, decision, 0, 0, 0, 0, 0, 0)
 
     def drop_malformed(self, ingress_port: int, frame_len: int) -> None:
         """Count a frame addressed to the NINA port whose IPv4/UDP framing is broken."""
-        self._drop(D_MALFORMED, ingress_port, frame_len, None)
-
-    def _loss_draw(self) -> int:
-        i = self._loss_i
-        if i >= len(self._loss_draws):
-            self._loss_draws = self.rng.integers(0, 1 << 16, 4096).tolist()
-            i = 0
-        self._loss_i = i + 1
-        return self._loss_draws[i]
+        self._ctr_bytes[D_MALFORMED] += frame_len
+        self._emit(ingress_port, D_MALFORMED)
 
     def forward(self, ingress_port: int, dst_mac: int, frame_len: int) -> int | None:
         """Non-NINA traffic: egress port from l2_forward by destination MAC (None: no entry)."""
-        self._ctr_pkts[D_FORWARDED] += 1
         self._ctr_bytes[D_FORWARDED] += frame_len
-        if self.trace is not None:
-            self.trace.emit(time.time_ns(), ingress_port, 0, 0, 0, D_FORWARDED, 0, 0, 0, 0, 0, 0)
+        self._emit(ingress_port, D_FORWARDED)
         entry = self._l2.get((dst_mac,))
         return None if entry is None else entry[0]
 
-    # ------------------------------------------------------------------ job cache
-
     def _on_table_change(self, table: str, op: str, key: tuple, params) -> None:
-        if table in (_JOB_T, _ADDR_T):
+        if table in (_JOB_T, _ADDR_T, _WORKER_T):
             self._dirty = True
-
-    def _rebuild_jobs(self) -> None:
-        self._dirty = False   # first, so a write racing with the rebuild marks it dirty again
-        jobs = {}
-        addrs = self.tables.entries(_ADDR_T).copy()
-        for (job,), params in self.tables.entries(_JOB_T).copy().items():
-            jobs[job] = _Job(job, params, self.pool_slots)
-        for (job, wid), a in addrs.items():
-            if job in jobs:
-                jobs[job].addr[wid] = a
-        for j in jobs.values():
-            for port, rid in self.mcast_groups.get(j.mcast_grp, ()) if j.mcast_grp else ():
-                a = j.addr.get(rid & _RID_WORKER)
-                if a is not None:   # a replica with no egress rewrite entry is dropped
-                    j.replicas.append((port, rid) + tuple(a))
-        self._jobs = jobs
 
     # ------------------------------------------------------------------ control plane
 
@@ -554,3 +449,12 @@ class Pipeline:
         """{decision name: (packets, bytes)} for the non-zero cells (for printing)."""
         return {d.name: (int(self._ctr_pkts[d]), int(self._ctr_bytes[d]))
                 for d in Decision if self._ctr_pkts[d]}
+
+
+def _warm() -> None:
+    """Load (on a machine's first run: compile) the kernel at import, so a switch's first
+    packet is not held up by the compiler."""
+    Pipeline(pool_slots=1).process(PacketIn(0, 0, 0, bytes(UPDATE_LEN)))
+
+
+_warm()

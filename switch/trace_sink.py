@@ -2,9 +2,10 @@
 
 The file format is switch/trace_file.py's (raw nina.decisions.TRACE_DTYPE records + a JSON
 index beside them), so `nina trace` reads what the embedded switch writes. This module only
-makes emitting cheap: each record is packed with one struct call into a preallocated batch
-buffer, and a full batch goes to the file as one numpy write; the index is refreshed at most
-once a second and on close.
+makes emitting cheap: the compiled data plane hands over a whole batch's records as one array
+(`write`), the rare per-packet paths in Python pack one record with one struct call (`emit`),
+both into a preallocated buffer, and a full buffer goes to the file as one numpy write; the
+index is refreshed at most once a second and on close.
 """
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ _check_layout()
 
 
 class _Batcher:
-    """Packs records into a preallocated buffer; subclasses decide where a full batch goes."""
+    """Collects records in a preallocated TRACE_DTYPE buffer; subclasses decide where a full
+    batch goes. The compiled data plane hands over whole arrays (`write`); the rare per-packet
+    paths in Python (forwarded frames, broken framing) pack one record (`emit`)."""
 
     def __init__(self, batch: int):
         self.batch = max(1, int(batch))
-        self._buf = bytearray(self.batch * _REC.size)
+        self._arr = np.zeros(self.batch, TRACE_DTYPE)
+        self._buf = memoryview(self._arr.view(np.uint8))
         self._n = 0
         self.records = 0   # records emitted so far (flushed or not)
 
@@ -52,8 +56,20 @@ class _Batcher:
         if self._n == self.batch:
             self.flush()
 
+    def write(self, records: np.ndarray) -> None:
+        """Append an array of TRACE_DTYPE records (copied: the caller reuses its buffer)."""
+        i, n = 0, len(records)
+        self.records += n
+        while i < n:
+            m = min(n - i, self.batch - self._n)
+            self._arr[self._n:self._n + m] = records[i:i + m]
+            self._n += m
+            i += m
+            if self._n == self.batch:
+                self.flush()
+
     def _take(self) -> np.ndarray:
-        recs = np.frombuffer(bytes(self._buf[:self._n * _REC.size]), TRACE_DTYPE)
+        recs = self._arr[:self._n].copy()
         self._n = 0
         return recs
 

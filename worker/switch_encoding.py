@@ -5,18 +5,33 @@ worker's biased float32 max exponent, agreed through the switch). Every value of
 after natural rounding, is at most 2^e_top with e_top = b - 126, and the switch represents
 2^e_top as the integer 2^S (S = headroom_shift(n)). See docs/protocol.md.
 
-- NAT8: C_nat rounds x to +-2^e; the code stores the offset o = e_top - e (0..S). Powers below
-  the resolution 2^(e_top - S) are rounded, unbiased, to 0 or to 2^(e_top - S).
+- NAT8: C_nat rounds x to +-2^e (the bit trick of worker.compress.natural, the same function);
+  the code stores the offset o = e_top - e (0..S). Powers below the resolution 2^(e_top - S)
+  are rounded, unbiased, to 0 or to 2^(e_top - S).
 - INT32: x * 2^(S - e_top), stochastically rounded to an integer (unbiased).
+- NAT8 + C_M: uplink as NAT8; the switch returns C_M codes +-2^p of the integer sums.
+
+The per-element work is compiled (nina.jit) and written once: `nat8_code`, `int32_value` and
+`result_value` are what the all-reduce client's compiled window step calls per element, and
+the array functions below (used by tests, tools, the codec objects) loop over them. One codec
+object per switch encoding (`codec_for`) says what a packet holds, how to encode and decode a
+block, what a worker's contribution means, and that the first window needs priming.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from nina.wire import NAT8_SIGN, NAT8_ZERO, integer_scale, cm_codes_to_int
+from nina.jit import njit, rand_u32, rand_u64, seed_state
+from nina.wire import (CAPACITY, FLAG_CM, NAT8_MAG, NAT8_SIGN, NAT8_ZERO, Encoding, MsgType,
+                       integer_scale, nat8_to_int, payload_layout, result_parts)
+from worker.compress.natural import natural_code9
 
 _EXP_MASK = np.uint32(0x7F800000)
 _MANT_BITS = 23
+_SIGN, _ZERO, _MAG = NAT8_SIGN, NAT8_ZERO, NAT8_MAG
+EXCEEDS = -1   # nat8_code: the value is above its block's agreed exponent
 
 
 def exponent_bytes(x: np.ndarray) -> np.ndarray:
@@ -32,56 +47,199 @@ def check_finite(x: np.ndarray, what: str = "gradient") -> None:
         raise ValueError(f"{what} has a non-finite value {x.ravel()[i]} at flat index {i}")
 
 
-def _natural_round_bits(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """C_nat by the bit trick: add random mantissa bits, truncate the mantissa."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    noise = rng.integers(0, 1 << _MANT_BITS, size=bits.shape, dtype=np.uint32)
-    return ((bits & np.uint32(0x7FFFFFFF)) + noise) & _EXP_MASK  # |C(x)| bits, sign dropped
+# ---- per element, compiled ----------------------------------------------------------------
+
+@njit
+def nat8_code(bits, eb, shift, state):
+    """One float32 (bit pattern as int64) -> its NAT8 code against exponent byte eb, or
+    EXCEEDS when it rounds above 2^e_top (exponent agreement broken)."""
+    c9 = natural_code9(bits & 0x7FFFFFFF, rand_u32(state) >> (32 - _MANT_BITS))
+    mag_exp = c9 & 0xFF   # biased exponent of |C(x)|
+    if mag_exp == 0:
+        return _ZERO
+    off = eb + 1 - mag_exp   # biased e_top is exp_byte + 1
+    if off < 0:
+        return EXCEEDS
+    if off > shift:
+        # below resolution: 2^(e_top - S) with probability 2^(S - off), else zero (unbiased)
+        d = off - shift
+        if d >= 64 or (rand_u64(state) >> np.uint64(64 - d)) != 0:
+            return _ZERO
+        off = shift
+    return (_SIGN | off) if bits >> 31 else off
+
+
+@njit
+def int32_value(x, inv_scale, stochastic, state):
+    """One float -> fixed point x / scale, rounded at random (unbiased) or to nearest."""
+    scaled = np.float64(x) * inv_scale
+    if stochastic:
+        q = np.floor(scaled + np.float64(rand_u64(state) >> np.uint64(11)) * 2.0 ** -53)
+    else:
+        q = np.rint(scaled)
+    return np.int32(np.int64(q))
+
+
+@njit
+def result_value(v, cm, scale):
+    """One result element (an int32 sum, or with cm a C_M code) -> float32 (float64 math,
+    as decode_sums: beyond float32's range becomes inf, callers check)."""
+    if cm:
+        if v == _ZERO:
+            return np.float32(0.0)
+        m = np.float64(np.int64(1) << (v & _MAG))
+        return np.float32(-m * scale if v & _SIGN else m * scale)
+    return np.float32(np.float64(v) * scale)
+
+
+# ---- rows, compiled loops over the per-element functions ----------------------------------
+
+@njit
+def _nat8_rows(bits, eb, shift, state, out):
+    for r in range(bits.shape[0]):
+        for e in range(bits.shape[1]):
+            c = nat8_code(np.int64(bits[r, e]), np.int64(eb[r]), shift, state)
+            if c == EXCEEDS:
+                return r
+            out[r, e] = c
+    return -1
+
+
+@njit
+def _int32_rows(x, inv_scale, stochastic, state, out):
+    for r in range(x.shape[0]):
+        for e in range(x.shape[1]):
+            out[r, e] = int32_value(x[r, e], inv_scale[r], stochastic, state)
+
+
+@njit
+def _result_rows(vals, cm, scale, out):
+    for r in range(vals.shape[0]):
+        for e in range(vals.shape[1]):
+            out[r, e] = result_value(np.int64(vals[r, e]), cm, scale[r])
+
+
+def _rows(x, dtype) -> np.ndarray:
+    return np.ascontiguousarray(np.atleast_2d(np.asarray(x, dtype)))
 
 
 def nat8_encode(x: np.ndarray, exp_byte: np.ndarray, shift: int,
                 rng: np.random.Generator) -> np.ndarray:
     """Rows of x (one per packet) -> NAT8 codes against each row's agreed exponent byte."""
-    x = np.atleast_2d(np.asarray(x, np.float32))
-    eb = np.asarray(exp_byte, np.int64).reshape(-1, 1)
-    mag_exp = (_natural_round_bits(x, rng) >> _MANT_BITS).astype(np.int64)  # biased exp of |C(x)|
-    off = (eb + 1) - mag_exp  # biased e_top is exp_byte + 1
-    if (off[mag_exp > 0] < 0).any():
+    x = _rows(x, np.float32)
+    eb = np.ascontiguousarray(np.broadcast_to(np.asarray(exp_byte, np.int64).ravel(),
+                                              (x.shape[0],)))
+    out = np.empty(x.shape, np.uint8)
+    if _nat8_rows(x.view(np.uint32), eb, int(shift), seed_state(rng), out) >= 0:
         raise ValueError("a value exceeds its block's agreed exponent (exponent agreement broken)")
-    # Below resolution: keep 2^(e_top - S) with probability 2^(S - off), else zero (unbiased).
-    small = off > shift
-    keep = rng.random(x.shape) < np.ldexp(1.0, np.minimum(shift - off, 0))
-    off = np.where(small, np.where(keep, shift, -1), off)
-    codes = np.where(x < 0, NAT8_SIGN, 0) | np.clip(off, 0, 0x7F)
-    zero = (mag_exp == 0) | (off < 0)
-    return np.where(zero, NAT8_ZERO, codes).astype(np.uint8)
+    return out
+
+
+def inverse_scale(exp_byte, shift: int) -> np.ndarray:
+    """1 / integer_scale: the factor from floats to the switch's integers, per row."""
+    return 1.0 / integer_scale(np.asarray(exp_byte).ravel(), shift)
 
 
 def int32_encode(x: np.ndarray, exp_byte: np.ndarray, shift: int,
                  rng: np.random.Generator | None = None) -> np.ndarray:
     """Rows of x -> fixed-point int32 with scale 2^(S - e_top); stochastic rounding if rng."""
-    x = np.atleast_2d(np.asarray(x, np.float64))
-    scaled = x / integer_scale(np.asarray(exp_byte).reshape(-1, 1), shift)
-    if rng is None:
-        q = np.rint(scaled)
-    else:
-        q = np.floor(scaled + rng.random(scaled.shape))
-    return q.astype(np.int32)
+    x = _rows(x, np.float64)
+    inv = np.ascontiguousarray(np.broadcast_to(inverse_scale(exp_byte, shift), (x.shape[0],)))
+    out = np.empty(x.shape, np.int32)
+    state = seed_state(rng) if rng is not None else np.ones(1, np.uint64)
+    _int32_rows(x, inv, rng is not None, state, out)
+    return out
+
+
+def _decode(vals, exp_byte, shift: int, cm: bool) -> np.ndarray:
+    vals = _rows(vals, np.int64)
+    scale = np.ascontiguousarray(np.broadcast_to(integer_scale(np.asarray(exp_byte).ravel(),
+                                                               shift), (vals.shape[0],)))
+    out = np.empty(vals.shape, np.float32)
+    _result_rows(vals, cm, scale, out)
+    return out
 
 
 def decode_sums(sums: np.ndarray, exp_byte: np.ndarray, shift: int) -> np.ndarray:
     """int32 sums of a row block -> float32 values."""
-    scale = integer_scale(np.asarray(exp_byte).reshape(-1, 1), shift)
-    with np.errstate(over="ignore"):   # beyond float32's range becomes inf; callers check
-        return (np.atleast_2d(sums).astype(np.float64) * scale).astype(np.float32)
+    return _decode(sums, exp_byte, shift, False)
 
 
 def decode_cm(codes: np.ndarray, exp_byte: np.ndarray, shift: int) -> np.ndarray:
     """C_M codes of a row block (switch-compressed sums) -> float32 values."""
-    return decode_sums(cm_codes_to_int(np.atleast_2d(codes)), exp_byte, shift)
+    return _decode(codes, exp_byte, shift, True)
 
 
 def nat8_values(codes: np.ndarray, exp_byte: np.ndarray, shift: int) -> np.ndarray:
     """What a row of NAT8 codes means as floats (a worker's contribution, for checking)."""
-    from nina.wire import nat8_to_int
     return decode_sums(nat8_to_int(np.atleast_2d(codes), shift), exp_byte, shift)
+
+
+# ---- one codec object per switch encoding -------------------------------------------------
+
+@dataclass(frozen=True)
+class SwitchCodec:
+    """A switch encoding as the worker sees it: `k` elements per update, results in `parts` packets of `part_k` elements (`result_flags` on them), and whether the
+    first window needs a priming exchange (block exponent agreement: every encoding does)."""
+    name: str
+    encoding: Encoding
+    cm: bool
+    shift: int
+    stochastic: bool = True   # INT32 rounding; NAT8 always rounds at random (C_nat)
+    needs_priming: bool = True
+
+    @property
+    def k(self) -> int:
+        return CAPACITY[self.encoding]
+
+    @property
+    def result_flags(self) -> int:
+        return FLAG_CM if self.cm else 0
+
+    @property
+    def parts(self) -> int:
+        return result_parts(self.encoding, self.result_flags)
+
+    @property
+    def part_k(self) -> int:
+        return payload_layout(MsgType.RESULT, self.encoding, self.result_flags).capacity
+
+    def encode(self, rows: np.ndarray, exps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Float rows -> the wire elements this worker sends (ValueError: agreement broken)."""
+        if self.encoding == Encoding.NAT8:
+            return nat8_encode(rows, exps, self.shift, rng)
+        return int32_encode(rows, exps, self.shift, rng if self.stochastic else None)
+
+    def decode(self, payload: np.ndarray, exps: np.ndarray) -> np.ndarray:
+        """Result elements (sums or C_M codes) -> float32 sums."""
+        return _decode(payload, exps, self.shift, self.cm)
+
+    def meaning(self, sent: np.ndarray, exps: np.ndarray) -> np.ndarray:
+        """What this worker's sent elements contribute to the sum, as floats."""
+        ints = nat8_to_int(sent, self.shift) if self.encoding == Encoding.NAT8 else sent
+        return decode_sums(ints, exps, self.shift)
+
+
+def codec_for(encoding: Encoding, cm: bool, shift: int, rounding: str = "stochastic") -> \
+        SwitchCodec:
+    """The codec of a job: INT32, NAT8 or NAT8+C_M (C_M exists on NAT8 jobs only)."""
+    enc = Encoding(encoding)
+    cm = bool(cm) and enc == Encoding.NAT8
+    name = enc.name + ("+C_M" if cm else "")
+    return SwitchCodec(name, enc, cm, shift, stochastic=rounding == "stochastic")
+
+
+def _warm() -> None:
+    """Load (or, on a machine's first run, compile) the compiled row loops at import, so the
+    first block a worker encodes does not pay for it."""
+    x = np.zeros((1, 4), np.float32)
+    eb = np.zeros(1, np.uint8)
+    nat8_encode(x, eb, 20, np.random.default_rng(0))
+    int32_encode(x, eb, 20, np.random.default_rng(0))
+    int32_encode(x, eb, 20)
+    decode_cm(np.zeros((1, 4), np.uint8), eb, 20)
+    decode_sums(np.zeros((1, 4), np.int32), eb, 20)
+    decode_sums(np.zeros((1, 4), ">i4"), eb, 20)
+
+
+_warm()

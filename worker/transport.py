@@ -2,18 +2,27 @@
 
 Results arrive at the address the worker registered with the controller, so the socket is
 bound once and kept for the whole job (the switch admits updates only from that source).
+
+The all-reduce client's fast path is `send_rows` (a window of update packets, rows of a numpy
+array, in one sendmmsg) and `recv_rows` (whatever is queued, in one recvmmsg, into the rows of
+`rx`); `send`/`recv` move lists of bytes for everything else.
 """
 from __future__ import annotations
 
 import errno
+import ipaddress
 import select
 import socket
 from dataclasses import dataclass
 
+import numpy as np
+
+from nina.mmsg import MSG_DONTWAIT, MsgRing
 from nina.wire import HEADER_LEN
 
 _BUF = 4 << 20          # socket buffers: a full window of every worker's results fits
 _MAX_DGRAM = 2048       # larger than any NINA packet (16 + 512 bytes at most)
+RX_BATCH = 1024         # datagrams per recvmmsg
 
 
 @dataclass
@@ -40,6 +49,11 @@ class UdpTransport:
         except OSError as e:
             raise OSError(f"cannot bind UDP {bind_ip}:{bind_port}: {e.strerror}") from None
         self.counters = Counters()
+        self._switch_ip = int(ipaddress.IPv4Address(socket.gethostbyname(self.switch[0])))
+        self.rx = MsgRing(RX_BATCH, _MAX_DGRAM)
+        self._tx = MsgRing(RX_BATCH, 0)
+        self._poll = select.poll()
+        self._poll.register(self.sock.fileno(), select.POLLIN)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -58,6 +72,27 @@ class UdpTransport:
                 continue
             self.counters.packets_out += 1
             self.counters.bytes_out += len(p)
+
+    def send_rows(self, rows: np.ndarray, length: int, index: np.ndarray, m: int) -> None:
+        """Send rows[index[0..m-1]][:length] to the switch in one sendmmsg (more if m is
+        large); a datagram the kernel refuses for a transient reason is lost, as on a link."""
+        if not m:
+            return
+        sent, _ = self._tx.send_rows(self.sock.fileno(), rows, length, m, self._switch_ip,
+                                     self.switch[1], index)
+        self.counters.packets_out += sent
+        self.counters.bytes_out += sent * length
+
+    def recv_rows(self, timeout: float) -> int:
+        """Wait up to `timeout` s for a first datagram, then take what is queued (up to
+        RX_BATCH) into self.rx: rows rx.buf[i], lengths rx.lengths[i]. Returns how many."""
+        if not self._poll.poll(max(0.0, timeout) * 1000.0):
+            return 0
+        m = self.rx.recv(self.sock.fileno(), MSG_DONTWAIT)
+        if m:
+            self.counters.packets_in += m
+            self.counters.bytes_in += int(self.rx.lengths[:m].sum())
+        return m
 
     def recv(self, timeout: float, max_packets: int = 4096) -> list[bytes]:
         """Wait up to `timeout` s for a first packet, then take whatever else is queued."""

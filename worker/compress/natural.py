@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Compressor, Reader, random_u32, take_chunked
+from nina.jit import njit, rand_u32, rand_u64, seed_state
 
-CHUNK = 1 << 16  # elements per pass: keeps the temporaries cache-resident
+from .base import Compressor, Reader, take_chunked
+
 _MANTISSA_BITS = 23
 _MAX_FIELD = 254  # biased exponent of 2^127, the largest finite power of two
 
@@ -34,6 +35,31 @@ def exponent_field(v: float) -> int:
     return int(np.float32(abs(v)).view(np.uint32) >> _MANTISSA_BITS)
 
 
+@njit
+def natural_code9(bits, r23):
+    """The natural-compression bit trick on one float32 bit pattern (as int64): add a uniform
+    random r23 in [0, 2^23) and truncate the mantissa. Returns sign << 8 | biased exponent of
+    the power of two it rounded to (exponent 255: 2^127 rounded up; callers saturate it).
+    The switch encoding NAT8 (worker/switch_encoding.py) uses this same function."""
+    return (bits + r23) >> _MANTISSA_BITS
+
+
+@njit
+def _natural_codes(u, state, min_field, lut, out):
+    for i in range(u.size):
+        c = natural_code9(np.int64(u[i]), rand_u32(state) >> (32 - _MANTISSA_BITS))
+        e = c & 0xFF
+        if e != 0 and e < min_field:
+            # 2^e -> 2^min w.p. 2^(e-min), else 0: keeps the mean (exact to 2^-64)
+            d = min_field - e
+            keep = d < 64 and (rand_u64(state) >> np.uint64(64 - d)) == 0   # top d bits zero
+            c = (c & 0x100) | (min_field if keep else 0)
+        out[i] = lut[c]
+
+
+_IDENTITY9 = np.arange(512, dtype=np.uint16)
+
+
 def natural_codes(u: np.ndarray, rng: np.random.Generator, *, min_field: int = 1,
                   lut: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """C_nat of float32 bit patterns `u` (flat uint32) as 9-bit codes sign << 8 | exponent.
@@ -41,42 +67,17 @@ def natural_codes(u: np.ndarray, rng: np.random.Generator, *, min_field: int = 1
     Exponent 255 means 2^127 rounded up: callers saturate it (their tables map it to 254).
     min_field > 1: powers with exponent field in [1, min_field) are re-rounded, unbiased, to 0
     or 2^(min_field-127).
-    lut: if given, the codes are mapped through it (np.take) and the mapped array returned.
+    lut: if given, the codes are mapped through it and the mapped array returned.
     out: optional destination (length u.size, dtype of lut or uint16).
+    The random bits come from a compiled generator seeded from `rng` (one draw per call).
     """
-    n = u.size
+    if lut is None:
+        lut = _IDENTITY9
     if out is None:
-        out = np.empty(n, lut.dtype if lut is not None else np.uint16)
-    for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
-        r = random_u32(rng, stop - start)
-        r >>= np.uint32(32 - _MANTISSA_BITS)   # uniform in [0, 2^23)
-        r += u[start:stop]                      # carries into the exponent w.p. = mantissa
-        r >>= np.uint32(_MANTISSA_BITS)         # sign << 8 | exponent field
-        if min_field > 1:
-            _fix_underflow(r, min_field, rng)
-        if lut is None:
-            out[start:stop] = r
-        else:
-            np.take(lut, r, out=out[start:stop])
+        out = np.empty(u.size, lut.dtype)
+    _natural_codes(np.ascontiguousarray(u, np.uint32).ravel(), seed_state(rng),
+                   int(min_field), np.ascontiguousarray(lut), out)
     return out
-
-
-def _fix_underflow(codes: np.ndarray, min_field: int, rng: np.random.Generator) -> None:
-    # cheap test first: (exponent - 1) mod 256 sends zeros to 255, so its minimum is below
-    # min_field - 1 only if some nonzero power is under the smallest code
-    probe = codes - np.uint32(1)
-    probe &= np.uint32(0xFF)
-    if probe.min() >= min_field - 1:
-        return
-    exp = codes & np.uint32(0xFF)
-    under = np.flatnonzero((exp != 0) & (exp < min_field))
-    if under.size:
-        # 2^e -> 2^min w.p. 2^(e-min): keeps the mean. float64 uniforms are exact for
-        # e-min >= -53; below that the value is < 2^-53 of the smallest code and becomes 0.
-        keep = rng.random(under.size) < np.exp2(exp[under].astype(np.float64) - min_field)
-        codes[under] = (codes[under] & np.uint32(0x100)) | np.where(keep, min_field, 0).astype(
-            np.uint32)
 
 
 def _power_lut(fields: np.ndarray) -> np.ndarray:

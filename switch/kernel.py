@@ -1,0 +1,320 @@
+"""The embedded switch's per-packet algorithm (docs/protocol.md), compiled once by numba.
+
+This is the only implementation of the data plane's decisions; switch.pipeline owns the state
+and the control plane and calls `process_batch` on a batch of received packets. Every array
+passed in is state the P4Runtime server reads too (the P4-named registers and the decisions
+counter are the very numpy arrays of Pipeline.registers / counters_*), or a compiled image of
+the tables (`JobTables`, rebuilt by the pipeline when an entry changes).
+
+A batch: row i of `rx` holds packet i, its UDP payload at rx_off[i] with rx_len[i] bytes
+(rx_len may exceed what the row holds: only the first UPDATE_LEN bytes are read, the rest
+matters through its length). Outputs are written as whole packets into rows of `out`
+(`out_len` bytes each) with `out_rep` naming the replica row (egress port and address
+rewrite) they go to. Trace records go into `trace` (TRACE_DTYPE), one per packet.
+
+Numbers in the loops are kept int64 (numba promotes mixed unsigned/signed arithmetic to
+float otherwise); the random source is nina.jit's xorshift64* over a state per pipeline.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nina.decisions import Decision
+from nina.jit import njit, rand_u32
+from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_LEN, NAT8_MAG,
+                       NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD, VERSION,
+                       Encoding, MsgType)
+
+UPDATE_LEN = HEADER_LEN + 256   # every UPDATE is 16 + 256 bytes, INT32 and NAT8 alike
+OUT_ROW = HEADER_LEN + 4 * RESULT_PART_SUMS   # the largest result packet (512-byte sums part)
+
+# Columns of JobTables.jobs (one row per installed job).
+J_ID, J_N, J_WLIMIT, J_SLOT_BASE, J_SLOT_COUNT, J_SHIFT, J_ENC, J_CM, J_PARTS, J_LOSS, \
+    J_REP_LO, J_REP_HI, J_ADM = range(13)
+N_JOB_COLS = 13
+# Columns of JobTables.replicas: egress port, worker id, result part, then the worker_addr
+# rewrite (destination MAC, IP, UDP port; switch MAC, IP).
+R_PORT, R_WID, R_PART, R_DMAC, R_DIP, R_DPORT, R_SMAC, R_SIP = range(8)
+N_REP_COLS = 8
+# Columns of JobTables.admit: ingress port, source IP, source UDP port of an admitted worker.
+A_PORT, A_IP, A_UDP = range(3)
+
+D_FIRST, D_AGGREGATE, D_COMPLETE = int(Decision.FIRST), int(Decision.AGGREGATE), \
+    int(Decision.COMPLETE)
+D_REPLY, D_DUP = int(Decision.RETRANSMIT_REPLY), int(Decision.DROP_DUPLICATE)
+D_MALFORMED, D_BAD_VERSION = int(Decision.DROP_MALFORMED), int(Decision.DROP_BAD_VERSION)
+D_BAD_TYPE, D_BAD_ENCODING = int(Decision.DROP_BAD_TYPE), int(Decision.DROP_BAD_ENCODING)
+D_BAD_COUNT, D_UNKNOWN_JOB = int(Decision.DROP_BAD_COUNT), int(Decision.DROP_UNKNOWN_JOB)
+D_BAD_WORKER, D_UNREGISTERED = int(Decision.DROP_BAD_WORKER), int(Decision.DROP_UNREGISTERED)
+D_BAD_SLOT, D_INJECTED = int(Decision.DROP_BAD_SLOT), int(Decision.DROP_INJECTED)
+_UPDATE, _RESULT = int(MsgType.UPDATE), int(MsgType.RESULT)
+_INT32, _NAT8 = int(Encoding.INT32), int(Encoding.NAT8)
+_MAX_ENC = max(int(e) for e in Encoding)
+_CAP_INT32, _CAP_NAT8 = ELEMENTS_INT32, ELEMENTS_NAT8
+_PART = RESULT_PART_SUMS
+_RID_WORKER = (1 << RID_PART_SHIFT) - 1
+_ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
+_FLAG_VER, _FLAG_CM, _VERSION, _HLEN, _ULEN = FLAG_VER, FLAG_CM, VERSION, HEADER_LEN, UPDATE_LEN
+_SIGN, _MAG, _ZERO, _RMOD = NAT8_SIGN, NAT8_MAG, NAT8_ZERO, ROUND_MOD
+
+
+@njit
+def cm_code(x, u):
+    """C_M of one int sum x with uniform 32-bit u (nina.wire.int_to_cm_codes, per element):
+    p = top set bit of |x|, up to p + 1 when (u mod 2^p) < |x| - 2^p."""
+    mag = -x if x < 0 else x
+    if mag == 0:
+        return _ZERO
+    p = math.frexp(float(mag))[1] - 1   # exact: |x| <= 2^31 < 2^53
+    low = mag - (np.int64(1) << p)
+    if (u & ((np.int64(1) << p) - 1)) < low:
+        p += 1
+    return (_SIGN | p) if x < 0 else p
+
+
+@njit
+def _rd16(b, o):
+    return (np.int64(b[o]) << 8) | np.int64(b[o + 1])
+
+
+@njit
+def _rd32(b, o):
+    return (np.int64(b[o]) << 24) | (np.int64(b[o + 1]) << 16) | (np.int64(b[o + 2]) << 8) \
+        | np.int64(b[o + 3])
+
+
+@njit
+def _wr16(b, o, v):
+    b[o] = (v >> 8) & 0xFF
+    b[o + 1] = v & 0xFF
+
+
+@njit
+def _wr32(b, o, v):
+    b[o] = (v >> 24) & 0xFF
+    b[o + 1] = (v >> 16) & 0xFF
+    b[o + 2] = (v >> 8) & 0xFF
+    b[o + 3] = v & 0xFF
+
+
+@njit
+def _trace(trace, t, now_ns, port, job, slot, w, decision, ver, exp, count, bitmap, offset,
+           elements):
+    r = trace[t]
+    r["time_ns"] = now_ns
+    r["ingress_port"] = port
+    r["job"] = job
+    r["slot"] = slot
+    r["worker"] = w
+    r["decision"] = decision
+    r["ver"] = ver
+    r["exponent"] = exp
+    r["count"] = count
+    r["bitmap"] = bitmap
+    r["offset"] = offset
+    r["elements"] = elements
+
+
+@njit
+def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offset, completing,
+            only, rng, body, out, out_len, out_rep, n_out):
+    """Write the result of (slot, ver) idx, one packet per replica of the job's group (replica
+    (port, part << 8 | wid) carries part `part` to worker wid; parts the chunk does not reach
+    are not sent). only >= 0: just that worker's copies (a retransmission reply). On the
+    completing packet C_M also writes the compressed values back, so a reply re-encodes the
+    same powers of two. Returns the new n_out."""
+    cm = jobs[jx, J_CM]
+    parts = jobs[jx, J_PARTS]
+    # the payload, big-endian, once: int32 sums (NAT8 parts of 128, INT32 64) or C_M codes
+    if enc == _INT32:
+        for i in range(_CAP_INT32):
+            _wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
+        nbody = 4 * _CAP_INT32
+    elif cm:
+        for i in range(_CAP_NAT8):
+            c = cm_code(np.int64(acc[idx, i]), rand_u32(rng))
+            body[i] = c
+            if completing:
+                m = 0 if c == _ZERO else np.int64(1) << (c & _MAG)
+                v = -m if c & _SIGN else m
+                if v >= 2147483648:   # 2^31 cannot be stored: int32 wraps as numpy's copy does
+                    v -= 4294967296
+                acc[idx, i] = v
+        nbody = _CAP_NAT8
+    else:
+        for i in range(_CAP_NAT8):
+            _wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
+        nbody = 4 * _CAP_NAT8
+    rflags = (flags & _ROUND_FLAGS) | (_FLAG_CM if cm else 0)
+    exp = np.int64(max_exp[idx])
+    job = jobs[jx, J_ID]
+    part_bytes = nbody // parts
+    for r in range(jobs[jx, J_REP_LO], jobs[jx, J_REP_HI]):
+        w = replicas[r, R_WID]
+        p = replicas[r, R_PART]
+        if (only >= 0 and w != only) or p >= parts:
+            continue
+        if parts > 1:   # nina.wire.result_part_count, inlined
+            a = p * _PART
+            if p and count <= a:
+                continue
+            pcount = min(_PART, count - a)
+            poffset = offset + a
+        else:
+            pcount = count
+            poffset = offset
+        o = out[n_out]
+        o[0] = _VERSION
+        o[1] = _RESULT
+        o[2] = enc
+        o[3] = rflags
+        _wr16(o, 4, job)
+        o[6] = w
+        o[7] = exp
+        _wr16(o, 8, slot)
+        _wr16(o, 10, pcount)
+        _wr32(o, 12, poffset)
+        src = p * part_bytes
+        for i in range(part_bytes):
+            o[_HLEN + i] = body[src + i]
+        out_len[n_out] = _HLEN + part_bytes
+        out_rep[n_out] = r
+        n_out += 1
+    return n_out
+
+
+@njit
+def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
+                  jobmap, jobs, luts, admit_ptr, admit, replicas,
+                  bitmap, counts, max_exp, offsets, rounds, acc, ctr_pkts, ctr_bytes,
+                  rng, out, out_len, out_rep, body, trace, tracing, now_ns):
+    """Run packets 0..n_rx-1 through the pipeline. Stops early when `out` could not hold the
+    next packet's results; returns (packets consumed, packets written to out)."""
+    n_out = 0
+    cap_out = out.shape[0]
+    for i in range(n_rx):
+        port = rx_port[i]
+        fl = frame_len[i]
+        nb = rx_len[i]
+        b = rx[i]
+        o0 = rx_off[i]
+        have_hdr = nb >= _HLEN
+        version = mtype = enc = flags = job = w = exp = slot = count = offset = 0
+        if have_hdr:
+            version = np.int64(b[o0])
+            mtype = np.int64(b[o0 + 1])
+            enc = np.int64(b[o0 + 2])
+            flags = np.int64(b[o0 + 3])
+            job = _rd16(b, o0 + 4)
+            w = np.int64(b[o0 + 6])
+            exp = np.int64(b[o0 + 7])
+            slot = _rd16(b, o0 + 8)
+            count = _rd16(b, o0 + 10)
+            offset = _rd32(b, o0 + 12)
+        v = flags & _FLAG_VER
+        jx = jobmap[job] if have_hdr else -1
+        # 1. parse and validate, in the order of docs/protocol.md
+        decision = -1
+        if nb != _ULEN:
+            decision = D_MALFORMED
+        elif version != _VERSION:
+            decision = D_BAD_VERSION
+        elif mtype != _UPDATE:
+            decision = D_BAD_TYPE
+        elif enc > _MAX_ENC or (jx >= 0 and enc != jobs[jx, J_ENC]):
+            decision = D_BAD_ENCODING
+        elif count > (_CAP_INT32 if enc == _INT32 else _CAP_NAT8):
+            decision = D_BAD_COUNT
+        elif jx < 0:
+            decision = D_UNKNOWN_JOB
+        elif w >= jobs[jx, J_WLIMIT]:
+            decision = D_BAD_WORKER
+        else:
+            admitted = False
+            a0 = admit_ptr[jobs[jx, J_ADM] + w]
+            a1 = admit_ptr[jobs[jx, J_ADM] + w + 1]
+            for a in range(a0, a1):
+                if admit[a, A_PORT] == port and admit[a, A_IP] == rx_ip[i] and \
+                        admit[a, A_UDP] == rx_udp[i]:
+                    admitted = True
+                    break
+            if not admitted:
+                decision = D_UNREGISTERED
+            elif slot >= jobs[jx, J_SLOT_COUNT]:
+                decision = D_BAD_SLOT
+            elif jobs[jx, J_LOSS] and (rand_u32(rng) >> 16) < jobs[jx, J_LOSS]:
+                decision = D_INJECTED
+        if decision >= 0:   # dropped: counted and traced with the header as read
+            ctr_pkts[decision] += 1
+            ctr_bytes[decision] += fl
+            if tracing:
+                _trace(trace, i, now_ns, port, job, slot, w, decision, v, exp, 0, 0, offset,
+                       count)
+            continue
+        if n_out + (jobs[jx, J_REP_HI] - jobs[jx, J_REP_LO]) > cap_out:
+            return i, n_out   # no room for this packet's results: the caller sends, resumes
+
+        rnd = (flags & _FLAG_VER) | ((flags & 0xFC) >> 1)   # nina.wire.round_of
+        idx = 2 * (jobs[jx, J_SLOT_BASE] + slot) + v
+        oidx = idx ^ 1
+        bit = np.int64(1) << w
+        n = jobs[jx, J_N]
+        bm = np.int64(bitmap[idx])
+        cnt = np.int64(counts[idx])
+        rd = np.int64(rounds[idx])
+        pay = o0 + _HLEN
+        if bm & bit:
+            # 2. w already contributed to (slot, v): a retransmission of this round is answered
+            # when complete, else consumed; a packet of another round is stale. Never add twice.
+            if rd == rnd and cnt == n:
+                decision = D_REPLY
+                n_out = _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count,
+                                offset, False, w, rng, body, out, out_len, out_rep, n_out)
+            else:
+                decision = D_DUP
+        elif (bm and (rd != rnd or cnt >= n)) or \
+                (not bm and cnt and rnd != (rd + 2) % _RMOD):
+            # 3. stale: joins only the open round of v; a new round only once every worker has
+            # left v's last round, and only as its successor (round + 2)
+            decision = D_DUP
+        else:
+            # 4. first arrival of w: claim the bit in v, release it in 1 - v
+            bitmap[oidx] = np.int64(bitmap[oidx]) & ~bit & 0xFFFFFFFF
+            if bm == 0:
+                c = 1
+                bitmap[idx] = bit
+                max_exp[idx] = exp
+                rounds[idx] = rnd
+                offsets[idx] = offset
+                if enc == _NAT8:
+                    for e in range(_CAP_NAT8):
+                        acc[idx, e] = luts[jx, b[pay + e]]
+                else:
+                    for e in range(_CAP_INT32):
+                        acc[idx, e] = np.int32(np.uint32(_rd32(b, pay + 4 * e)))
+                decision = D_FIRST
+            else:
+                c = (cnt + 1) & 0xFF
+                bitmap[idx] = bm | bit
+                if exp > max_exp[idx]:
+                    max_exp[idx] = exp
+                if enc == _NAT8:
+                    for e in range(_CAP_NAT8):
+                        acc[idx, e] += luts[jx, b[pay + e]]
+                else:
+                    for e in range(_CAP_INT32):
+                        acc[idx, e] += np.int32(np.uint32(_rd32(b, pay + 4 * e)))
+                decision = D_AGGREGATE
+            counts[idx] = c
+            if c == n:
+                decision = D_COMPLETE
+                n_out = _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count,
+                                offset, True, -1, rng, body, out, out_len, out_rep, n_out)
+        ctr_pkts[decision] += 1
+        ctr_bytes[decision] += fl
+        if tracing:
+            _trace(trace, i, now_ns, port, job, slot, w, decision, v, max_exp[idx], counts[idx],
+                   bitmap[idx], offset, count)
+    return n_rx, n_out

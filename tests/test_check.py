@@ -19,11 +19,11 @@ from worker.worker_proc import task_tensor
 N, SEED, SIZE, CALLS = 3, 5, 5_000, 2
 
 
-class _Floor:
-    """A random source whose uniform draws are all 0: stochastic rounding becomes floor."""
-
-    def random(self, shape):
-        return np.zeros(shape)
+def _floor_int32(x, exp_byte, shift, rng):
+    """SwitchML's INT32 encoding with floor instead of stochastic rounding: biased downward
+    (the real encoder's scale, so only the rounding differs)."""
+    inv = np.asarray(se.inverse_scale(exp_byte, shift), np.float64).reshape(-1, 1)
+    return np.floor(np.asarray(x, np.float64).reshape(inv.shape[0], -1) * inv).astype(np.int32)
 
 
 def _dump(tmp_path, encoding, *, encode=None, exponent=None, inputs=None):
@@ -70,7 +70,7 @@ def test_a_right_job_passes(tmp_path, encoding):
 
 def test_a_biased_int32_encoder_is_caught_though_the_switch_summed_exactly(tmp_path):
     s = _dump(tmp_path, Encoding.INT32,
-              encode=lambda x, e, s, rng: se.int32_encode(x, e, s, _Floor()))
+              encode=_floor_int32)
     problems = _check(tmp_path, Encoding.INT32, s)
     assert problems and all("biased" in p for p in problems), problems
 

@@ -148,13 +148,14 @@ class _FixedNoise:
 
 def test_natural_rounding_bit_trick_carries_exactly():
     """x = 1 + 2^-23 rounds up to 2 exactly when noise + mantissa reaches 2^23: noise 2^23 - 1
-    carries (every mantissa bit counts), noise 2^23 - 2 does not."""
-    s = headroom_shift(1)
-    x = np.array([[np.float32(1) + np.float32(2.0 ** -23), 2.0]], np.float32)
-    eb = se.exponent_bytes(x)                          # e_top = 2
-    up = se.nat8_encode(x, eb, s, _FixedNoise((1 << 23) - 1))
-    down = se.nat8_encode(x, eb, s, _FixedNoise((1 << 23) - 2))
-    assert _values(up, eb, s)[0, 0] == 2.0 and _values(down, eb, s)[0, 0] == 1.0
+    carries (every mantissa bit counts), noise 2^23 - 2 does not. natural_code9 is the one
+    bit trick the NAT8 encoding and the nat compressors share."""
+    from worker.compress.natural import natural_code9
+    bits = int(np.array([np.float32(1) + np.float32(2.0 ** -23)]).view(np.uint32)[0])
+    assert natural_code9(bits, (1 << 23) - 1) == 128      # biased exponent of 2.0, sign 0
+    assert natural_code9(bits, (1 << 23) - 2) == 127      # 1.0
+    neg = bits | (1 << 31)
+    assert natural_code9(neg, (1 << 23) - 1) == 0x100 | 128
 
 
 def test_exponent_bytes_of_a_vector_and_of_stacked_blocks():

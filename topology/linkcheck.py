@@ -73,7 +73,7 @@ def ping_rtt(net, src: str, dst_ip: str, count: int = 200, interval: float = 0.0
 
 def udp_stream(net, src: str, dst: str, dst_ip: str, mbit: float, seconds: float = 0.0,
                count: int = 0, size: int | None = None, warmup: float = 0.0,
-               port: int = BASE_PORT + 1) -> dict:
+               steady: bool = False, port: int = BASE_PORT + 1) -> dict:
     """A paced datagram stream src -> dst; the sink's report plus the sender's `sent`."""
     sink = _probe(net.get(dst), ["sink", "--port", str(port), "--warmup", str(warmup),
                                  "--seconds", str(max(seconds, 1.0) + 120), "--idle", "1.5"])
@@ -83,6 +83,8 @@ def udp_stream(net, src: str, dst: str, dst_ip: str, mbit: float, seconds: float
                 "--seconds", str(seconds), "--count", str(count)]
         if size:
             args += ["--size", str(size)]
+        if steady:
+            args.append("--steady")
         sent = _result(_probe(net.get(src), args), "udp blast", seconds + count / 100 + 60)
         r = _result(sink, "udp sink", 30)
     finally:

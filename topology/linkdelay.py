@@ -56,6 +56,7 @@ READS_PER_PASS = 2048              # then release what is due before reading on
 UPLINK_QUEUE, DOWNLINK_QUEUE = 0, 1
 READY = "linkdelay: ready"         # impair.py waits for this line before queueing frames
 PR_SET_TIMERSLACK = 29
+RT_PRIORITY = 10                   # below the kernel's own threaded IRQs (50)
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -169,21 +170,31 @@ class Direction:
                 f"worst lateness {self.late_max * 1e3:.2f} ms")
 
 
-def _tight_timers() -> None:
-    """Sleep to the microsecond: the default 50 us timer slack would add to every delay."""
+def _tight_timers(rt_priority: int) -> str:
+    """Wake on time: 1 ns timer slack instead of 50 us, and a real-time priority so that a
+    release is not late by however long the CPU's queue of ordinary processes is (on a loaded
+    2-core machine that added milliseconds per direction; netem runs in the kernel's timer
+    interrupt for the same reason). Returns a note if the priority could not be had."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    if rt_priority <= 0:
+        return ""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
+    except (OSError, AttributeError) as e:
+        return f" (no real-time priority: {e}; releases may be late under CPU load)"
+    return f" (SCHED_FIFO {rt_priority})"
 
 
 def run(delay_ms: float, jitter_ms: float, reorder: float, seed: int | None,
-        on_ready=None) -> None:
+        rt_priority: int = 0, on_ready=None) -> None:
     rng = random.Random(seed)
     dirs = {UPLINK_QUEUE: Direction(UPLINK_QUEUE, "uplink"),
             DOWNLINK_QUEUE: Direction(DOWNLINK_QUEUE, "downlink")}
     q = NfQueues(list(dirs))
-    _tight_timers()
+    note = _tight_timers(rt_priority)
     delay, jitter = delay_ms / 1000.0, jitter_ms / 1000.0
     want_stats = [False]
     wake_r, wake_w = os.pipe()          # SIGUSR1 (print stats) must end a select at once
@@ -191,7 +202,7 @@ def run(delay_ms: float, jitter_ms: float, reorder: float, seed: int | None,
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGUSR1, lambda *_: want_stats.__setitem__(0, True))
     print(f"{READY}: queues {sorted(dirs)} delay {delay_ms} ms jitter {jitter_ms} ms "
-          f"reorder {reorder:.4f}", flush=True)
+          f"reorder {reorder:.4f}{note}", flush=True)
     if on_ready:
         on_ready()
     fd = q.sock.fileno()
@@ -262,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reorder", type=float, default=0.0,
                    help="fraction 0..1 of packets sent without delay (overtaking)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--rt-priority", type=int, default=RT_PRIORITY,
+                   help=f"SCHED_FIFO priority (default {RT_PRIORITY}; 0: ordinary scheduling)")
     p.add_argument("--parent", type=int, default=None,
                    help="exit when this process (the rack) is gone")
     a = p.parse_args(argv)
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(a.parent)    # the rack process gone (even killed): the delay goes too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        run(a.delay_ms, a.jitter_ms, a.reorder, a.seed)
+        run(a.delay_ms, a.jitter_ms, a.reorder, a.seed, a.rt_priority)
     except KeyboardInterrupt:
         pass
     except OSError as e:

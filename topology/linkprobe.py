@@ -167,6 +167,8 @@ def cmd_blast(a) -> dict:
     limit = a.count or int(pps * a.seconds)
     while sent < limit:
         due = min(limit, int((time.monotonic() - t0) * pps) + 1)
+        if a.steady:
+            due = min(due, sent + 1)
         while sent < due:
             try:
                 s.send(HDR.pack(sent, _now_ns()) + pad)
@@ -177,6 +179,8 @@ def cmd_blast(a) -> dict:
         delay = nxt - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        elif a.steady:              # woke late (a loaded CPU): go on from now, no burst
+            t0 = time.monotonic() - sent / pps
     return {"sent": sent, "send_errors": errors, "seconds": time.monotonic() - t0}
 
 
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="seconds to wait for answers after the last probe")
         if name == "blast":
             c.add_argument("--mbit", type=float, required=True)
+            c.add_argument("--steady", action="store_true",
+                           help="never send faster than the rate to catch up after a late "
+                                "wake-up (probes whose spacing matters)")
         if name in ("sink", "tcp-sink"):
             c.add_argument("--warmup", type=float, default=0.0,
                            help="seconds after the first byte left out of the throughput "

@@ -41,15 +41,15 @@ def test_delay_holds_on_both_path_kinds_and_tcp_fills_the_delayed_link(tmp_path)
     with MininetRack(2, LinkShape(bw_mbit=BW, delay_ms=DELAY), run_dir=str(tmp_path),
                      trace=False, log=print) as rack:
         net = rack.net
-        coord = statistics.median(lc.udp_rtt(net, "h1", "hc", "10.0.0.100", 100))
-        peer = statistics.median(lc.udp_rtt(net, "h1", "h2", "10.0.0.2", 100))
-        ping = statistics.median(lc.ping_rtt(net, "h1", "10.0.0.100", 50, 0.02))
+        # ping: the kernel answers and timestamps, so only the links (and the delayer) are in
+        # the loop, not a Python echo server waiting for a loaded CPU
+        coord = statistics.median(lc.ping_rtt(net, "h1", "10.0.0.100", 100, 0.01))
+        peer = statistics.median(lc.ping_rtt(net, "h1", "10.0.0.2", 100, 0.01))
         tcp, _ = lc.mean_ci(lc.tcp_bulk(net, "h1", "h2", "10.0.0.2", 4.0, 1.5))
-        print(f"RTT h1-hc {coord:.2f} ms (ping {ping:.2f}), h1-h2 {peer:.2f} ms, "
-              f"TCP {tcp:.1f} Mbit/s")
-    # one delayed link each way: 2 x 10 ms; two links: 4 x 10 ms (+ a loaded machine's slack)
+        print(f"ping RTT h1-hc {coord:.2f} ms, h1-h2 {peer:.2f} ms, TCP {tcp:.1f} Mbit/s")
+    # one delayed link each way: 2 x 10 ms; two links: 4 x 10 ms (+ a loaded machine's slack);
+    # a direction left undelayed would be 10 ms short
     assert 2 * DELAY - 0.5 <= coord <= 2 * DELAY + 4, coord
-    assert 2 * DELAY - 0.5 <= ping <= 2 * DELAY + 4, ping
     assert 4 * DELAY - 1.0 <= peer <= 4 * DELAY + 8, peer
     # the link, not the delayer, bounds the flow (it was 4.4 Mbit/s); and HTB still holds it
     assert 0.75 * BW <= tcp <= 1.02 * BW, tcp

@@ -40,7 +40,7 @@ RATE_MBIT = RATE_PPS * 228 * 8 / 1e6
 
 
 def _rack(shape: LinkShape, workers: int, run_dir: str):
-    from topology.launch import MininetRack
+    from topology.mininet_rack import MininetRack
     return MininetRack(workers, shape, run_dir=run_dir, trace=False, log=lambda *a: None)
 
 

@@ -21,7 +21,7 @@ def _skip_reason() -> str | None:
     d = fallback.decide("mininet", fallback.probe())
     if d.error:
         return d.error
-    from topology.launch import P4INFO_PATH
+    from topology.mininet_rack import P4INFO_PATH
     if not os.path.exists(P4INFO_PATH):
         return f"no P4Info at {P4INFO_PATH} (the rack's controller needs it; make p4)"
     from topology.impair import netem_available
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.root,
 
 def test_delay_holds_on_both_path_kinds_and_tcp_fills_the_delayed_link(tmp_path):
     from topology.impair import LinkShape
-    from topology.launch import MininetRack
+    from topology.mininet_rack import MininetRack
     with MininetRack(2, LinkShape(bw_mbit=BW, delay_ms=DELAY), run_dir=str(tmp_path),
                      trace=False, log=print) as rack:
         net = rack.net
@@ -57,7 +57,7 @@ def test_delay_holds_on_both_path_kinds_and_tcp_fills_the_delayed_link(tmp_path)
 
 def test_loss_and_duplication_rates_match_per_direction_and_round_trip(tmp_path):
     from topology.impair import LinkShape
-    from topology.launch import MininetRack
+    from topology.mininet_rack import MininetRack
     p = 0.05
     with MininetRack(2, LinkShape(loss_pct=100 * p), run_dir=str(tmp_path / "loss"),
                      trace=False, log=print) as rack:

@@ -24,9 +24,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from nina.procs import REPO
 from topology.linkdelay import DOWNLINK_QUEUE, QUEUE_MAXLEN, READY, UPLINK_QUEUE
 from topology.rack import HostPlan
-from nina.procs import REPO
 from topology.runenv import project_python
 
 ROOT_NFT_TABLE = "nina_rack"      # the root-namespace table of older racks: removed if left

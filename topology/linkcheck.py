@@ -12,7 +12,8 @@ import re
 import statistics
 import subprocess
 
-from topology.runenv import REPO, project_python
+from nina.procs import REPO
+from topology.runenv import project_python
 
 BASE_PORT = 47000
 Z95 = 1.959964

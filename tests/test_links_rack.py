@@ -17,8 +17,8 @@ BW, DELAY = 50.0, 10.0
 
 
 def _skip_reason() -> str | None:
-    from topology import fallback
-    d = fallback.decide("mininet", fallback.probe())
+    from topology import modes
+    d = modes.decide("mininet", modes.probe())
     if d.error:
         return d.error
     from topology.mininet_rack import P4INFO_PATH

@@ -174,10 +174,19 @@ def main() -> int:
     run("d 10 j 5", LinkShape(delay_ms=10, jitter_ms=5), jitter)
 
     def loss(net, p=0.05):
-        for direction, src, dst, ip in (("loss uplink h1->hc", "h1", "hc", COORD_IP),
-                                        ("loss downlink hc->h1", "hc", "h1", "10.0.0.1")):
+        from topology.impair import nft_counts
+        for direction, chain, src, dst, ip in (
+                ("loss uplink h1->hc", "up_loss", "h1", "hc", COORD_IP),
+                ("loss downlink hc->h1", "down_loss", "hc", "h1", "10.0.0.1")):
+            before = nft_counts(net.get("l1")).get(chain, (0, 0))
             r = lc.udp_stream(net, src, dst, ip, RATE_MBIT, count=n_rate, size=200)
-            rate_row(rates, "loss 5", direction, r["sent"] - r["unique"], r["sent"], p)
+            after = nft_counts(net.get("l1")).get(chain, (0, 0))
+            rate_row(rates, "loss 5", direction + " end to end", r["sent"] - r["unique"],
+                     r["sent"], p)
+            # the link's own drops (its nft counters): end to end also counts frames the
+            # switch or a host lost when the loaded CPU left their socket buffers full
+            rate_row(rates, "loss 5", direction + " link node", after[1] - before[1],
+                     after[0] - before[0], p)
         for what, dst, ip, links in (("round trip h1<->hc", "hc", COORD_IP, 1),
                                      ("round trip h1<->h2", "h2", H2_IP, 2)):
             n = n_rate // 4

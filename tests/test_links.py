@@ -70,3 +70,24 @@ def test_statistics():
     assert med == 50 and lo < 50 < hi
     m, h = lc.mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and h > 0
+
+
+def test_link_node_counters_are_read_per_chain(monkeypatch):
+    """nft_counts reads `nft -j` output: the chain's first counter (frames seen), the rule's
+    counter (frames dropped or duplicated)."""
+    import json
+
+    import topology.impair as impair
+    listing = {"nftables": [
+        {"metainfo": {"json_schema_version": 1}},
+        {"table": {"family": "netdev", "name": "nina_link"}},
+        {"rule": {"chain": "up_loss", "expr": [{"counter": {"packets": 1040, "bytes": 1}}]}},
+        {"rule": {"chain": "up_loss", "expr": [{"match": {}}, {"counter": {"packets": 52,
+                                                                           "bytes": 1}},
+                                               {"drop": None}]}},
+        {"rule": {"chain": "down_dup", "expr": [{"counter": {"packets": 7, "bytes": 1}}]}}]}
+    asked = []
+    monkeypatch.setattr(impair, "_host_run",
+                        lambda node, cmd, stdin=None: (asked.append(cmd), (0, json.dumps(listing)))[1])
+    assert impair.nft_counts("l1") == {"up_loss": (1040, 52), "down_dup": (7, 0)}
+    assert asked == [["nft", "-j", "list", "table", "netdev", impair.LINK_NFT_TABLE]]

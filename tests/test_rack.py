@@ -86,9 +86,9 @@ def test_link_shape_rules():
     s = LinkShape(bw_mbit=100, delay_ms=2, loss_pct=5, dup_pct=1, reorder_pct=10)
     s.validate()
     assert _netem_args(s) == ["delay", "2ms", "loss", "5%", "duplicate", "1%", "reorder", "10%"]
-    rules = _nft_rules(s, "h1-eth0")
-    assert rules[0] == "numgen random mod 1000000 < 50000 drop"
-    assert rules[1] == 'numgen random mod 1000000 < 10000 dup to "h1-eth0"'
+    rules = _nft_rules(s, "l1-eth1")
+    assert rules[0] == "numgen random mod 1000000 < 50000 counter drop"
+    assert rules[1] == 'numgen random mod 1000000 < 10000 counter dup to "l1-eth1"'
     for bad in (LinkShape(loss_pct=100), LinkShape(delay_ms=-1), LinkShape(bw_mbit=0)):
         with pytest.raises(ValueError):
             bad.validate()

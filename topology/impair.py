@@ -1,32 +1,43 @@
-"""Link impairments of the rack: delay, jitter, loss, duplication, reordering per worker link.
+"""Link impairments of the rack: bandwidth, delay, jitter, loss, duplication, reordering.
 
-Bandwidth is an HTB class on both ends of the link. With netem in the kernel, each worker link
-also gets `netem delay/loss/duplicate/reorder` on both ends (under the HTB class), as Mininet's
-TCLink would do. Kernels built without sch_netem (this project's CI VM is one) get the same
-effects another way:
-- loss and duplication: nftables netdev rules (`numgen random ... drop` / `dup to`) at the
-  host interface's egress (uplink) and ingress (downlink loss), and at the switch interface's
-  egress (downlink duplication), so each direction loses/duplicates independently;
-- delay, jitter and reordering: topology/linkdelay.py inside the worker's namespace holds the
-  host's IPv4 packets (both directions, via NFQUEUE) for the delay; with reordering a packet
-  skips the queue, as netem's `reorder` does.
-Only the worker links are impaired; the coordinator's link (job control) stays clean.
+Every worker link runs through its link node (topology/rack.py): a namespace with a bridge
+between l<p>-eth0 (facing the host) and l<p>-eth1 (facing the switch). Bandwidth is an HTB class
+on both ends of the link (the host's egress for the uplink, the switch port's egress for the
+downlink); everything else happens in the link node, between the two veths, where no end's
+network stack owns the frame:
+- with sch_netem in the kernel: netem on each link-node port's egress;
+- without it (this project's CI VM): loss as an nftables netdev rule at each port's ingress
+  (`numgen random ... drop`), duplication at each port's egress (`dup to`), and delay, jitter
+  and reordering by topology/linkdelay.py, which holds the bridge's IPv4 frames from NFQUEUE.
+Why not at the ends, as before: a drop in the sender's egress hook is returned to the sender as
+ENOBUFS (ping re-sends, TCP re-queues: no loss seen), a frame delayed in the sender's OUTPUT
+hook throttles its TCP (small queues count it as queued in the host), and one delayed in the
+receiver's PREROUTING hook already has its receive timestamp (ping missed that delay).
+Only the worker links are impaired; the coordinator's link (job control) stays direct.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
-from topology.rack import HostPlan
 from nina.procs import REPO
+from topology.linkdelay import DOWNLINK_QUEUE, QUEUE_MAXLEN, READY, UPLINK_QUEUE
+from topology.rack import HostPlan
 from topology.runenv import project_python
 
-ROOT_NFT_TABLE = "nina_rack"          # the one nft table this module creates in the root netns
-HOST_NFT_TABLE = "nina_link"          # per worker namespace; dies with the namespace
-NFQUEUE_NUM = 0
+ROOT_NFT_TABLE = "nina_rack"      # the root-namespace table of older racks: removed if left
+LINK_NFT_TABLE = "nina_link"      # per link node; dies with the namespace
+BRIDGE = "nina-br"                # the link node's bridge between its two ports
+OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
 _PPM = 1_000_000
+MTU_FRAME = 1514
+# Loss/duplication chains of a link node: (name, hook, port, what) per direction.
+UP, DOWN = "up", "down"
+READY_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class LinkShape:
     reorder_pct: float = 0.0
 
     def validate(self) -> None:
+        """Refuse what cannot be emulated as asked (one line each, for the user)."""
         if self.bw_mbit is not None and self.bw_mbit <= 0:
             raise ValueError(f"--bw must be > 0 Mbit/s, got {self.bw_mbit}")
         for name in ("delay_ms", "jitter_ms"):
@@ -49,6 +61,25 @@ class LinkShape:
             if not 0 <= v < 100:
                 raise ValueError(f"--{name.split('_')[0]} must be a percentage in [0, 100), "
                                  f"got {v}")
+        if self.jitter_ms > self.delay_ms:
+            raise ValueError(f"--jitter {self.jitter_ms:g} exceeds --delay {self.delay_ms:g}: "
+                             f"a delay cannot go below 0, so the spread would be clipped, not "
+                             f"the +-{self.jitter_ms:g} ms asked for")
+        if self.reorder_pct and not self.delay_ms:
+            raise ValueError("--reorder needs --delay: a reordered packet is one sent without "
+                             "the delay, overtaking the delayed ones")
+        held = self.frames_in_flight()
+        if held > QUEUE_MAXLEN / 2:
+            raise ValueError(f"--bw {self.bw_mbit:g} with --delay {self.delay_ms:g} "
+                             f"(+-{self.jitter_ms:g}) ms holds ~{held:.0f} full-size frames "
+                             f"per link direction; the delay queue holds {QUEUE_MAXLEN} and "
+                             f"would drop: lower --bw or --delay")
+
+    def frames_in_flight(self) -> float:
+        """Full-size frames a link direction holds at its bandwidth (0 if unlimited)."""
+        if not self.bw_mbit:
+            return 0.0
+        return self.bw_mbit * 1e6 / 8 / MTU_FRAME * (self.delay_ms + self.jitter_ms) / 1e3
 
     @property
     def needs_delay(self) -> bool:
@@ -75,11 +106,11 @@ def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProces
 
 
 def _host_run(host, cmd: list[str], stdin: str | None = None) -> tuple[int, str]:
-    """Run a command inside a Mininet host's namespace; (returncode, stderr)."""
-    p = host.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    """Run a command inside a Mininet node's namespace; (returncode, stdout + stderr)."""
+    p = host.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                    text=True)
-    _, err = p.communicate(stdin, timeout=20)
-    return p.returncode, err.strip()
+    out, _ = p.communicate(stdin, timeout=20)
+    return p.returncode, out.strip()
 
 
 def netem_available() -> bool:
@@ -108,38 +139,72 @@ def _netem_args(s: LinkShape) -> list[str]:
 
 
 def _nft_rules(s: LinkShape, dev: str) -> list[str]:
+    """The random drop / duplicate rule of a link-node chain (each counts what it did)."""
     rules = []
     if s.loss_pct:
-        rules.append(f"numgen random mod {_PPM} < {round(s.loss_pct / 100 * _PPM)} drop")
+        rules.append(f"numgen random mod {_PPM} < {round(s.loss_pct / 100 * _PPM)} "
+                     f"counter drop")
     if s.dup_pct:
         rules.append(f'numgen random mod {_PPM} < {round(s.dup_pct / 100 * _PPM)} '
-                     f'dup to "{dev}"')
+                     f'counter dup to "{dev}"')
     return rules
 
 
-def _chain(name: str, hook: str, dev: str, rules: list[str]) -> str:
-    body = "\n".join(f"    {r}" for r in rules)
-    return (f'  chain {name} {{\n    type filter hook {hook} device "{dev}" priority 0; '
-            f'policy accept;\n{body}\n  }}\n')
+def link_chains(h: HostPlan) -> dict[str, tuple[str, str]]:
+    """chain name -> (hook, port) in a worker's link node: loss where a frame enters the node
+    (silent to its sender, whose veth already delivered it), duplication where it leaves."""
+    return {f"{UP}_loss": ("ingress", h.link_host_intf),
+            f"{DOWN}_loss": ("ingress", h.link_switch_intf),
+            f"{UP}_dup": ("egress", h.link_switch_intf),
+            f"{DOWN}_dup": ("egress", h.link_host_intf)}
+
+
+def _nft_table(s: LinkShape, h: HostPlan) -> str:
+    chains = []
+    for name, (hook, dev) in link_chains(h).items():
+        only = LinkShape(loss_pct=s.loss_pct) if name.endswith("loss") else \
+            LinkShape(dup_pct=s.dup_pct)
+        rules = _nft_rules(only, dev)
+        if not rules:
+            continue
+        body = "\n".join(f"    {r}" for r in ["counter"] + rules)
+        chains.append(f'  chain {name} {{\n    type filter hook {hook} device "{dev}" '
+                      f'priority 0; policy accept;\n{body}\n  }}\n')
+    return f"table netdev {LINK_NFT_TABLE} {{\n{''.join(chains)}}}\n"
+
+
+def nft_counts(node) -> dict[str, tuple[int, int]]:
+    """chain -> (frames seen, frames dropped or duplicated) of a link node's nft table."""
+    rc, out = _host_run(node, ["nft", "-j", "list", "table", "netdev", LINK_NFT_TABLE])
+    if rc:
+        return {}
+    counts: dict[str, list[int]] = {}
+    for item in json.loads(out).get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        c = [e["counter"]["packets"] for e in rule.get("expr", []) if "counter" in e]
+        if c:
+            counts.setdefault(rule["chain"], []).append(c[0])
+    return {k: (v[0], v[1] if len(v) > 1 else 0) for k, v in counts.items()}
 
 
 class Impairments:
-    """Applies a LinkShape to the worker links of a built Mininet rack and undoes it."""
+    """Wires the worker links of a built Mininet rack through their link nodes and applies a
+    LinkShape; undoes what the namespaces do not take with them."""
 
     def __init__(self, shape: LinkShape, log=print):
         self.shape = shape
         self.log = log
         self.procs: list[subprocess.Popen] = []     # linkdelay processes we started
         self.cmds: dict[int, list[str]] = {}
-        self.root_table = False
+        self.delay_logs: dict[str, str] = {}        # link node -> its delayer's log
         self.method = "none"
 
     def apply(self, net, workers: list[HostPlan], run_dir: str) -> None:
-        s = self.shape
-        if s.reorder_pct and not s.needs_delay:
-            self.log("note: --reorder needs --delay (packets overtake delayed ones); ignored")
-            s = LinkShape(s.bw_mbit, s.delay_ms, s.jitter_ms, s.loss_pct, s.dup_pct, 0.0)
-            self.shape = s
+        s = self.shape                  # validated by the rack before it built anything
+        for h in workers:
+            self._bridge(net.get(h.link_node), h)
         if s.bw_mbit:
             for h in workers:
                 self._htb(net.get(h.name), h.host_intf)
@@ -150,19 +215,42 @@ class Impairments:
         if netem_available():
             self.method = "htb+netem" if s.bw_mbit else "netem"
             for h in workers:
-                self._netem(net.get(h.name), h.host_intf)
-                self._netem(None, h.switch_intf)
+                node = net.get(h.link_node)
+                for dev in (h.link_switch_intf, h.link_host_intf):   # uplink, downlink
+                    self._tc(node, ["tc", "qdisc", "add", "dev", dev, "root", "netem"]
+                             + _netem_args(s))
             return
         self.method = ("htb+" if s.bw_mbit else "") + "nftables" + (
             "+nfqueue" if s.needs_delay else "")
         if s.loss_pct or s.dup_pct:
-            self._nft(net, workers)
+            if not shutil.which("nft"):
+                raise RuntimeError("this kernel has no netem and `nft` is not installed "
+                                   "(apt-get install nftables): cannot emulate loss/duplication")
+            for h in workers:
+                rc, err = _host_run(net.get(h.link_node), ["nft", "-f", "-"], _nft_table(s, h))
+                if rc:
+                    raise RuntimeError(f"nft ({h.link_node}): {err}")
         if s.needs_delay:
             if not shutil.which("iptables"):
                 raise RuntimeError("this kernel has no netem and `iptables` is not installed "
                                    "(apt-get install iptables): cannot emulate delay")
             for h in workers:
-                self._delayer(net.get(h.name), h, run_dir)
+                self._delayer(net.get(h.link_node), h, run_dir)
+
+    def _bridge(self, node, h: HostPlan) -> None:
+        """The link node's bridge; with a delay it hands IPv4 frames to iptables FORWARD."""
+        call_ipt = "1" if self.shape.needs_delay else "0"
+        lines = ["set -e",
+                 "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                 "net.ipv6.conf.default.disable_ipv6=1",
+                 f"ip link add name {BRIDGE} type bridge stp_state 0 nf_call_iptables {call_ipt}"]
+        for dev in (h.link_host_intf, h.link_switch_intf):
+            lines += [f"ethtool -K {dev} {' '.join(OFFLOADS_OFF)} >/dev/null 2>&1 || true",
+                      f"ip link set {dev} master {BRIDGE}", f"ip link set {dev} up"]
+        lines.append(f"ip link set {BRIDGE} up")
+        rc, out = _host_run(node, ["sh", "-c", "\n".join(lines)])
+        if rc:
+            raise RuntimeError(f"link node {h.link_node}: bridge setup failed: {out}")
 
     def _tc(self, host, cmd: list[str]) -> None:
         """Run a tc command in `host`'s namespace (None: the root namespace, switch side)."""
@@ -181,52 +269,37 @@ class Impairments:
         self._tc(host, ["tc", "class", "add", "dev", dev, "parent", "5:", "classid", "5:1",
                         "htb", "rate", f"{self.shape.bw_mbit}mbit", "quantum", "1514"])
 
-    def _netem(self, host, dev: str) -> None:
-        where = ["parent", "5:1", "handle", "10:"] if self.shape.bw_mbit else ["root"]
-        self._tc(host, ["tc", "qdisc", "add", "dev", dev] + where + ["netem"]
-                 + _netem_args(self.shape))
-
-    def _nft(self, net, workers: list[HostPlan]) -> None:
-        """Uplink loss and duplication at the host's egress; downlink loss at the host's
-        ingress (a drop at the switch's egress would fail the switch's own send), downlink
-        duplication at the switch's egress."""
+    def _delayer(self, node, h: HostPlan, run_dir: str) -> None:
+        """Start the link node's delayer, wait until it has bound its queues, then queue the
+        bridge's frames to it by the port they came in on (no --queue-bypass: were it to die,
+        the link goes dark instead of silently losing its delay)."""
         s = self.shape
-        if not shutil.which("nft"):
-            raise RuntimeError("this kernel has no netem and `nft` is not installed "
-                               "(apt-get install nftables): cannot emulate loss/duplication")
-        for h in workers:
-            chains = _chain("egress", "egress", h.host_intf, _nft_rules(s, h.host_intf))
-            if s.loss_pct:
-                chains += _chain("ingress", "ingress", h.host_intf,
-                                 _nft_rules(LinkShape(loss_pct=s.loss_pct), h.host_intf))
-            rc, err = _host_run(net.get(h.name), ["nft", "-f", "-"],
-                                f"table netdev {HOST_NFT_TABLE} {{\n{chains}}}\n")
-            if rc:
-                raise RuntimeError(f"nft ({h.name}): {err}")
-        if s.dup_pct:
-            dup = LinkShape(dup_pct=s.dup_pct)
-            chains = "".join(_chain(h.switch_intf.replace("-", "_"), "egress", h.switch_intf,
-                                    _nft_rules(dup, h.switch_intf)) for h in workers)
-            r = _run(["nft", "-f", "-"], f"table netdev {ROOT_NFT_TABLE} {{\n{chains}}}\n")
-            if r.returncode:
-                raise RuntimeError(f"nft (switch side): {r.stderr.strip()}")
-            self.root_table = True
-
-    def _delayer(self, host, h: HostPlan, run_dir: str) -> None:
-        s = self.shape
-        for rule in (["iptables", "-A", "OUTPUT", "-o", h.host_intf],
-                     ["iptables", "-t", "mangle", "-A", "PREROUTING", "-i", h.host_intf]):
-            rc, err = _host_run(host, rule + ["-j", "NFQUEUE", "--queue-num", str(NFQUEUE_NUM),
-                                              "--queue-bypass"])
-            if rc:
-                raise RuntimeError(f"iptables ({h.name}): {err}")
-        cmd = [project_python(), "-m", "topology.linkdelay", "--queue", str(NFQUEUE_NUM),
+        cmd = [project_python(), "-m", "topology.linkdelay",
                "--delay-ms", str(s.delay_ms), "--jitter-ms", str(s.jitter_ms),
                "--reorder", str(s.reorder_pct / 100), "--parent", str(os.getpid())]
-        with open(os.path.join(run_dir, f"linkdelay-{h.name}.log"), "w") as log:
-            p = host.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        path = os.path.join(run_dir, f"linkdelay-{h.link_node}.log")
+        with open(path, "w") as log:
+            p = node.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.procs.append(p)
         self.cmds[p.pid] = cmd
+        self.delay_logs[h.link_node] = path
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            with open(path) as f:
+                text = f.read()
+            if READY in text:
+                break
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"link delayer in {h.link_node} did not start: "
+                                   f"{text.strip()[-300:] or 'no output'} (log {path})")
+            time.sleep(0.02)
+        for dev, queue in ((h.link_host_intf, UPLINK_QUEUE), (h.link_switch_intf,
+                                                              DOWNLINK_QUEUE)):
+            rc, err = _host_run(node, ["iptables", "-w", "-A", "FORWARD", "-m", "physdev",
+                                       "--physdev-in", dev, "-j", "NFQUEUE",
+                                       "--queue-num", str(queue)])
+            if rc:
+                raise RuntimeError(f"iptables ({h.link_node}): {err}")
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -245,13 +318,9 @@ class Impairments:
                 p.kill()
                 p.wait(timeout=3)
         self.procs.clear()
-        if self.root_table:
-            _run(["nft", "delete", "table", "netdev", ROOT_NFT_TABLE])
-            self.root_table = False
 
 
 def remove_leftovers() -> None:
-    """After a crash: drop our root-namespace nft table if a previous rack left it."""
+    """After a crash: drop the root-namespace nft table an older rack may have left."""
     if shutil.which("nft"):
         _run(["nft", "delete", "table", "netdev", ROOT_NFT_TABLE])
-

@@ -4,7 +4,8 @@ start(): remove leftovers of a crashed rack (ours only), build the Mininet netwo
 OpenFlow controller, turn checksum/segmentation offloads off on every rack interface (the
 switch copies frames between veths with raw sockets, so a frame must leave a host complete,
 with its real checksum and at most MTU-sized), static ARP everywhere (the switch forwards by
-MAC and floods nothing), start the switch process on s1's interfaces, apply link impairments,
+MAC and floods nothing), start the switch process on s1's interfaces, bridge each worker link's
+link node and apply the link settings (topology/impair.py),
 connect the Controller over loopback gRPC and install one l2_forward entry per host. A BMv2
 switch with tracing on also gets a monitor port (topology/monitor.py): the controller points
 the trace clone session at it and a collector writes <run dir>/switch.trace from it.
@@ -226,11 +227,10 @@ class MininetRack(RackBase):
                            f" ethtool -k {h.host_intf} | grep -c '^tx-checksumming: off'")
             if out.strip() != "1":
                 raise RackError(f"could not turn TX checksum offload off on {h.host_intf}")
-            # No IPv6 chatter through the switch. TSQ counts packets held by the link-delay
-            # queue as in flight; a larger limit keeps TCP (zmq) from crawling on slow links.
+            # No IPv6 chatter through the switch. The host's TCP is left stock: link delay
+            # happens in the link node, not in the host's stack (topology/impair.py).
             host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
-                     "net.ipv6.conf.default.disable_ipv6=1 "
-                     "net.ipv4.tcp_limit_output_bytes=16777216")
+                     "net.ipv6.conf.default.disable_ipv6=1")
             r = _run(["ethtool", "-K", h.switch_intf] + OFFLOADS_OFF)
             if r.returncode and "Could not change any" in r.stderr:
                 raise RackError(f"ethtool on {h.switch_intf}: {r.stderr.strip()}")

@@ -3,7 +3,11 @@
 Addresses are fixed so a trace, a pcap or a controller entry can be read without a lookup table:
 worker host h<i> (i = 1..N) is 10.0.0.<i> with MAC 02:00:00:00:00:<i>, the coordinator host hc
 is 10.0.0.100, and the switch answers as nina.config.SWITCH_MAC / SWITCH_RACK_IP. Link i joins
-h<i> to switch port i (interface s1-eth<i>); the coordinator is on port N + 1. A BMv2 switch
+h<i> to switch port i (interface s1-eth<i>) through a link node l<i>: a namespace with a bridge
+between l<i>-eth0 (facing h<i>-eth0) and l<i>-eth1 (facing s1-eth<i>), where topology/impair.py
+delays, drops and duplicates the link's frames (neither end's network stack sees the impairment
+as its own: see impair.py). The coordinator is on port N + 1, wired directly (job control stays
+unimpaired). A BMv2 switch
 with tracing on also has a monitor port N + 2 (s1-mon), a veth whose other end (nina-mon0) the
 trace collector reads.
 """
@@ -40,6 +44,20 @@ class HostPlan:
     def host_intf(self) -> str:
         return f"{self.name}-eth0"
 
+    # A worker link's middle node (the coordinator has none): l<port>, bridging its eth0
+    # (toward the host) and eth1 (toward the switch).
+    @property
+    def link_node(self) -> str:
+        return f"l{self.port}"
+
+    @property
+    def link_host_intf(self) -> str:
+        return f"{self.link_node}-eth0"
+
+    @property
+    def link_switch_intf(self) -> str:
+        return f"{self.link_node}-eth1"
+
 
 def worker_plan(i: int) -> HostPlan:
     """Worker host i (1-based)."""
@@ -67,9 +85,10 @@ def monitor_port(n_workers: int) -> int:
 
 
 def make_topo(n_workers: int):
-    """A Mininet Topo for the plan. Links are plain veth pairs; bandwidth, delay, loss,
-    duplication and reordering are applied after build by topology/impair.py (it copes with
-    kernels that lack netem, which TCLink cannot)."""
+    """A Mininet Topo for the plan. Links are plain veth pairs; each worker's goes through its
+    link node (no address, a bridge set up by topology/impair.py after build, which also
+    applies bandwidth, delay, loss, duplication and reordering: it copes with kernels that lack
+    netem, which TCLink cannot)."""
     from mininet.topo import Topo   # imported late: local mode must work without Mininet
 
     class RackTopo(Topo):
@@ -77,7 +96,12 @@ def make_topo(n_workers: int):
             s1 = self.addSwitch(SWITCH_NAME)
             for h in rack_plan(n_workers):
                 self.addHost(h.name, ip=f"{h.ip}/{PREFIX_LEN}", mac=h.mac)
-                self.addLink(h.name, s1, port1=0, port2=h.port)
+                if h.name == COORD_NAME:
+                    self.addLink(h.name, s1, port1=0, port2=h.port)
+                    continue
+                self.addHost(h.link_node, ip=None)
+                self.addLink(h.name, h.link_node, port1=0, port2=0)
+                self.addLink(h.link_node, s1, port1=1, port2=h.port)
 
     return RackTopo()
 

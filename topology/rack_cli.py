@@ -36,7 +36,9 @@ def register(subparsers) -> None:
                    help="bandwidth of each worker link in Mbit/s (default unlimited)")
     p.add_argument("--delay", type=nonnegative, default=0.0, metavar="MS",
                    help="one-way delay of each worker link direction (ms)")
-    p.add_argument("--jitter", type=nonnegative, default=0.0, metavar="MS", help="delay jitter (ms)")
+    p.add_argument("--jitter", type=nonnegative, default=0.0, metavar="MS",
+                   help="uniform +- jitter on the delay (ms, at most --delay); frames keep "
+                        "their order")
     p.add_argument("--loss", type=percentage, default=0.0, metavar="PCT",
                    help="packet loss of each worker link direction (percent)")
     p.add_argument("--dup", type=percentage, default=0.0, metavar="PCT",

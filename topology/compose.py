@@ -25,6 +25,8 @@ from topology.runenv import REPO
 
 COMPOSE_FILE = os.path.join(REPO, "docker-compose.yml")
 SERVICES = ("switch", "coordinator", "worker1", "worker2", "worker3", "worker4")
+BMV2_IMAGE = "p4lang/behavioral-model"     # docker-compose.yml's bmv2 service
+BMV2_IP = "172.29.77.3"
 WORKERS = 4                         # the worker services of docker-compose.yml
 DEFAULT_IMAGE = "nina:latest"
 DEFAULT_PROJECT = "nina"
@@ -71,10 +73,12 @@ class ComposeRack:
     Exit removes the project's containers and network, whatever happened."""
 
     def __init__(self, image: str, runs_dir: str, project: str = DEFAULT_PROJECT,
-                 env: dict | None = None, log=print):
+                 env: dict | None = None, log=print, bmv2: bool = False):
         self.image, self.project, self.log = image, project, log
         self.runs_dir = os.path.abspath(runs_dir)
-        self.cmd = compose_cmd(log) + ["-f", COMPOSE_FILE, "-p", project]
+        self.cmd = compose_cmd(log) + ["-f", COMPOSE_FILE, "-p", project] + \
+            (["--profile", "bmv2"] if bmv2 else [])
+        self.services = SERVICES + (("bmv2",) if bmv2 else ())
         self.env = {**os.environ, "NINA_IMAGE": image, "NINA_RUNS": self.runs_dir,
                     **(env or {})}
         self.up_done = False
@@ -95,7 +99,7 @@ class ComposeRack:
     def up(self) -> None:
         os.makedirs(self.runs_dir, exist_ok=True)
         self.up_done = True
-        self._compose("up", "-d", "--no-build", *SERVICES, timeout=600)
+        self._compose("up", "-d", "--no-build", *self.services, timeout=600)
 
     def container(self, service: str) -> str:
         cid = self._compose("ps", "-q", service).stdout.strip()
@@ -131,7 +135,7 @@ class ComposeRack:
         """Every service's log (and exit code) to folder/container-<service>.log."""
         os.makedirs(folder, exist_ok=True)
         logs = {}
-        for s in SERVICES:
+        for s in self.services:
             r = self._compose("logs", "--no-color", s, check=False)
             path = os.path.join(folder, f"container-{s}.log")
             with open(path, "w") as f:
@@ -141,7 +145,7 @@ class ComposeRack:
 
     def exit_codes(self) -> dict[str, int | None]:
         codes = {}
-        for s in SERVICES:
+        for s in self.services:
             cid = self._compose("ps", "-q", s, check=False).stdout.strip()
             r = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}} "
                                 "{{.State.Running}}", cid], capture_output=True, text=True,
@@ -152,6 +156,12 @@ class ComposeRack:
             code, running = r.stdout.split()
             codes[s] = None if running == "true" else int(code)
         return codes
+
+    def stop(self) -> None:
+        """Stop the services (SIGTERM: the switch closes its trace, each link reports what it
+        carried); the containers stay for their logs until down()."""
+        if self.up_done:
+            self._compose("stop", "-t", "20", timeout=300, check=False)
 
     def down(self) -> None:
         """Stop (SIGTERM: the switch flushes its trace) and remove containers and network."""
@@ -185,17 +195,26 @@ def run_compose_demo(steps: int = 150, bw: float | None = None, loss: float = 0.
                      image: str = DEFAULT_IMAGE, build: str = "missing", base: str = "auto",
                      base_tag: str | None = None, runs_dir: str = os.path.join(REPO, "runs"),
                      name: str | None = None, project: str = DEFAULT_PROJECT, exact: int = 0,
-                     remove_image: bool = False, log=print, echo=sys.stdout) -> dict:
+                     remove_image: bool = False, switch: str = "embedded", log=print,
+                     echo=sys.stdout) -> dict:
     """The compose demo, engine to teardown. Returns a report: rc, folder, output, logs, codes,
     engine_started, images_made, left (project resources after the teardown), versions."""
     from topology.docker_engine import Engine, server_version
     from topology.docker_image import LOCAL_BASE, build_image, image_exists
     name = name or time.strftime("%Y%m%d-%H%M%S") + "-compose"
     folder = os.path.join(os.path.abspath(runs_dir), name)
-    rep = {"rc": 2, "folder": folder, "output": "", "logs": {}, "codes": {},
+    rep = {"rc": 2, "folder": folder, "name": name, "output": "", "logs": {}, "codes": {},
            "images_made": [], "left": {}, "engine_started": False}
     base_tag = base_tag or LOCAL_BASE
+    seconds = rep["seconds"] = {}
+    t = [time.monotonic()]
+
+    def lap(what: str) -> None:
+        now = time.monotonic()
+        seconds[what] = round(now - t[0], 1)
+        t[0] = now
     with Engine(log=log) as engine:
+        lap("engine")
         rep["engine_started"] = engine.started
         made = rep["images_made"]
         try:
@@ -203,31 +222,56 @@ def run_compose_demo(steps: int = 150, bw: float | None = None, loss: float = 0.
             rep["versions"] = {"engine": server_version(), "compose": " ".join(cmd) + " " +
                                compose_version(cmd)}
             log(f"Docker engine {rep['versions']['engine']}, {rep['versions']['compose']}")
+            if switch == "bmv2":
+                _need_bmv2_image(log)
             if build == "always" or not image_exists(image):
                 had_base = image_exists(base_tag)
                 used = build_image(image, log=log, base=base, base_tag=base_tag)
                 made.append(image)
                 if used == base_tag and not had_base:
                     made.append(base_tag)
+            lap("build")
             demo_args = [f"--out runs/{name}"] + ([f"--exact {exact}"] if exact else [])
+            if switch == "bmv2":
+                demo_args.append("--bmv2-json p4/build/nina.json --macs-from-arp")
             env = {"NINA_DEMO_STEPS": str(steps), "NINA_TRACE": f"runs/{name}/switch.trace",
                    "NINA_DEMO_ARGS": " ".join(demo_args),
                    "NINA_BW": f"{bw:g}" if bw else "", "NINA_LOSS": f"{loss:g}" if loss else ""}
+            if switch == "bmv2":
+                env["NINA_SWITCH_IP"] = BMV2_IP
             log(f"docker compose: project {project}, image {image}, {WORKERS} workers, "
                 f"{steps} steps per job" + (f", links {bw:g} Mbit/s" if bw else "")
                 + (f", loss {loss:g}%" if loss else "") + f"; run folder {folder}")
-            rack = ComposeRack(image, runs_dir, project, env, log)
+            rack = ComposeRack(image, runs_dir, project, env, log, bmv2=switch == "bmv2")
             with rack:
                 rack.up()
+                lap("up")
                 rep["rc"], rep["output"] = rack.wait("coordinator", echo=echo)
+                lap("coordinator")
+                rack.stop()          # the switch ends (SIGTERM) and closes its trace
                 rep["codes"] = rack.exit_codes()
-                rack.down()          # the switch ends (SIGTERM) and closes its trace
                 rep["logs"] = rack.save_logs(folder)
+                rack.down()
             rep["left"] = project_resources(project)
         finally:
             if remove_image:
                 remove_images(made, log)
+            lap("teardown")
+    lap("engine stop")
+    log("seconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items()))
     return rep
+
+
+def _need_bmv2_image(log) -> None:
+    """The bmv2 profile's image must be here (or pullable): say so in one line otherwise."""
+    from topology.docker_image import _pull, image_exists
+    if image_exists(BMV2_IMAGE) or _pull(BMV2_IMAGE, log):
+        return
+    raise ComposeError(f"--switch bmv2 needs the image {BMV2_IMAGE} (simple_switch_grpc), "
+                       f"which is not here and cannot be pulled: where a registry is "
+                       f"reachable `docker pull {BMV2_IMAGE}`; else build it from "
+                       f"github.com/p4lang/behavioral-model's Dockerfile on a machine that "
+                       f"has one and `docker save`/`docker load` it here")
 
 
 def register(subparsers) -> None:
@@ -258,8 +302,13 @@ def register(subparsers) -> None:
                    help="host folder of the run folders (default this checkout's runs/)")
     d.add_argument("--project", default=DEFAULT_PROJECT,
                    help=f"compose project name (default {DEFAULT_PROJECT})")
-    d.add_argument("--build", choices=["missing", "always"], default="missing",
-                   help="build the image when it is missing (default) or always")
+    d.add_argument("--switch", choices=["embedded", "bmv2"], default="embedded",
+                   help="the data plane: the embedded NINA switch service (default) or the "
+                        f"bmv2 profile (needs the image {BMV2_IMAGE}; not on this project's "
+                        "CI machine)")
+    d.add_argument("--build", choices=["always", "missing"], default="always",
+                   help="build the image every time (default: docker's layer cache makes an "
+                        "unchanged checkout quick) or only when it is missing")
     d.add_argument("--remove-image", action="store_true",
                    help="remove the image tags this run built, at the end")
     _image_args(d)
@@ -315,7 +364,7 @@ def cmd_demo(args) -> int:
         rep = run_compose_demo(steps=args.steps, bw=args.bw, loss=args.loss, image=args.image,
                                build=args.build, base=args.base, runs_dir=args.runs_dir,
                                project=args.project, exact=args.exact,
-                               remove_image=args.remove_image)
+                               remove_image=args.remove_image, switch=args.switch)
     except _errors() as e:
         return _fail(str(e))
     folder = rep["folder"]
@@ -328,12 +377,14 @@ def cmd_demo(args) -> int:
         from nina.decisions import TRACE_DTYPE
         print(f"switch trace: {trace} ({os.path.getsize(trace) // TRACE_DTYPE.itemsize} "
               f"packet records)")
+    print(f"run folder on the host: {folder} (the containers' /nina/runs/{rep['name']})")
     print(f"container logs: {folder}/container-<service>.log")
-    links = [line for log in rep["logs"].values() for line in log.splitlines()
-             if "container_link:" in line]
-    for line in links:
-        print("  " + line.split("|", 1)[-1].strip())
+    for service, log in rep["logs"].items():
+        for line in log.splitlines():
+            if "container_link:" in line:
+                print(f"  {service}: {line.split('container_link:', 1)[1].strip()}")
     if rep["left"] and any(rep["left"].values()):
         return _fail(f"left behind: {rep['left']}")
-    print(f"next: nina trace summary {os.path.relpath(folder)}")
+    rel = os.path.relpath(folder)
+    print(f"next: nina trace summary {folder if rel.startswith('..') else rel}")
     return 0

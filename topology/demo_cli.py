@@ -182,8 +182,8 @@ def _external_demo(args) -> int:
     finally:
         switch.stop()
     if rc == 0:
-        print("switch trace and pcaps: wherever the switch writes them (docker-compose.yml: "
-              "runs/compose-switch/switch.trace; nina trace summary runs/compose-switch)")
+        print("switch trace: wherever the switch writes it (docker-compose.yml: $NINA_TRACE, "
+              "default runs/compose-switch/switch.trace; nina trace summary <its folder>)")
     return rc
 
 

@@ -1,10 +1,14 @@
-"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+"""docker-compose.yml, the Dockerfile and the compose rack.
 
+Without an engine:
 - the compose file passes a real schema check (Debian's docker-compose v1: `config -q` needs no
   engine), and a broken copy does not;
-- the Dockerfile installs with the Makefile's own target (no second recipe);
+- the Dockerfile installs with the Makefile's own target (no second recipe), offline options
+  reaching both pip calls;
 - every service command parses with the project's real argparse parsers, and the addresses in
-  them agree (workers reach the coordinator, the coordinator the switch, ranks 0..N-1).
+  them agree (workers reach the coordinator, the coordinator the switch, ranks 0..N-1);
+- the per-container link commands (tc/nft) and their refusals of bad values.
+With an engine (started by the test as root when none runs): the compose demo end to end.
 """
 from __future__ import annotations
 
@@ -209,6 +213,14 @@ def test_container_link_runs_the_command_and_reports_a_bad_value_in_one_line():
                        text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "container_link: error: NINA_LINK_BW must be > 0 Mbit/s, got 0.0"
+
+
+def test_no_engine_and_not_root_is_one_clear_error(monkeypatch):
+    from topology import docker_engine
+    monkeypatch.setattr(docker_engine, "engine_answers", lambda: False)
+    monkeypatch.setattr(docker_engine.os, "geteuid", lambda: 1000)
+    with pytest.raises(docker_engine.EngineError, match="no Docker engine answers.*as root"):
+        docker_engine.Engine(log=lambda *a: None).__enter__()
 
 
 # ---- the compose rack for real ---------------------------------------------------------------

@@ -246,7 +246,7 @@ def test_compose_demo_end_to_end_on_a_docker_engine(tmp_path):
 
     from nina.decisions import TRACE_DTYPE
     from topology import docker_engine
-    from topology.compose import project_resources, run_compose_demo
+    from topology.compose import run_compose_demo
     from topology.docker_engine import EngineError
     from topology.docker_image import BuildError, image_exists
     _engine_or_skip()

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from topology.runenv import REPO
@@ -104,21 +105,32 @@ class ComposeRack:
         out = []
         follow = subprocess.Popen(["docker", "logs", "-f", cid], stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
+        # a silent hang must end too: the watchdog ends the log stream at the deadline
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            follow.terminate()
+        watchdog = threading.Timer(timeout, expire)
+        watchdog.start()
         try:
             for line in follow.stdout:
                 out.append(line)
                 if echo is not None:
                     echo.write(line)
                     echo.flush()
-                if time.monotonic() > deadline:
-                    raise ComposeError(f"the {service} did not finish within {timeout:.0f} s")
         finally:
+            watchdog.cancel()
             if follow.poll() is None:
                 follow.terminate()
             follow.wait(timeout=10)
-        r = subprocess.run(["docker", "wait", cid], capture_output=True, text=True,
-                           timeout=max(10.0, deadline - time.monotonic()))
+        if fired.is_set():
+            raise ComposeError(f"the {service} did not finish within {timeout:.0f} s")
+        try:   # the stream ended with the container: its exit code
+            r = subprocess.run(["docker", "wait", cid], capture_output=True, text=True,
+                               timeout=30)
+        except subprocess.TimeoutExpired:
+            raise ComposeError(f"the {service}'s log ended but it still runs") from None
         return int(r.stdout.strip() or 1), "".join(out)
 
     def save_logs(self, folder: str) -> dict[str, str]:
@@ -233,12 +245,13 @@ def run_compose_demo(steps: int = 150, bw: float | None = None, loss: float = 0.
                 f"{steps} steps per job" + (f", links {bw:g} Mbit/s" if bw else "")
                 + (f", loss {loss:g}%" if loss else "") + f"; run folder {folder}")
             rack = ComposeRack(image, runs_dir, project, env, log, bmv2=switch == "bmv2")
-            with rack:
+            try:
                 rack.up()
                 lap("up")
                 rep["rc"], rep["output"] = rack.wait("coordinator", echo=echo)
                 lap("coordinator")
-                rack.stop()          # the switch ends (SIGTERM) and closes its trace
+            finally:             # also after a failure: the logs say why
+                rack.stop()      # the switch ends (SIGTERM) and closes its trace
                 rep["codes"] = rack.exit_codes()
                 rep["logs"] = rack.save_logs(folder)
                 rack.down()

@@ -223,6 +223,17 @@ def test_no_engine_and_not_root_is_one_clear_error(monkeypatch):
         docker_engine.Engine(log=lambda *a: None).__enter__()
 
 
+def test_compose_cli_refuses_bad_values_in_one_line():
+    import sys
+    for argv, why in ((["--bw", "0"], "must be > 0 Mbit/s"), (["--bw", "x"], "not a number"),
+                      (["--loss", "100"], "not a percentage"), (["--exact", "-1"], ">= 0")):
+        r = subprocess.run([sys.executable, "-m", "nina.cli", "compose", "demo", *argv],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0] == r.stderr.strip().splitlines()[-1], r.stderr
+
+
 # ---- the compose rack for real ---------------------------------------------------------------
 
 def _engine_or_skip():

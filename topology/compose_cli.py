@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from nina.cli_types import percentage, positive_int
+from nina.cli_types import nonnegative_int, percentage, positive_float, positive_int
 from topology.compose import (BMV2_IMAGE, DEFAULT_IMAGE, DEFAULT_PROJECT, ComposeError,
                               run_compose_demo)
 from topology.runenv import REPO
@@ -43,12 +43,12 @@ def register(subparsers) -> None:
     b.set_defaults(func=cmd_build)
     d = sub.add_parser("demo", help="the C_nat vs INT32 demo on the compose rack")
     d.add_argument("--steps", type=positive_int, default=150, help="steps per job (default 150)")
-    d.add_argument("--bw", type=_mbit, default=None, metavar="MBIT",
+    d.add_argument("--bw", type=positive_float, default=None, metavar="MBIT",
                    help="bandwidth of each worker link (its uplink and the switch's downlink "
                         "to it), Mbit/s (default unlimited)")
     d.add_argument("--loss", type=percentage, default=0.0, metavar="PCT",
                    help="packet loss of each worker link direction (percent)")
-    d.add_argument("--exact", type=int, default=20_000, metavar="N",
+    d.add_argument("--exact", type=nonnegative_int, default=20_000, metavar="N",
                    help="before training, all-reduce N elements per worker and check the sums "
                         "bit for bit (default 20000; 0: skip)")
     d.add_argument("--runs-dir", default=os.path.join(REPO, "runs"),
@@ -66,16 +66,6 @@ def register(subparsers) -> None:
                    help="remove the image tags this run built, at the end")
     _image_args(d)
     d.set_defaults(func=cmd_demo)
-
-
-def _mbit(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0 Mbit/s, got {text}")
-    return v
 
 
 def _image_args(p) -> None:
@@ -111,8 +101,6 @@ def cmd_build(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    if args.exact < 0:
-        return _fail(f"--exact must be >= 0, got {args.exact}")
     try:
         rep = run_compose_demo(steps=args.steps, bw=args.bw, loss=args.loss, image=args.image,
                                build=args.build, base=args.base, runs_dir=args.runs_dir,

@@ -19,8 +19,10 @@ BW ?=
 DELAY ?=
 LOSS ?=
 RACK_LINKS = $(if $(BW),--bw $(BW)) $(if $(DELAY),--delay $(DELAY)) $(if $(LOSS),--loss $(LOSS))
+# extra pip options of the install (the Dockerfile's offline build: --no-index --find-links DIR)
+PIP_OPTS ?=
 
-.PHONY: help venv sysdeps demo test bench p4 clean rack train trace mutate
+.PHONY: help venv sysdeps demo test bench p4 clean rack train trace mutate docker-image docker-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -34,8 +36,8 @@ sysdeps:  ## Debian packages for the Mininet rack and the compose check (only as
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q $(PIP_OPTS) --upgrade pip
+	$(BIN)/pip install -q $(PIP_OPTS) -e '.[test]'
 	@# Debian's mininet lives in /usr/lib/python3/dist-packages; expose just that package.
 	@if [ -d /usr/lib/python3/dist-packages/mininet ]; then \
 	  d=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
@@ -49,6 +51,12 @@ venv: sysdeps $(STAMP)  ## create/update .venv
 
 demo: venv  ## the main job: C_nat vs the INT32 baseline on an N-worker rack: N, MODE, DEMO_STEPS
 	$(BIN)/nina demo --workers $(N) --mode $(MODE) --steps $(DEMO_STEPS)
+
+docker-image: venv  ## the NINA image, built offline (as root: installs/starts the Docker engine if needed)
+	$(BIN)/nina compose build
+
+docker-demo: venv  ## the demo as containers (docker-compose.yml, 4 workers): DEMO_STEPS, BW (Mbit/s), LOSS (%)
+	$(BIN)/nina compose demo --steps $(DEMO_STEPS) $(if $(BW),--bw $(BW)) $(if $(LOSS),--loss $(LOSS))
 
 trace: venv  ## summarise the switch trace of the newest run under runs/ (nina trace summary)
 	@run=$$(find runs -name switch.trace -type f -printf '%T@ %h\n' 2>/dev/null | sort -n | \

@@ -15,6 +15,7 @@ REGISTRARS = [
     "switch.ctl_cli",
     "topology.rack_cli",
     "topology.demo_cli",
+    "topology.compose_cli",
 ]
 
 

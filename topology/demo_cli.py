@@ -72,6 +72,11 @@ def register(subparsers) -> None:
     g.add_argument("--coord-bind", type=host_port, default=("0.0.0.0", 5555), metavar="IP:PORT",
                    help="where the coordinator listens for external workers "
                         "(default 0.0.0.0:5555)")
+    g.add_argument("--exact", type=positive_int, default=None, metavar="N",
+                   help="first all-reduce N random elements per worker (NAT8, then INT32) "
+                        "through the switch and check every result bit for bit against the "
+                        "exact sum of what the workers sent (the workers must see the run "
+                        "folder at the same path: compose's runs volume does that)")
     d.set_defaults(func=cmd_demo)
 
 
@@ -89,6 +94,9 @@ def cmd_demo(args) -> int:
         return _external_demo(args)
     if args.external_workers:
         return _fail("--external-workers needs the switch they send to: --switch and --grpc")
+    if args.exact:
+        return _fail("--exact is for a switch started elsewhere (--switch/--grpc); on a rack "
+                     "`nina rack --run allreduce` checks all-reduces exactly")
     return _rack_demo(args)
 
 
@@ -168,13 +176,46 @@ def _external_demo(args) -> int:
     if args.macs_from_arp:
         kw["spec_factory"] = arp_spec_factory(switch.data_addr[0])
     try:
-        rc = run_demo(args, switch=switch, **kw)
+        rc = _exact_checks(args, switch, folder, kw) if args.exact else 0
+        if rc == 0:
+            rc = run_demo(args, switch=switch, **kw)
     finally:
         switch.stop()
     if rc == 0:
-        print("switch trace and pcaps: wherever the switch writes them (docker-compose.yml: "
-              "runs/compose-switch/switch.trace; nina trace summary runs/compose-switch)")
+        print("switch trace: wherever the switch writes it (docker-compose.yml: $NINA_TRACE, "
+              "default runs/compose-switch/switch.trace; nina trace summary <its folder>)")
     return rc
+
+
+EXACT_JOB_IDS = {"nat8": 101, "int32": 102}   # apart from the training jobs' 1, 2, ...
+
+
+def _exact_checks(args, switch, folder: str, kw: dict) -> int:
+    """All-reduces of seeded random tensors (NAT8, then INT32) on the demo's workers, each
+    result checked bit for bit; the workers stay for the training jobs (more_jobs)."""
+    from nina.wire import Encoding
+    from jobs.check import check_allreduce
+    from jobs.runner import run_allreduce
+    from nina.jobmsg import JobAborted
+    for name, job_id in EXACT_JOB_IDS.items():
+        enc = Encoding.NAT8 if name == "nat8" else Encoding.INT32
+        run_dir = os.path.join(folder, f"exact-{name}")
+        os.makedirs(run_dir, exist_ok=True)
+        print(f"exact check: {args.workers} workers all-reduce {args.exact} elements, {name} "
+              f"(job {job_id})", flush=True)
+        try:
+            out = run_allreduce(args.workers, switch, size=args.exact, encoding=enc,
+                                calls=1, job_id=job_id, run_dir=run_dir, more_jobs=True,
+                                log=lambda *a: None, **kw)
+        except JobAborted as e:
+            return _fail(f"exact check ({name}): {e}")
+        problems = check_allreduce(run_dir, args.workers, 1, out.config["shift"], enc, False)
+        if problems:
+            print(f"WRONG: {name}: " + "; ".join(problems[:3]), flush=True)
+            return 1
+        print(f"EXACT: {name}: every worker's result equals the exact sum of what the "
+              f"workers sent ({run_dir})", flush=True)
+    return 0
 
 
 def read_arp(path: str = "/proc/net/arp") -> dict[str, str]:

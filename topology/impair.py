@@ -101,6 +101,17 @@ class LinkShape:
         return ", ".join(parts)
 
 
+def htb_commands(dev: str, bw_mbit: float, minor: int = 1, qdisc: bool = True,
+                 default: int = 1) -> list[list[str]]:
+    """tc commands for an HTB class 5:<minor> of bw_mbit on dev (with the root qdisc, whose
+    unclassified traffic goes to 5:<default>; a missing default class: unshaped). An explicit
+    quantum (one MTU frame) keeps HTB quiet at high rates."""
+    cmds = [["tc", "qdisc", "add", "dev", dev, "root", "handle", "5:", "htb",
+             "default", str(default)]] if qdisc else []
+    return cmds + [["tc", "class", "add", "dev", dev, "parent", "5:", "classid", f"5:{minor}",
+                    "htb", "rate", f"{bw_mbit}mbit", "quantum", "1514"]]
+
+
 def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=20)
 
@@ -263,11 +274,8 @@ class Impairments:
             raise RuntimeError(f"{' '.join(cmd)}: {err.strip()}")
 
     def _htb(self, host, dev: str) -> None:
-        # An explicit quantum (one MTU frame) keeps HTB quiet at high rates.
-        self._tc(host, ["tc", "qdisc", "add", "dev", dev, "root", "handle", "5:", "htb",
-                        "default", "1"])
-        self._tc(host, ["tc", "class", "add", "dev", dev, "parent", "5:", "classid", "5:1",
-                        "htb", "rate", f"{self.shape.bw_mbit}mbit", "quantum", "1514"])
+        for cmd in htb_commands(dev, self.shape.bw_mbit):
+            self._tc(host, cmd)
 
     def _delayer(self, node, h: HostPlan, run_dir: str) -> None:
         """Start the link node's delayer, wait until it has bound its queues, then queue the

@@ -132,20 +132,6 @@ def test_blocks_at_the_bottom_of_the_float_range():
     np.testing.assert_array_equal(_values(codes, eb, s)[0], tiny[0])
 
 
-class _FixedNoise:
-    """A stand-in random source for the bit trick: integers() gives fixed mantissa noise,
-    random() a fixed uniform (unit test of the arithmetic around the generator)."""
-
-    def __init__(self, noise: int, uniform: float = 0.5):
-        self.noise, self.uniform = noise, uniform
-
-    def integers(self, lo, hi, size, dtype):
-        return np.full(size, self.noise, dtype)
-
-    def random(self, shape):
-        return np.full(shape, self.uniform)
-
-
 def test_natural_rounding_bit_trick_carries_exactly():
     """x = 1 + 2^-23 rounds up to 2 exactly when noise + mantissa reaches 2^23: noise 2^23 - 1
     carries (every mantissa bit counts), noise 2^23 - 2 does not. natural_code9 is the one

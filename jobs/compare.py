@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from nina.jobmsg import JobAborted, JobDiverged
 from switch.handles import ExternalSwitch
 
 
@@ -33,8 +34,7 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
     coordinator: the factory of each job's coordinator (a rack's binds it in its own host)."""
     from dataclasses import replace
     from jobs.runner import run_training
-    from jobs.metrics import steps_to_target
-    from jobs.runfolder import new_run_dir, plot_runs, write_csv, write_json, write_run
+    from jobs.runfolder import new_run_dir, write_run
     name = getattr(args, "name", None) or \
         (f"compare-{'-'.join(specs)}" if len(specs) > 1 else specs[0]) + f"-{base.model}"
     folder = new_run_dir(name, args.out, args.runs_dir)
@@ -58,26 +58,65 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
             if coord_port is not None:
                 kw.update(coord_port=coord_port, more_jobs=i < len(specs) - 1)
             job_id = next_job_id() if next_job_id is not None else i + 1
-            out = run_training(cfg, n_workers, switch, job_id=job_id, loss=args.loss,
-                               run_dir=sub, name=spec, log=log,
-                               progress=not getattr(args, "no_progress", False), **kw)
+            try:
+                out = run_training(cfg, n_workers, switch, job_id=job_id, loss=args.loss,
+                                   run_dir=sub, name=spec, log=log,
+                                   progress=not getattr(args, "no_progress", False), **kw)
+            except JobAborted as e:
+                status = "diverged" if isinstance(e, JobDiverged) else "failed"
+                rows.append(_failed_row(spec, cfg, n_workers, e, status, sub, target, key,
+                                        higher))
+                if e.outcome is not None and e.outcome.records:
+                    write_run(sub, e.outcome.config, e.outcome.records, e.outcome.summary)
+                    runs[spec] = e.outcome.records
+                # one job alone fails the command; workers started elsewhere (coord_port)
+                # left with the failed job, so no later job could start
+                if len(specs) == 1 or coord_port is not None:
+                    raise
+                log(f"    {status}: {e}; the comparison goes on without it")
+                continue
             files = write_run(sub, out.config, out.records, out.summary)
-            st, sb = steps_to_target(out.records, target, key, higher)
-            rows.append({**out.summary, "steps_to_target": st, "bytes_to_target": sb,
-                         "seconds": round(out.seconds, 1), "folder": sub,
-                         "switch_counters": out.counters})
+            rows.append(_row(out, sub, target, key, higher))
             runs[spec] = out.records
             log(f"    models identical on all workers (hash {out.summary['model_hash']}); "
                 f"metrics: {files[1]}")
+    except BaseException:   # Ctrl-C, a broken switch: keep what finished (and why), then stop
+        if len(specs) > 1 and rows:
+            _write_comparison(folder, rows, runs)
+        raise
     finally:
         if own:
             switch.stop()
     if len(specs) > 1:
-        write_json(os.path.join(folder, "comparison.json"), rows)
-        write_csv(os.path.join(folder, "comparison.csv"),
-                  [{k: v for k, v in r.items() if k != "switch_counters"} for r in rows])
-        plot_runs(folder, runs)
+        _write_comparison(folder, rows, runs)
     return rows, folder
+
+
+def _row(out, sub: str, target, key, higher, status: str = "ok", error: str = "") -> dict:
+    from jobs.metrics import steps_to_target
+    st, sb = steps_to_target(out.records, target, key, higher)
+    return {**out.summary, "status": status, "error": error, "steps_to_target": st,
+            "bytes_to_target": sb, "seconds": round(out.seconds, 1),
+            "startup_s": round(out.startup_seconds, 1), "train_s": round(out.train_seconds, 1),
+            "folder": sub, "switch_counters": out.counters}
+
+
+def _failed_row(spec, cfg, n_workers, e, status, sub, target, key, higher) -> dict:
+    """The row of a job that did not finish: what it did until then, and why it stopped."""
+    from worker.train import plan
+    if e.outcome is not None:
+        return _row(e.outcome, sub, target, key, higher, status, str(e))
+    return {"compressor": spec, "path": plan(spec).label, "workers": n_workers, "steps": 0,
+            "status": status, "error": str(e), "folder": sub}
+
+
+def _write_comparison(folder: str, rows: list[dict], runs: dict) -> None:
+    from jobs.runfolder import plot_runs, write_csv, write_json
+    write_json(os.path.join(folder, "comparison.json"), rows)
+    write_csv(os.path.join(folder, "comparison.csv"),
+              [{k: v for k, v in r.items() if k != "switch_counters"} for r in rows])
+    if runs:
+        plot_runs(folder, runs)
 
 
 def _safe(spec: str) -> str:

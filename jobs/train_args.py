@@ -10,10 +10,13 @@ from nina.cli_types import finite_float, positive_float, positive_int
 def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None:
     """What a training job is: compressors, model, optimisation, evaluation, target."""
     from worker.models import MODELS
-    p.add_argument("--compressor", default="nat", help="compressor spec (default nat)")
+    p.add_argument("--compressor", default="nat", metavar="SPEC",
+                   help="compressor spec, e.g. nat or \"dither_nat:s=4,p=inf\" (default nat)")
     p.add_argument("--compare", metavar="LIST",
-                   help="comma-separated compressors: run the same job once per compressor and "
-                        "print a comparison table (the first is the baseline of the ratios)")
+                   help="compressors separated by , ; or spaces (\"nat,dither_nat:s=4,p=inf\" is "
+                        "two): run the same job once per compressor and print a comparison "
+                        "table (the first is the baseline of the ratios); a failed or diverged "
+                        "job is marked, the others kept")
     p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
     p.add_argument("--steps", type=positive_int, default=default_steps,
                    help=f"default {default_steps}")
@@ -30,13 +33,15 @@ def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None
 
 
 def compressor_specs(args) -> list[str]:
-    """The job's compressors, checked (ValueError with the reason)."""
+    """The job's compressors, checked (ValueError with the reason). --compressor may be a list
+    too, as before; both split with worker.compress.split_specs."""
+    from worker.compress import split_specs
     from worker.train import plan
     given = args.compare if args.compare is not None else args.compressor
-    specs = [s.strip() for s in given.split(",") if s.strip()]
-    if not specs:
+    if not given.replace(",", "").replace(";", "").strip():
         flag = "--compare" if args.compare is not None else "--compressor"
         raise ValueError(f"no compressor given in {flag} {given!r}")
+    specs = split_specs(given)   # between specs, not inside them (docs/workbench.md)
     for s in specs:
         plan(s)
     return specs

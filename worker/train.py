@@ -147,6 +147,17 @@ class Aggregator:
             "packets_down": st.messages_out, "retransmissions": 0, "comm_s": st.seconds}
 
 
+class Diverged(ArithmeticError):
+    """The loss, the gradient or the test metric is NaN or inf: training cannot go on."""
+
+
+def _check_finite(step: int, what: str, value) -> None:
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise Diverged(f"{what} is {bad} at step {step}")
+
+
 class Trainer:
     """One worker's side of a job: its shard, the shared model, the step."""
 
@@ -172,7 +183,10 @@ class Trainer:
     def step(self, t: int) -> dict:
         t0 = time.monotonic()
         X, y = self.batches.next()
-        loss, g = self.model.loss_grad(self.params, X, y)
+        with np.errstate(over="ignore", invalid="ignore"):   # reported as Diverged below
+            loss, g = self.model.loss_grad(self.params, X, y)
+        _check_finite(t + 1, "the training loss", loss)
+        _check_finite(t + 1, "the gradient", g)
         v = g + self.memory if self.memory is not None else g
         total, mine, comm = self.aggregate(v)
         if self.memory is not None:
@@ -181,6 +195,9 @@ class Trainer:
         rec = {"step": t + 1, "train_loss": loss, **comm,
                "step_s": time.monotonic() - t0}
         if self.wid == 0 and ((t + 1) % self.cfg.eval_every == 0 or t + 1 == self.cfg.steps):
-            ev = self.evaluate()
+            with np.errstate(over="ignore", invalid="ignore"):
+                ev = self.evaluate()
+            for k, v in ev.items():
+                _check_finite(t + 1, f"the test {k}", v)
             rec.update({("test_" + k): v for k, v in ev.items()})
         return rec

@@ -115,8 +115,14 @@ def cmd_train(args) -> int:
         reached = (f"{what} {target:g} reached at step {r['steps_to_target']}"
                    if r["steps_to_target"] else f"{what} {target:g} not reached")
         print(f"{r['compressor']} ({r['path']}): final test {what} {fin:.4g}; {reached}; "
-              f"{r['bytes_up'] / 1e6:.2f} MB up, {r['bytes_down'] / 1e6:.2f} MB down; "
-              f"{r['retransmissions']} retransmissions; {r['seconds']:.1f} s")
+              f"{r['bytes_up'] / 1e6:.2f} MB up, {r['bytes_down'] / 1e6:.2f} MB down "
+              f"({r.get('bits_per_element_up', 0):.1f} / {r.get('bits_per_element_down', 0):.1f}"
+              f" bits per element, payload {r.get('payload_bits_per_element_up', 0):.1f} / "
+              f"{r.get('payload_bits_per_element_down', 0):.1f}); "
+              f"{r['retransmissions']} retransmissions; {r['seconds']:.1f} s "
+              f"({r['startup_s']:.1f} s start-up, {r['train_s']:.1f} s training)")
+        from jobs.compare import format_parts
+        print(format_parts(results))
     print(f"run folder: {folder}")
     return 0
 

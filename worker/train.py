@@ -127,24 +127,33 @@ class Aggregator:
     def __call__(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         if self.path.kind == "switch":
             x = self.pre(v) if self.pre is not None else v
+            from nina.accounting import from_call_stats
             r = self.client.allreduce(x, record=True)
             st = r.stats
+            parts = from_call_stats(st.as_dict(), self.path.encoding, self.path.cm)
             return r.values, r.contribution, {
                 "bytes_up": st.bytes_out, "bytes_down": st.bytes_in,
                 "packets_up": st.packets_out, "packets_down": st.packets_in,
-                "retransmissions": st.retransmissions, "comm_s": st.seconds}
+                "retransmissions": st.retransmissions, "comm_s": st.seconds,
+                "elements": st.elements, "payload_bits_up": 8 * parts["up_payload"],
+                **{k: v for k, v in parts.items() if not k.endswith("_bytes")}}
         from worker.compress import Compressed
         from worker.allgather import pack_message, sum_in_order, unpack_message
         c = self.host.compress(v)
         blobs, st = self.gather.allgather(pack_message(c.codec, c.shape, c.data))
-        parts = []
-        for b in blobs:
+        parts, got = [], 0
+        for i, b in enumerate(blobs):
             codec, shape, payload = unpack_message(b)
+            got += len(payload) if i != self.gather.wid else 0
             parts.append(self.host.decompress(Compressed(payload, shape, 8 * len(payload), codec)))
         total = sum_in_order(parts)
+        peers = self.gather.n - 1   # the fallback sends its message to every other worker
         return total, parts[self.gather.wid], {
             "bytes_up": st.bytes_out, "bytes_down": st.bytes_in, "packets_up": st.messages_out,
-            "packets_down": st.messages_out, "retransmissions": 0, "comm_s": st.seconds}
+            "packets_down": st.messages_out, "retransmissions": 0, "comm_s": st.seconds,
+            "elements": int(v.size), "payload_bits_up": c.bits,
+            "up_payload": peers * len(c.data), "up_headers": st.bytes_out - peers * len(c.data),
+            "down_payload": got, "down_headers": st.bytes_in - got}
 
 
 class Diverged(ArithmeticError):

@@ -18,6 +18,7 @@ from typing import Callable, Protocol, runtime_checkable
 from nina.config import JobSpec
 from nina.jobmsg import JobAborted
 from nina.procs import REPO, die_with_parent, free_port, how_it_ended, stop_process, tail
+from nina.rackinfo import OWNER_ELECTION_ID
 
 
 # the P4Info the controller loads; NINA_P4INFO points elsewhere (e.g. a p4c output directory)
@@ -158,7 +159,8 @@ class LocalSwitch(ControlledSwitch):
         from switch.controller import Controller, ControllerError
         try:
             self.controller = Controller(self.grpc_addr, P4INFO_PATH, None, push="auto",
-                                         connect_timeout=15.0)
+                                         connect_timeout=15.0,
+                                         election_id=OWNER_ELECTION_ID)
         except ControllerError as e:
             raise JobAborted(f"controller: {e}") from None
 

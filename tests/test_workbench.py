@@ -139,3 +139,42 @@ def test_compare_keeps_the_table_when_a_job_diverges(tmp_path):
     assert rows[0]["bits_per_element_up"] > 8 and rows[0]["payload_bits_per_element_up"] == 8
     assert "diverged" in p.stdout and (out / "comparison.csv").stat().st_size > 0
     assert "\r" not in p.stderr          # not a terminal: plain progress lines
+
+
+# ---- nina ctl beside a running rack ----
+
+def test_ctl_finds_a_running_rack_reads_as_backup_and_reads_a_finished_job(tmp_path):
+    """A local rack publishes where its switch is; `nina ctl` without --grpc finds it, reads
+    as a backup (the rack's controller stays primary), refuses to write with the fix in one
+    line, and reads the slots of a job the rack installed and removed (from rack.json)."""
+    from switch.handles import local_switch_unavailable
+    why = local_switch_unavailable()
+    if why:
+        pytest.skip(why)
+    from nina import rackinfo
+    from nina.config import JobSpec, WorkerAddr
+    from topology.local import LocalRack
+    run_dir = tmp_path / "rack"
+
+    def ctl(*argv):
+        return subprocess.run([sys.executable, "-m", "nina.cli", "ctl", *argv],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+    with LocalRack(1, str(run_dir), QUIET, trace=False) as rack:
+        rec = rackinfo.load(str(run_dir / "train-9"))        # a job folder finds its rack
+        assert rec["grpc"] == rack.switch.grpc_addr and rec["pid"] > 0
+        assert any(r["run_dir"] == rec["run_dir"] for r in rackinfo.running())
+        spec = JobSpec(job_id=9, n_workers=1, encoding=Encoding.NAT8, slot_base=64,
+                       workers=(WorkerAddr(0, "127.0.0.1", 40000),))
+        rack.controller.install_job(spec)
+        rack.controller.remove_job(9)
+        p = ctl("--rack", str(run_dir), "slot", "2", "--job", "9", "--ver", "1")
+        assert p.returncode == 0, p.stderr
+        assert "job 9 slot 2 ver 1 (register index 133)" in p.stdout
+        assert "reads" in p.stderr                              # a backup, and told so
+        p = ctl("counters")
+        assert p.returncode == 0 and f"P4Runtime {rec['grpc']}" in p.stderr
+        p = ctl("fwd", "add", "02:00:00:00:00:09", "3")
+        assert p.returncode == 1 and "higher --election-id" in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 3
+    assert rec["run_dir"] not in [r["run_dir"] for r in rackinfo.running()]
+    assert (run_dir / "rack.json").exists()

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--q", type=float, default=0.25, help="S^q: fraction of d kept")
     ap.add_argument("--s", type=int, default=4, help="D_nat levels (D_sta gets 2^(s-1))")
     ap.add_argument("--p", default="inf", help="dithering norm (1, 2, inf)")
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="seeds on loopback (0: rack only)")
     ap.add_argument("--rack-seeds", type=int, default=1, help="seeds on the rack (default 1)")
     ap.add_argument("--rack-bw", type=float, default=None, metavar="MBIT",
                     help="also run on the Mininet rack with links of this bandwidth (root; "
@@ -177,16 +177,14 @@ def main(argv=None) -> int:
     try:
         local = [rows_of(run_local(a, sl, seed, tmp / f"local-{seed}"))
                  for seed in range(a.seeds)]
-        d = local[0][0]["elements"] // (local[0][0]["steps"] * local[0][0]["workers"])
-        print(f"\n### Loopback: {a.workers} worker processes, embedded switch process, mlp on "
-              f"digits, {a.seeds} seed(s), {a.steps} steps max\n")
-        print("```\n" + table(a, local, d, wall=False) + "\n```")
+        if local:
+            print_local(a, local)
         if a.rack_bw:
             rack = [rows_of(run_rack(a, sl, seed, tmp / f"rack-{seed}"))
                     for seed in range(a.rack_seeds)]
             print(f"\n### Mininet rack: {a.workers} workers, every worker link {a.rack_bw:g} "
                   f"Mbit/s, embedded switch, no traces, {a.rack_seeds} seed(s)\n")
-            print("```\n" + table(a, rack, d, wall=True) + "\n```")
+            print("```\n" + table(a, rack, _d(rack), wall=True) + "\n```")
             print("wall s@tgt: training wall-clock time (start barrier to the target step, "
                   "start-up excluded); x wall: identity's over the operator's, measured in "
                   "the same run.")
@@ -195,6 +193,18 @@ def main(argv=None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     log(f"bench time {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def _d(per_seed) -> int:
+    r = per_seed[0][0]
+    return r["elements"] // (r["steps"] * r["workers"])
+
+
+def print_local(a, local) -> None:
+    d = _d(local)
+    print(f"\n### Loopback: {a.workers} worker processes, embedded switch process, mlp on "
+          f"digits, {a.seeds} seed(s), {a.steps} steps max\n")
+    print("```\n" + table(a, local, d, wall=False) + "\n```")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def format_breakdown(per_worker: dict, encoding, cm: bool) -> str:
     from nina import accounting as acc
     head = (f"{'worker':>6}{'dir':>5}{'payload':>9}{'padding':>9}{'headers':>9}{'parts':>7}"
             f"{'priming':>9}{'retx':>7}{'total B':>9}{'bits/elem':>10}{'payload':>8}")
-    lines = ["bytes by part (UDP payloads; see docs/protocol.md, Byte accounting):", head]
+    lines = ["bytes by part (UDP payloads; docs/workbench.md, Byte accounting):", head]
     problems = []
     for w, calls in sorted(per_worker.items()):
         tot, elements, up, down = {}, 0, 0, 0

@@ -195,5 +195,5 @@ def format_parts(rows: list[dict]) -> str:
     lines.append("payload: the elements; padding: unused element slots of fixed-size packets; "
                  "headers: NINA headers (host all-gather: framing); parts: extra result packets "
                  "of NAT8 sums; priming: the exponent-agreement round of each call; retx: "
-                 "retransmissions and their answers (see docs/protocol.md).")
+                 "retransmissions and their answers (docs/workbench.md).")
     return "\n".join(lines)

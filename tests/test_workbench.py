@@ -178,3 +178,22 @@ def test_ctl_finds_a_running_rack_reads_as_backup_and_reads_a_finished_job(tmp_p
         assert len(p.stderr.strip().splitlines()) == 3
     assert rec["run_dir"] not in [r["run_dir"] for r in rackinfo.running()]
     assert (run_dir / "rack.json").exists()
+
+
+def test_table_marks_a_job_that_failed_before_any_step():
+    """A failed job with no metrics still gets its row and its reason; ratios use the first
+    finished job as baseline when the first one failed."""
+    from jobs.compare import format_table
+    ok = {"compressor": "nat", "path": "switch NAT8", "status": "ok", "bytes_up": 1000,
+          "bytes_down": 3000, "bytes_total": 4000, "retransmissions": 0, "steps_to_target": 10,
+          "bytes_to_target": 2000, "final_test_accuracy": 0.95, "startup_s": 1.0,
+          "train_s": 2.0, "up_payload": 500, "down_payload": 2000,
+          "bits_per_element_up": 16.0, "bits_per_element_down": 48.0}
+    bad = {"compressor": "randk:q=0.1", "path": "host all-gather of randk:q=0.1",
+           "workers": 2, "steps": 0, "status": "failed",
+           "error": "worker 1 (pid 7) exited with code 1", "folder": "x"}
+    text = format_table([bad, ok], 0.93, "test_accuracy")
+    row = next(line for line in text.splitlines() if line.startswith("randk"))
+    assert "failed" in row and row.split()[-1] == "-"
+    assert "relative to nat" in text
+    assert "randk:q=0.1: failed: worker 1 (pid 7) exited with code 1" in text

@@ -93,12 +93,22 @@ def _run(cmd: list[str]) -> None:
 
 def rows_of(folder: Path) -> list[dict]:
     """comparison.json rows plus the wall-clock time (training only) at the target step."""
-    rows = json.loads((folder / "comparison.json").read_text())
+    path = folder / "comparison.json"
+    if not path.exists():
+        raise SystemExit(f"no comparison.json in {folder}")
+    rows = json.loads(path.read_text())
     for r in rows:
-        m = json.loads((Path(r["folder"]) / "metrics.json").read_text())
+        if r.get("error"):
+            log(f"{r['compressor']}: {r['status']}: {r['error']}")
+        path = Path(r["folder"]) / "metrics.json"
+        steps = json.loads(path.read_text())["steps"] if path.exists() else []
         st = r.get("steps_to_target")
-        r["wall_to_target"] = next((s["wall_s"] for s in m["steps"] if s["step"] == st), None)
+        r["wall_to_target"] = next((s["wall_s"] for s in steps if s["step"] == st), None)
     return rows
+
+
+def _num(v, fmt: str, width: int) -> str:
+    return f"{('-' if v is None else format(v, fmt)):>{width}}"
 
 
 def _mean(vals):
@@ -130,12 +140,14 @@ def table(a, per_seed: list[list[dict]], d: int, wall: bool) -> str:
     lines = [head, "-" * len(head)]
     for (name, _, ftext, f, prange), r in zip(OPERATORS, agg):
         rel = r["iters"] / base["iters"] if r["iters"] and base["iters"] else None
+        if r["status"] != "ok":
+            rel = None
         sp = (base["bits"] * base["iters"]) / (r["bits"] * r["iters"]) \
             if rel and r["bits"] and base["bits"] else None
         spa = (base["all_bits"] * base["iters"]) / (r["all_bits"] * r["iters"]) \
             if rel and r["all_bits"] and base["all_bits"] else None
-        line = (f"{name:<19}{r['compressor']:<22}{r['bits']:>10.0f}{ftext:>15}{'':>2}"
-                f"{f(d, q_count, a.s):>8.0f}{r['all_bits']:>14.0f}"
+        line = (f"{name:<19}{r['compressor']:<22}{_num(r['bits'], '.0f', 10)}{ftext:>15}"
+                f"{'':>2}{f(d, q_count, a.s):>8.0f}{_num(r['all_bits'], '.0f', 14)}"
                 f"{(format(r['iters'], '.1f') if r['iters'] else 'not hit'):>7}"
                 f"{(format(rel, '.2f') if rel else '-'):>8}"
                 f"{(format(sp, '.2f') + 'x' if sp else '-'):>9}{prange:>11}"

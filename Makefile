@@ -14,6 +14,8 @@ MODE ?= auto
 DEMO_STEPS ?= 150
 STEPS ?= 300
 COMPRESSOR ?= nat
+# a list of compressors (as --compare takes it): one job each and a comparison table
+COMPARE ?=
 MODEL ?= mlp
 BW ?=
 DELAY ?=
@@ -68,8 +70,8 @@ trace: venv  ## summarise the switch trace of the newest run under runs/ (nina t
 rack: venv  ## interactive rack (Mininet as root, else local): N, BW (Mbit/s), DELAY (ms), LOSS (%)
 	$(BIN)/nina rack --workers $(N) $(RACK_LINKS)
 
-train: venv  ## a training job on a fresh rack, then teardown: COMPRESSOR, MODEL, STEPS, N (+ BW, DELAY, LOSS)
-	$(BIN)/nina rack --workers $(N) $(RACK_LINKS) --run "train --compressor $(COMPRESSOR) --model $(MODEL) --steps $(STEPS)"
+train: venv  ## a training job on a fresh rack, then teardown: COMPRESSOR or COMPARE, MODEL, STEPS, N (+ BW, DELAY, LOSS)
+	$(BIN)/nina rack --workers $(N) $(RACK_LINKS) --run "train $(if $(COMPARE),--compare '$(COMPARE)',--compressor '$(COMPRESSOR)') --model $(MODEL) --steps $(STEPS)"
 
 test: venv  ## all tests
 	$(BIN)/python -m pytest -ra -q

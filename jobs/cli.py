@@ -10,11 +10,14 @@ from nina.cli_types import (grpc_address, host_port, positive_float, positive_in
 from jobs.compare import compare, default_target, format_table, open_switch
 from jobs.train_args import add_train_args, compressor_specs, train_config
 
-TRAIN_EPILOG = """compressors (--compressor / --compare):
+TRAIN_EPILOG = """compressors (--compressor SPEC / --compare LIST):
   in the switch: none (INT32, nearest rounding: the uncompressed baseline), int32 (INT32,
   stochastic rounding), nat (NAT8 natural compression), nat+cm (NAT8 up, C_M in the switch
-  down); any other spec of worker.compress (e.g. topk:k=0.05, dither_nat:s=4,p=inf,
-  randk:q=0.1, spherical) is all-gathered by the hosts; prefix ef+ adds error feedback.
+  down); every other spec below is all-gathered by the hosts (nat9 goes through the switch).
+  A spec is NAME or NAME:KEY=VALUE,KEY=VALUE; prefix ef+ adds error feedback.
+  In a LIST, specs are separated by commas, semicolons or spaces; an item with "=" after a
+  comma continues the spec before it, so "nat,dither_nat:s=4,p=inf,int32" is three specs.
+{catalogue}
 decentralized training (--algorithm exact | powergossip | choco; no switch aggregation):
   every worker keeps its own model, takes a local SGD step and gossips with its neighbours on
   --topology (ring, torus, complete, random) as UDP datagrams; exact sends whole models,
@@ -23,9 +26,23 @@ decentralized training (--algorithm exact | powergossip | choco; no switch aggre
   those of the averaged model, plus each worker's accuracy and the consensus distance.
 examples:
   nina train --workers 4 --compressor nat --model mlp --steps 200
+  nina train --compressor "dither_nat:s=4,p=inf" --steps 200
   nina train --workers 8 --algorithm powergossip --topology ring --rank 1 --steps 300
   nina train --compare none,int32,nat,nat+cm --steps 150 --target 0.93
+  nina train --compare "none;dither_sta:s=8,p=2;dither_nat:s=4,p=inf" --model lsq
   nina train --compressor nat --loss 0.05 --steps 50"""
+
+
+def compressor_catalogue(width: int = 96) -> str:
+    """The compressors with their parameters and defaults, from the registry (one source)."""
+    import textwrap
+    from worker.compress import list_compressors
+    lines = []
+    for name, desc in list_compressors():
+        lines += textwrap.wrap(f"{name}: {desc}", width, initial_indent="    ",
+                               subsequent_indent="        ")
+    return "\n".join(lines)
+
 
 
 def add_switch_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +68,8 @@ def register(subparsers) -> None:
                     "aggregation, optional master compression) with real worker processes "
                     "and the embedded switch as a process, or decentralized SGD where the "
                     "workers gossip with their graph neighbours (--algorithm); writes a run "
-                    "folder with metrics and plots.", epilog=TRAIN_EPILOG,
+                    "folder with metrics and plots.",
+        epilog=TRAIN_EPILOG.format(catalogue=compressor_catalogue()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
     add_train_args(p)
@@ -111,10 +129,42 @@ def cmd_train(args) -> int:
         reached = (f"{what} {target:g} reached at step {r['steps_to_target']}"
                    if r["steps_to_target"] else f"{what} {target:g} not reached")
         print(f"{r['compressor']} ({r['path']}): final test {what} {fin:.4g}; {reached}; "
-              f"{r['bytes_up'] / 1e6:.2f} MB up, {r['bytes_down'] / 1e6:.2f} MB down; "
-              f"{r['retransmissions']} retransmissions; {r['seconds']:.1f} s")
+              f"{r['bytes_up'] / 1e6:.2f} MB up, {r['bytes_down'] / 1e6:.2f} MB down "
+              f"({r.get('bits_per_element_up', 0):.1f} / {r.get('bits_per_element_down', 0):.1f}"
+              f" bits per element, payload {r.get('payload_bits_per_element_up', 0):.1f} / "
+              f"{r.get('payload_bits_per_element_down', 0):.1f}); "
+              f"{r['retransmissions']} retransmissions; {r['seconds']:.1f} s "
+              f"({r['startup_s']:.1f} s start-up, {r['train_s']:.1f} s training)")
+        from jobs.compare import format_parts
+        print(format_parts(results))
     print(f"run folder: {folder}")
     return 0
+
+
+def format_breakdown(per_worker: dict, encoding, cm: bool) -> str:
+    """Where the bytes of every worker's calls went (nina.accounting), with bits per element;
+    a line saying so if the parts do not add up to what the transport counted."""
+    from nina import accounting as acc
+    head = (f"{'worker':>6}{'dir':>5}{'payload':>9}{'padding':>9}{'headers':>9}{'parts':>7}"
+            f"{'priming':>9}{'retx':>7}{'total B':>9}{'bits/elem':>10}{'payload':>8}")
+    lines = ["bytes by part (UDP payloads; docs/workbench.md, Byte accounting):", head]
+    problems = []
+    for w, calls in sorted(per_worker.items()):
+        tot, elements, up, down = {}, 0, 0, 0
+        for st in calls:
+            acc.add(tot, acc.from_call_stats(st, encoding, cm))
+            elements += st["elements"]
+            up, down = up + st["bytes_out"], down + st["bytes_in"]
+        problems += [f"worker {w}: {p}" for p in acc.check(tot, up, down)]
+        bpe = acc.bits_per_element(tot, elements)
+        for d in ("up", "down"):
+            lines.append(f"{w:>6}{d:>5}" + "".join(
+                f"{tot[f'{d}_{p}']:>{9 if p != 'parts' and p != 'retx' else 7}}"
+                for p in acc.PARTS) + f"{tot[f'{d}_bytes']:>9}"
+                f"{bpe.get(f'{d}_bits_per_element', 0):>10.2f}"
+                f"{bpe.get(f'{d}_payload_bits_per_element', 0):>8.1f}")
+    lines += [f"ACCOUNTING MISMATCH: {p}" for p in problems]
+    return "\n".join(lines)
 
 
 def cmd_allreduce(args) -> int:
@@ -148,6 +198,7 @@ def cmd_allreduce(args) -> int:
             print(f"{w:>6}{c:>5}{st['packets_out']:>11}{st['packets_in']:>7}"
                   f"{st['bytes_out'] / 1e3:>9.1f}{st['bytes_in'] / 1e3:>9.1f}"
                   f"{st['retransmissions']:>6}{st['ignored']:>8}{st['seconds'] * 1e3:>8.1f}")
+    print(format_breakdown(out.per_worker, enc, args.cm))
     if out.counters:
         print("switch decisions: " + ", ".join(f"{k} {v}" for k, v in out.counters.items()))
     what = f"{args.workers} workers x {args.size} elements, {args.encoding}" + \

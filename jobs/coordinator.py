@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import zmq
 
-from nina.jobmsg import HEARTBEAT_TIMEOUT, JobAborted, send
+from nina.jobmsg import HEARTBEAT_TIMEOUT, JobAborted, JobDiverged, send
 
 
 @dataclass
@@ -119,6 +119,10 @@ class Coordinator:
             self.on_metrics(m.wid, msg["rec"])
         elif t == "done":
             self._done[m.wid] = msg
+        elif t == "error" and msg.get("diverged"):
+            reason = f"diverged: worker {m.wid}: {msg.get('message', '?')}"
+            self.abort(reason)
+            raise JobDiverged(reason)
         elif t == "error":
             self._fail(self._explain_error(m, msg))
 

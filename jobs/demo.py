@@ -33,8 +33,11 @@ def run_demo(args, switch=None, spawn=None, spec_factory=None, log=print,
                  ("timeout", base.timeout), ("name", "demo")):
         if not hasattr(args, k):
             setattr(args, k, v)
-    comps = [c.strip() for c in getattr(args, "compressors", ",".join(DEMO_COMPRESSORS))
-             .split(",") if c.strip()]
+    from worker.compress import split_specs
+    try:
+        comps = split_specs(getattr(args, "compressors", ",".join(DEMO_COMPRESSORS)))
+    except ValueError as e:
+        return _fail(str(e))
     log(f"NINA demo: {args.workers} workers train a {args.model} on {data} for {args.steps} "
         f"steps, once per compressor: {', '.join(comps)} (the INT32 baseline is {BASELINE})")
     try:

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from nina.accounting import PARTS
+
+# per-step counts summed over workers (and, in the summary, over steps): the byte parts of
+# nina.accounting each way, the elements all-reduced, one copy of the compressed payload
+ACCOUNT_KEYS = ("elements", "payload_bits_up") + tuple(
+    f"{d}_{p}" for d in ("up", "down") for p in PARTS)
+
 
 def _merge_step(recs: list[dict], totals: dict) -> dict:
     row = {"step": recs[0]["step"],
@@ -11,7 +18,8 @@ def _merge_step(recs: list[dict], totals: dict) -> dict:
     for k in ("test_loss", "test_accuracy", "test_objective"):
         if recs[0].get(k) is not None:
             row[k] = recs[0][k]
-    for k in ("bytes_up", "bytes_down", "packets_up", "packets_down", "retransmissions"):
+    for k in ("bytes_up", "bytes_down", "packets_up", "packets_down", "retransmissions",
+              *ACCOUNT_KEYS):
         row[k] = int(sum(r.get(k, 0) for r in recs))
     row["comm_s"] = float(max(r.get("comm_s", 0.0) for r in recs))
     row["step_s"] = float(max(r.get("step_s", 0.0) for r in recs))
@@ -52,6 +60,9 @@ def summarize(records, cfg, n, label, model_hash_, final) -> dict:
          "retransmissions": sum(r["retransmissions"] for r in records),
          "model_hash": model_hash_}
     s["bytes_total"] = s["bytes_up"] + s["bytes_down"]
+    for k in ACCOUNT_KEYS:
+        s[k] = sum(r.get(k, 0) for r in records)
+    s.update(per_element(s, n))
     if final:
         s.update({f"final_test_{k}": v for k, v in final.items()})
     return s
@@ -78,3 +89,16 @@ def gossip_metrics(model, data, recs: list[dict]) -> dict:
         for k in ev:
             r.pop("test_" + k, None)
     return out
+def per_element(s: dict, n: int) -> dict:
+    """Bits per element each way (everything sent, and the element payload alone) and bits per
+    iteration from one worker (the poster's worker -> master measure: one copy of the
+    compressed gradient, no protocol overhead; and everything the worker sent)."""
+    el, steps = s.get("elements", 0), s.get("steps", 0)
+    if not el or not steps:
+        return {}
+    return {"bits_per_element_up": round(8 * s["bytes_up"] / el, 2),
+            "bits_per_element_down": round(8 * s["bytes_down"] / el, 2),
+            "payload_bits_per_element_up": round(8 * s["up_payload"] / el, 2),
+            "payload_bits_per_element_down": round(8 * s["down_payload"] / el, 2),
+            "payload_bits_per_iteration_up": round(s["payload_bits_up"] / (steps * n), 1),
+            "bits_per_iteration_up": round(8 * s["bytes_up"] / (steps * n), 1)}

@@ -4,10 +4,11 @@ Layout (runs/<timestamp>-<name>/ unless --out says otherwise):
   config.json     the job (model, data, compressor, path, workers, switch)
   metrics.json    config + one record per step + summary
   metrics.csv     the per-step records
-  loss.png        training/test loss vs steps and vs bytes on the wire
-  accuracy.png    test accuracy vs steps and vs bytes (classification models; decentralized
+  loss.png        training/test loss (least squares: f - f*) vs steps, bytes on the wire and
+                  training wall-clock time, log axis
+  accuracy.png    test accuracy vs steps, bytes and time (classification models; decentralized
                   jobs: of the averaged model)
-  consensus.png   decentralized jobs: consensus distance vs steps and vs bytes
+  consensus.png   decentralized jobs: consensus distance vs steps, bytes and time
 A comparison (--compare) writes one folder per compressor under the run folder, plus
 comparison.json/.csv and the same plots with one line per compressor.
 """
@@ -75,10 +76,15 @@ def write_run(folder: str, config: dict, records: list[dict], summary: dict) -> 
 
 
 def _series(records: list[dict], key: str):
-    xs = [r["step"] for r in records if r.get(key) is not None]
-    bs = [r["bytes_total"] for r in records if r.get(key) is not None]
-    ys = [r[key] for r in records if r.get(key) is not None]
-    return np.array(xs), np.array(bs, float), np.array(ys, float)
+    have = [r for r in records if r.get(key) is not None]
+    xs = [r["step"] for r in have]
+    bs = [r["bytes_total"] for r in have]
+    ts = [r.get("wall_s", np.nan) for r in have]
+    ys = [r[key] for r in have]
+    return np.array(xs), np.array(bs, float), np.array(ts, float), np.array(ys, float)
+
+
+LSQ_GAP = "f - f* (test suboptimality)"
 
 
 def plot_runs(folder: str, runs: dict[str, list[dict]]) -> list[str]:
@@ -87,8 +93,9 @@ def plot_runs(folder: str, runs: dict[str, list[dict]]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
+    lsq = any(r.get("test_objective") is not None for rs in runs.values() for r in rs[:1])
     panels = [("loss.png", [("train_loss", "training loss (minibatch, mean over workers)"),
-                            ("test_loss", "test loss")]),
+                            ("test_loss", LSQ_GAP if lsq else "test loss")]),
               ("accuracy.png", [("test_accuracy", "test accuracy")]),
               ("consensus.png", [("consensus_distance", "consensus distance (mean squared "
                                                         "distance to the average model)")])]
@@ -97,19 +104,23 @@ def plot_runs(folder: str, runs: dict[str, list[dict]]) -> list[str]:
                 if any(r.get(k) is not None for rs in runs.values() for r in rs)]
         if not have:
             continue
-        fig, axes = plt.subplots(len(have), 2, figsize=(11, 3.6 * len(have)), squeeze=False)
+        fig, axes = plt.subplots(len(have), 3, figsize=(15, 3.6 * len(have)), squeeze=False)
         for row, (key, label) in enumerate(have):
             for name, rs in runs.items():
-                steps, nbytes, ys = _series(rs, key)
+                steps, nbytes, secs, ys = _series(rs, key)
                 if not len(ys):
                     continue
+                if "loss" in key:   # a log axis shows only positive values: f - f* can reach
+                    ys = np.where(ys > 0, ys, np.nan)   # 0 or round below it
                 axes[row, 0].plot(steps, ys, label=name, lw=1.2)
                 axes[row, 1].plot(nbytes / 1e6, ys, label=name, lw=1.2)
+                axes[row, 2].plot(secs, ys, label=name, lw=1.2)
             axes[row, 0].set_xlabel("step")
             axes[row, 1].set_xlabel("MB on the wire (all workers, up + down)")
+            axes[row, 2].set_xlabel("training wall-clock time, s (start-up excluded)")
             for ax in axes[row]:
                 ax.set_ylabel(label)
-                ax.grid(alpha=0.3)
+                ax.grid(alpha=0.3, which="both")
                 if "loss" in key or key == "consensus_distance":
                     ax.set_yscale("log")
                 ax.legend(fontsize=8)

@@ -53,7 +53,44 @@ class JobOutcome:
     hashes: list[str] = field(default_factory=list)
     per_worker: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0          # wall time of the whole job
+    startup_seconds: float = 0.0  # start to the start barrier: processes, data, model, install
+    train_seconds: float = 0.0    # the start barrier to the last worker's done
+
+
+class Progress:
+    """Progress of a job's steps: a tqdm bar on a terminal; on anything else (a log file, a
+    pipe, CI) a plain line every `every` steps, because a bar's carriage-return redraws are
+    unreadable there."""
+
+    def __init__(self, total: int, desc: str, log, stream=None, lines: int = 10):
+        self.total, self.desc, self.log, self.done = total, desc, log, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = max(1, total // lines)
+        self.t0 = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True,
+                            leave=False, file=self.stream)
+
+    def write(self, line: str) -> None:
+        (self.bar.write(line) if self.bar is not None else self.log(line))
+
+    def update(self, row: dict) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.done % self.every == 0 or self.done == self.total:
+            el = time.monotonic() - self.t0
+            print(f"{self.desc}: step {self.done}/{self.total} "
+                  f"({100 * self.done / self.total:.0f}%), {el:.1f} s, "
+                  f"{self.done / max(el, 1e-9):.1f} steps/s, loss {row['train_loss']:.4g}",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _start_job(n: int, run_dir: str, spawn, coord_ip: str, log, heartbeat_timeout: float,
@@ -170,9 +207,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         coord.welcome(job, params0)
         coord.wait_ready(timeout=120.0)
         if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.steps, desc=f"{name} x{n_workers}", unit="step",
-                       dynamic_ncols=True, leave=False, file=sys.stderr)
+            bar = Progress(cfg.steps, f"{name} x{n_workers}", log)
         pending: dict[int, list] = {}
         totals = {"bytes_total": 0, "bytes_up": 0, "bytes_down": 0, "retransmissions": 0}
 
@@ -185,9 +220,10 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
                 extra = gossip_metrics(model, data, recs) if decentralized else {}
                 row = _merge_step(recs, totals)
                 row.update(extra)
+                row["wall_s"] = round(time.monotonic() - t_train, 4)
                 out.records.append(row)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(row)
                 if step % steps_per_epoch == 0 or step == cfg.steps:
                     line = _epoch_line(step, steps_per_epoch, row, totals)
                     (bar.write(line) if bar is not None else log(line))
@@ -196,7 +232,10 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
                 step += 1
         coord.on_metrics = on_metrics
         coord.barrier("start")
+        t_train = time.monotonic()
+        out.startup_seconds = t_train - t0
         done = coord.wait_done(timeout=max(120.0, cfg.steps * 5.0), more=more_jobs)
+        out.train_seconds = time.monotonic() - t_train
         out.hashes = [done[w].get("hash") for w in range(n_workers)]
         out.per_worker = {w: {k: v for k, v in done[w].items() if k not in ("t", "wid")}
                           for w in range(n_workers)}
@@ -207,6 +246,11 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         raise JobAborted("interrupted by the user (Ctrl-C)") from None
     except JobAborted as e:
         coord.abort(str(e))
+        out.seconds = time.monotonic() - t0
+        if out.records and not out.train_seconds:
+            out.train_seconds = out.seconds - out.startup_seconds
+        out.summary = summarize(out.records, cfg, n_workers, path.label, None, None)
+        e.outcome = out
         raise
     finally:
         if bar is not None:

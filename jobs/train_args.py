@@ -10,11 +10,14 @@ from nina.cli_types import finite_float, positive_float, positive_int
 def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None:
     """What a training job is: compressors, model, optimisation, evaluation, target."""
     from worker.models import MODELS
-    p.add_argument("--compressor", default=None,
-                   help="compressor spec (default nat; with --algorithm choco topk:k=0.01)")
+    p.add_argument("--compressor", default=None, metavar="SPEC",
+                   help="compressor spec, e.g. nat or \"dither_nat:s=4,p=inf\" (default nat; "
+                        "with --algorithm choco topk:k=0.01)")
     p.add_argument("--compare", metavar="LIST",
-                   help="comma-separated compressors: run the same job once per compressor and "
-                        "print a comparison table (the first is the baseline of the ratios)")
+                   help="compressors separated by , ; or spaces (\"nat,dither_nat:s=4,p=inf\" is "
+                        "two): run the same job once per compressor and print a comparison "
+                        "table (the first is the baseline of the ratios); a failed or diverged "
+                        "job is marked, the others kept")
     p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
     p.add_argument("--steps", type=positive_int, default=default_steps,
                    help=f"default {default_steps}")
@@ -63,12 +66,13 @@ def compressor_specs(args, n_workers: int | None = None) -> list[str]:
     """The job's compressors, checked (ValueError with the reason); for a decentralized job
     (--algorithm) also its graph on n_workers and its gossip parameters."""
     from dataclasses import replace
+    from worker.compress import split_specs
     from worker.train import check_decentralized, plan
     given = args.compare if args.compare is not None else _compressor(args)
-    specs = [s.strip() for s in given.split(",") if s.strip()]
-    if not specs:
+    if not given.replace(",", "").replace(";", "").strip():
         flag = "--compare" if args.compare is not None else "--compressor"
         raise ValueError(f"no compressor given in {flag} {given!r}")
+    specs = split_specs(given)   # between specs, not inside them (docs/workbench.md)
     if args.algorithm == "allreduce":
         for s in specs:
             plan(s)

@@ -20,7 +20,11 @@ REGISTRARS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nina import __version__
+    from nina.wire import VERSION
     parser = argparse.ArgumentParser(prog="nina", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"nina {__version__} (wire protocol version {VERSION})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in REGISTRARS:

@@ -14,7 +14,14 @@ HEARTBEAT_TIMEOUT = 4.0    # s of silence after which a worker counts as gone
 
 
 class JobAborted(RuntimeError):
-    """The job ended early; str(e) is the one-line reason for the user."""
+    """The job ended early; str(e) is the one-line reason for the user. The runner attaches
+    what the job did until then as `outcome` (its metrics so far), so a comparison keeps it."""
+    outcome = None
+
+
+class JobDiverged(JobAborted):
+    """A worker's loss or model became NaN or inf: the job ends at once, its row is marked
+    diverged (a result about the compressor, not a fault of the rack)."""
 
 
 def send(sock: zmq.Socket, identity: bytes | None, msg: dict, blob: bytes | None = None) -> None:

@@ -420,21 +420,28 @@ class Controller:
         return self._registers
 
     def read_slot(self, job_id: int, slot: int, ver: int | None = None,
-                  n_acc: int | None = None) -> list[SlotState]:
+                  n_acc: int | None = None, known: dict | None = None) -> list[SlotState]:
         """The registers of `slot` of a job, for version `ver` or both; `n_acc`
-        accumulators (default: the job's elements per packet)."""
+        accumulators (default: the job's elements per packet). A job no longer installed is
+        read from `known` (job id -> (slot_base, slot_count, encoding), e.g. a rack's record):
+        its registers keep the last round until a later job reuses the range."""
         job = next((j for j in self.show_jobs() if j.job_id == job_id), None)
-        if job is None:
-            raise ControllerError(f"no job {job_id} on the switch")
-        if not 0 <= slot < job.slot_count:
-            raise ControllerError(f"slot {slot} outside job {job_id}'s {job.slot_count} slots")
+        if job is not None:
+            base, count, enc = job.slot_base, job.slot_count, job.encoding
+        elif known and job_id in known:
+            base, count, enc = known[job_id]
+        else:
+            raise ControllerError(f"no job {job_id} on the switch" +
+                                  (" or in the rack's record" if known is not None else ""))
+        if not 0 <= slot < count:
+            raise ControllerError(f"slot {slot} outside job {job_id}'s {count} slots")
         if ver not in (None, 0, 1):
             raise ControllerError(f"version must be 0 or 1, not {ver}")
-        k = CAPACITY[job.encoding] if n_acc is None else min(n_acc, p4spec.N_ACCUMULATORS)
+        k = CAPACITY[enc] if n_acc is None else min(n_acc, p4spec.N_ACCUMULATORS)
         names = list(SLOT_STATE_REGISTERS) + [p4spec.reg_acc(i) for i in range(k)]
         states = []
         for v in ([0, 1] if ver is None else [ver]):
-            index = (job.slot_base + slot) * 2 + v
+            index = (base + slot) * 2 + v
             vals = self.registers().read([(name, index) for name in names])
             ns = len(SLOT_STATE_REGISTERS)
             acc = np.array([_signed32(x) for x in vals[ns:]], np.int32)

@@ -87,17 +87,30 @@ def register(subparsers) -> None:
     ctl = subparsers.add_parser(
         "ctl", help="control a switch over P4Runtime (jobs, counters, registers)",
         description="Control a NINA switch (BMv2 simple_switch_grpc or the embedded switch) "
-                    "over P4Runtime. The first command that reaches a switch without the NINA "
-                    "pipeline pushes it (P4Info + BMv2 JSON).")
-    ctl.add_argument("--grpc", type=grpc_address, default=DEFAULT_GRPC_ADDR, metavar="ADDR",
-                     help=f"P4Runtime address of the switch (default {DEFAULT_GRPC_ADDR})")
+                    "over P4Runtime. Without --grpc it finds a running `nina rack` by itself "
+                    "(the rack records its switch in <run dir>/rack.json). The first command "
+                    "that reaches a switch without the NINA pipeline pushes it (P4Info + BMv2 "
+                    "JSON).",
+        epilog="examples (beside a running `nina rack`):\n"
+               "  nina ctl counters\n  nina ctl job show\n  nina ctl slot 0 --job 1\n"
+               "  nina ctl --rack runs/<rack> slot 3 --job 2 --ver 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ctl.add_argument("--grpc", type=grpc_address, default=None, metavar="ADDR",
+                     help="P4Runtime address of the switch (default: the running rack's, "
+                          f"else {DEFAULT_GRPC_ADDR})")
+    ctl.add_argument("--rack", metavar="DIR", default=None,
+                     help="the rack whose run folder (or a job folder in it) is DIR, running "
+                          "or not: its switch address and the slot ranges of its jobs")
     ctl.add_argument("--p4info", default=str(DEFAULT_P4INFO), metavar="P",
                      help="P4Info text file of the NINA program (default p4/build/)")
     ctl.add_argument("--json", default=str(DEFAULT_JSON), metavar="J",
                      help="BMv2 JSON of the NINA program, pushed with the P4Info")
     ctl.add_argument("--device-id", type=int, default=0, help="P4Runtime device id (default 0)")
     ctl.add_argument("--election-id", type=parse_election_id, default=(0, 1),
-                     metavar="HIGH,LOW", help="election id of this controller (default 0,1)")
+                     metavar="HIGH,LOW",
+                     help="election id of this controller (default 0,1: beside a rack, whose "
+                          "own controller is primary at 1,0, a backup that reads; writing "
+                          "needs a higher id, which takes the rack's writes away)")
     ctl.add_argument("--thrift-port", type=port_number, default=None, metavar="PORT",
                      help="BMv2 thrift port for register access (BMv2 only, usually 9090)")
     ctl.add_argument("--push", choices=("auto", "always", "never"), default="auto",
@@ -183,11 +196,39 @@ def register(subparsers) -> None:
 
 # ---- commands ----
 
+def _locate(args) -> dict | None:
+    """Fill in args.grpc: --grpc as given, else --rack's record, else the running rack, else
+    the default address. Returns the rack's record (for finished jobs' slots), if any."""
+    from nina import rackinfo
+    if args.rack:
+        try:
+            rec = rackinfo.load(args.rack)
+        except LookupError as e:
+            raise UsageError(str(e)) from None
+        if args.grpc is None:
+            args.grpc = rec["grpc"]
+        return rec
+    if args.grpc is not None:
+        return rackinfo.find(args.grpc)
+    racks = rackinfo.running()
+    if not racks:
+        args.grpc = DEFAULT_GRPC_ADDR
+        return None
+    rec = racks[0]
+    args.grpc = rec["grpc"]
+    more = f" (the newest of {len(racks)} running; --rack DIR picks another)" \
+        if len(racks) > 1 else ""
+    print(f"rack pid {rec['pid']} ({rec.get('mode', '?')}, {rec['run_dir']}): switch "
+          f"P4Runtime {rec['grpc']}{more}", file=sys.stderr)
+    return rec
+
+
 def _run(command):
     """Wrap a command: connect, run, close; errors become one line on stderr."""
     def run(args) -> int:
         from switch.controller import Controller, ControllerError
         try:
+            args.rack_record = _locate(args)
             p4info = Path(args.p4info)
             if not p4info.exists():
                 raise UsageError(f"P4Info {p4info} not found (build the P4 program or pass "
@@ -199,12 +240,21 @@ def _run(command):
                 if ctl.pushed:
                     print(f"pushed the pipeline config to {args.grpc}", file=sys.stderr)
                 if not ctl.primary:
-                    print("note: another controller is primary: this one can only read",
-                          file=sys.stderr)
+                    who = "the rack's own controller" if args.rack_record else \
+                        "another controller"
+                    print(f"note: {who} is primary: this one (election id "
+                          f"{args.election_id[0]},{args.election_id[1]}) reads; writes need a "
+                          f"higher --election-id", file=sys.stderr)
                 command(ctl, args)
             return 0
         except (ControllerError, UsageError, ValueError) as e:
-            print(f"nina ctl: error: {e}", file=sys.stderr)
+            msg = str(e)
+            if "Not primary" in msg:
+                msg += (f" (this controller, election id {args.election_id[0]},"
+                        f"{args.election_id[1]}, is a backup that reads; to write pass a higher "
+                        f"--election-id, e.g. 1,1 beside a rack, whose own controller then "
+                        f"cannot write until this one leaves)")
+            print(f"nina ctl: error: {msg}", file=sys.stderr)
             return 1
     return run
 
@@ -268,7 +318,10 @@ def _counters(ctl, args) -> None:
 
 
 def _slot(ctl, args) -> None:
-    for s in ctl.read_slot(args.job, args.slot, args.ver):
+    known = {}
+    for jid, j in rackinfo_jobs(args.rack_record).items():
+        known[jid] = (j["slot_base"], j["slot_count"], Encoding[j["encoding"]])
+    for s in ctl.read_slot(args.job, args.slot, args.ver, known=known):
         nonzero = int((s.acc != 0).sum())
         print(f"job {s.job} slot {s.slot} ver {s.ver} (register index {s.index}): "
               f"bitmap 0x{s.bitmap:08x} workers {s.workers} count {s.count} "
@@ -276,6 +329,11 @@ def _slot(ctl, args) -> None:
         shown = ", ".join(str(v) for v in s.acc[:args.acc])
         print(f"  acc[0:{min(args.acc, s.acc.size)}] = [{shown}]  "
               f"({nonzero} of {s.acc.size} non-zero)")
+
+
+def rackinfo_jobs(record):
+    from nina.rackinfo import job_slots
+    return job_slots(record)
 
 
 def _fwd_show(ctl, args) -> None:

@@ -19,6 +19,7 @@ from nina.config import JobSpec
 from nina.jobmsg import JobAborted
 from nina.p4build import P4INFO_PATH
 from nina.procs import REPO, die_with_parent, free_port, how_it_ended, stop_process, tail
+from nina.rackinfo import OWNER_ELECTION_ID
 
 
 
@@ -156,7 +157,8 @@ class LocalSwitch(ControlledSwitch):
         from switch.controller import Controller, ControllerError
         try:
             self.controller = Controller(self.grpc_addr, P4INFO_PATH, None, push="auto",
-                                         connect_timeout=15.0)
+                                         connect_timeout=15.0,
+                                         election_id=OWNER_ELECTION_ID)
         except ControllerError as e:
             raise JobAborted(f"controller: {e}") from None
 

@@ -31,14 +31,40 @@ def index_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+SEARCH_UP = 3   # a job folder (runs/<rack>/train-1/<spec>) finds its rack's trace above it
+
+
 def resolve(run_or_file: str | os.PathLike) -> Path:
-    """A run folder (containing switch.trace) or a trace file -> the trace file."""
+    """A run folder (containing switch.trace), a job folder inside one, or a trace file -> the
+    trace file."""
     p = Path(run_or_file)
     if p.is_dir():
+        for d in [p, *list(p.resolve().parents)[:SEARCH_UP]]:
+            if (d / TRACE_NAME).exists():
+                return d / TRACE_NAME
         p = p / TRACE_NAME
     if not p.exists():
-        raise TraceError(f"no trace at {p} (give a run folder with {TRACE_NAME} or a .trace file)")
+        raise TraceError(f"no trace at {p} (give a run folder with {TRACE_NAME}, a job folder "
+                         f"inside one, or a .trace file)")
     return p
+
+
+def truncation(path: Path) -> str | None:
+    """A warning if the file holds fewer records than its index counted (the file was cut or
+    copied while the switch wrote it); None if it is whole. More records than the index is
+    normal for a trace still being written."""
+    idx = index_path(path)
+    if not idx.exists():
+        return None
+    try:
+        counted = int(json.loads(idx.read_text()).get("records", 0))
+    except (OSError, ValueError, TypeError):
+        return None
+    have = path.stat().st_size // TRACE_DTYPE.itemsize
+    if have < counted:
+        return (f"warning: truncated trace: {path} holds {have} records, its index counted "
+                f"{counted}; everything below covers only the first {have}")
+    return None
 
 
 class TraceWriter:

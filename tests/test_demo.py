@@ -31,7 +31,7 @@ def _demo(tmp_path, *extra, timeout=300):
 
 def _check_outputs(r, out):
     head = next(line for line in r.stdout.splitlines() if line.startswith("compressor"))
-    for col in ("final acc", "MB up", "MB down", "pkts up", "pkts down", "retx", "time s"):
+    for col in ("final acc", "MB up", "MB down", "bit/el up", "retx", "start s", "train s"):
         assert col in head
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()
             if line.split() and line.split()[0] in ("nat", "int32")
@@ -39,8 +39,9 @@ def _check_outputs(r, out):
     assert set(rows) == {"nat", "int32"}
     comp = {c["compressor"]: c for c in json.loads((out / "comparison.json").read_text())}
     for name, c in comp.items():     # the table shows the run's numbers
-        assert str(c["packets_up"]) in rows[name] and c["packets_up"] > 0
-        assert c["seconds"] > 0 and f"{c['seconds']:.1f}" in rows[name]
+        assert f"{c['bits_per_element_up']:.1f}" in rows[name] and c["packets_up"] > 0
+        assert c["train_s"] > 0 and f"{c['train_s']:.1f}" in rows[name]
+        assert c["up_payload"] + c["up_priming"] + c["up_headers"] <= c["bytes_up"]
     assert f"run folder: {out}" in r.stdout
     trace = out / "switch.trace"
     assert f"switch trace: {trace}" in r.stdout and trace.stat().st_size > 0
@@ -49,8 +50,10 @@ def _check_outputs(r, out):
     s = subprocess.run([sys.executable, "-m", "nina.cli", "trace", "summary", str(out)],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert s.returncode == 0, s.stderr
-    jobs = {int(m.group(1)) for m in re.finditer(r"^job (\d+):", s.stdout, re.M)}
-    assert jobs >= {1, 2}                       # both jobs went through the same switch
+    jobs = {int(m.group(1)): m.group(2) for m in
+            re.finditer(r"^job (\d+) \((\S+): [^)]*\): \d+ slots used", s.stdout, re.M)}
+    assert set(jobs) >= {1, 2}                  # both jobs went through the same switch
+    assert set(jobs.values()) >= {"nat", "int32"}   # named by compressor from the run folder
 
 
 def test_local_demo_runs_both_jobs_on_one_switch_and_reports_them(tmp_path):

@@ -88,3 +88,40 @@ def test_forwarded_frames_are_not_counted_as_a_job(tmp_path):
     s = summarize(tmp_path)
     assert s.forwarded == 5 and (0, 0) not in s.per_worker
     assert s.per_worker[(1, 1)][Decision.COMPLETE] == 1
+
+
+def test_names_job_filter_priming_all_gather_and_truncation(tmp_path, capsys):
+    """Jobs named from the run folder, a job folder selects its job, priming updates (no
+    elements) counted and marked, plain L2 frames explained, a cut trace warned about."""
+    import json
+    a = _round(0, 1, 0, 0, 2)                       # job 1: a priming round (elements 0)
+    b = _round(100_000, 2, 0, 1, 2)
+    b["elements"] = 64                              # job 2: data
+    fwd = np.zeros(3, TRACE_DTYPE)
+    fwd["decision"], fwd["ingress_port"], fwd["time_ns"] = Decision.FORWARDED, 2, 150_000
+    run = tmp_path / "rack"
+    with trace_file.TraceWriter(run / trace_file.TRACE_NAME) as w:
+        w.write(np.concatenate([a, b, fwd]))
+    (run / "train-2").mkdir()
+    (run / "train-2" / "config.json").write_text(json.dumps(
+        {"job_id": 2, "compressor": "int32", "path": "switch INT32"}))
+    (run / "rack.json").write_text(json.dumps({"jobs": {"1": {"encoding": "NAT8", "cm": True}}}))
+    assert main(["trace", "summary", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "job 1 (NAT8 + C_M): 1 slots used" in out
+    assert "job 2 (int32: switch INT32): 1 slots used" in out
+    row1 = next(line.split() for line in out.splitlines() if line.split()[:2] == ["1", "0"])
+    assert row1[2:4] == ["1", "1"]                  # 1 packet, 1 priming
+    assert "plain L2: 3 frames (port 2: 3)" in out and "all-gather" in out
+    assert main(["trace", "summary", str(run / "train-2")]) == 0     # the job folder
+    cap = capsys.readouterr()
+    assert "job 2 only" in cap.err and "job 1 " not in cap.out and "plain L2" not in cap.out
+    assert main(["trace", "show", str(run), "--slot", "0", "--job", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "elem   0  priming" in out.splitlines()[0] and "priming update" in out
+    assert main(["trace", "plot", str(run), "--job", "2", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "trace_timeline.png").stat().st_size > 1000
+    with open(run / trace_file.TRACE_NAME, "r+b") as f:
+        f.truncate(2 * TRACE_DTYPE.itemsize)       # the index still counts 7
+    assert main(["trace", "summary", str(run)]) == 0
+    assert "truncated trace" in capsys.readouterr().err

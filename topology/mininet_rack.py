@@ -22,6 +22,7 @@ from functools import partial
 from dataclasses import replace
 
 from nina.config import SWITCH_MAC, SWITCH_RACK_IP
+from nina.rackinfo import OWNER_ELECTION_ID
 from nina.wire import UDP_PORT
 from topology import impair
 from topology.impair import Impairments, LinkShape
@@ -179,6 +180,7 @@ class MininetRack(RackBase):
         try:
             ctl = Controller(self.grpc_addr, P4INFO_PATH, BMV2_JSON_PATH if bmv2 else None,
                              push="always" if bmv2 else "auto", connect_timeout=15.0,
+                             election_id=OWNER_ELECTION_ID,
                              thrift_port=self.switch.thrift_port if bmv2 else None)
         except ControllerError as e:
             raise RackError(f"controller: {e}") from None

@@ -290,24 +290,6 @@ class RackShell:
 def read_slot(ctl, job_id: int, slot: int, ver: int | None, n_acc: int):
     """Slot registers of a live job, or of a finished one whose spec the rack remembers (a
     job's slot state stays in the registers until a later job reuses the range)."""
-    from switch.controller import ControllerError
-    if any(j.job_id == job_id for j in ctl.show_jobs()):
-        return ctl.read_slot(job_id, slot, ver, n_acc)
-    spec = getattr(ctl, "installed", {}).get(job_id)
-    if spec is None:
-        raise ControllerError(f"no job {job_id} on the switch or earlier on this rack")
-    if not 0 <= slot < spec.slot_count:
-        raise ControllerError(f"slot {slot} outside job {job_id}'s {spec.slot_count} slots")
-    import numpy as np
-
-    from nina import p4spec
-    from switch.controller import SLOT_STATE_REGISTERS, SlotState, _signed32
-    names = list(SLOT_STATE_REGISTERS) + [p4spec.reg_acc(i) for i in range(n_acc)]
-    out = []
-    for v in ([0, 1] if ver is None else [ver]):
-        index = (spec.slot_base + slot) * 2 + v
-        vals = ctl.registers().read([(n, index) for n in names])
-        ns = len(SLOT_STATE_REGISTERS)
-        out.append(SlotState(job_id, slot, v, index, *vals[:ns],
-                             np.array([_signed32(x) for x in vals[ns:]], np.int32)))
-    return out
+    known = {jid: (sp.slot_base, sp.slot_count, sp.encoding)
+             for jid, sp in getattr(ctl, "installed", {}).items()}
+    return ctl.read_slot(job_id, slot, ver, n_acc, known=known)

@@ -36,6 +36,20 @@ class AllReduceReport:
     run_dir: str
     retransmissions: int = 0
     counters: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)     # nina.accounting parts, all workers and calls
+
+    def bits_line(self) -> str:
+        """Bits per element each way, everything sent and payload alone, and the priming
+        share (docs/workbench.md)."""
+        el = self.size * self.calls * self.n_workers
+        p = self.parts
+        if not p or not el or not (p["up_bytes"] + p["down_bytes"]):
+            return ""
+        prim = (p["up_priming"] + p["down_priming"]) / (p["up_bytes"] + p["down_bytes"])
+        return (f"\n  bits per element: up {8 * p['up_bytes'] / el:.2f} (payload "
+                f"{8 * p['up_payload'] / el:.0f}), down {8 * p['down_bytes'] / el:.2f} (payload "
+                f"{8 * p['down_payload'] / el:.0f}); priming {100 * prim:.1f}% of the bytes, "
+                f"retransmissions {100 * (p['up_retx'] + p['down_retx']) / (p['up_bytes'] + p['down_bytes']):.1f}%")
 
     @property
     def exact(self) -> bool:
@@ -53,8 +67,8 @@ class AllReduceReport:
         return (f"all-reduce job {self.job_id}: {what}; per call "
                 + ", ".join(f"{s * 1e3:.0f} ms" for s in self.seconds)
                 + f" ({mel:.2f} M elements/s per worker, best call), job wall {self.wall:.1f} s,"
-                f" retransmissions {self.retransmissions}\n  {verdict}\n  run folder "
-                f"{self.run_dir}")
+                f" retransmissions {self.retransmissions}{self.bits_line()}\n  {verdict}\n"
+                f"  run folder {self.run_dir}")
 
 
 def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = False,
@@ -86,8 +100,13 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
     per_call = [max(out.per_worker[w][c]["seconds"] for w in out.per_worker)
                 for c in range(calls)]
     retx = sum(st["retransmissions"] for calls_ in out.per_worker.values() for st in calls_)
+    from nina import accounting
+    parts: dict = {}
+    for calls_ in out.per_worker.values():
+        for st in calls_:
+            accounting.add(parts, accounting.from_call_stats(st, enc, cm))
     return AllReduceReport(job_id, rack.n_workers, size, encoding, cm, calls, loss, per_call,
-                           wall, problems, run_dir, retx, out.counters)
+                           wall, problems, run_dir, retx, out.counters, parts)
 
 
 def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:

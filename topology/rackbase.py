@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 from nina.config import DEFAULT_WINDOW
 from switch.handles import ControlledSwitch
@@ -38,7 +39,11 @@ class RackController:
             spec = self._complete(spec)
         firsts = self._ctl.install_job(spec)
         self.installed[spec.job_id] = spec
+        if self.on_install is not None:
+            self.on_install()
         return firsts
+
+    on_install = None      # called after every install (the rack republishes its record)
 
     def __getattr__(self, name):
         return getattr(self._ctl, name)
@@ -148,13 +153,47 @@ class RackBase(ControlledSwitch):
     def __enter__(self):
         try:
             self.start()
+            self.publish()
         except BaseException:
-            self.stop()
+            self._unpublish_and_stop()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
+        self._unpublish_and_stop()
+
+    def _unpublish_and_stop(self) -> None:
+        from nina import rackinfo
+        rackinfo.unpublish()
         self.stop()
+
+    def switch_grpc_addr(self) -> str:
+        """The switch's P4Runtime address (subclasses keep it on themselves or their switch)."""
+        sw = getattr(self, "switch", None)
+        return self.__dict__.get("grpc_addr") or getattr(sw, "grpc_addr", "") or ""
+
+    def publish(self) -> None:
+        """Tell `nina ctl` (and people) where this rack's switch is: nina/rackinfo.py."""
+        from dataclasses import asdict
+        from nina import rackinfo
+        ctl = self.controller
+        jobs = {}
+        for jid, spec in getattr(ctl, "installed", {}).items():
+            d = asdict(spec)
+            jobs[str(jid)] = {k: d[k] for k in ("slot_base", "slot_count", "cm", "n_workers")}
+            jobs[str(jid)]["encoding"] = spec.encoding.name
+        rackinfo.publish({"mode": self.mode, "run_dir": os.path.abspath(self.run_dir),
+                          "grpc": self.switch_grpc_addr(), "data": list(self.data_addr),
+                          "election_id": list(rackinfo.OWNER_ELECTION_ID),
+                          "workers": self.n_workers, "jobs": jobs,
+                          "started": getattr(self, "_published_at", None) or time.time()})
+        if getattr(self, "_published_at", None) is None:
+            self.log(f"switch P4Runtime at {self.switch_grpc_addr()} (recorded in "
+                     f"{os.path.join(self.run_dir, rackinfo.RECORD_NAME)}; `nina ctl` finds "
+                     f"this rack by itself)")
+        self._published_at = getattr(self, "_published_at", None) or time.time()
+        if ctl is not None and hasattr(ctl, "installed"):
+            ctl.on_install = self.publish
 
     def job_dir(self, kind: str, job_id: int) -> str:
         d = os.path.join(self.run_dir, f"{kind}-{job_id}")

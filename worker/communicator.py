@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from worker.models import Params
+from nina.accounting import from_call_stats
 
 
 class Communicator(abc.ABC):
@@ -50,9 +51,13 @@ class SwitchAllReduce(Communicator):
             self.memory.update("grad", v, r.contribution)
         params.flat -= np.float32(lr / self.n) * r.values
         st = r.stats
+        # where the bytes went (payload, headers, padding, parts, priming, retx): nina.accounting
+        parts = from_call_stats(st.as_dict(), self.client.spec.encoding, self.client.spec.cm)
         return {"bytes_up": st.bytes_out, "bytes_down": st.bytes_in,
                 "packets_up": st.packets_out, "packets_down": st.packets_in,
-                "retransmissions": st.retransmissions, "comm_s": st.seconds}
+                "retransmissions": st.retransmissions, "comm_s": st.seconds,
+                "elements": st.elements, "payload_bits_up": 8 * parts["up_payload"],
+                **{k: v for k, v in parts.items() if not k.endswith("_bytes")}}
 
 
 _PART = struct.Struct("!I")
@@ -85,6 +90,7 @@ class HostAllGather(Communicator):
         from worker.allgather import pack_message, sum_in_order
         parts = self.parts(grad)
         blob = bytearray()
+        payload, bits = 0, 0
         for key, t, comp in parts:
             v = self.memory.corrected(key, t) if self.memory is not None else t
             c = comp.compress(v, key=key) if comp.needs_matrix else comp.compress(v)
@@ -92,6 +98,7 @@ class HostAllGather(Communicator):
                 self.memory.update(key, v, comp.decompress(c))
             msg = pack_message(c.codec, c.shape, c.data)
             blob += _PART.pack(len(msg)) + msg
+            payload, bits = payload + len(c.data), bits + c.bits
         blobs, st = self.gather.allgather(bytes(blob))
         decoded = [self._decode(b, len(parts), w) for w, b in enumerate(blobs)]
         total = Params(params.layers)
@@ -101,9 +108,26 @@ class HostAllGather(Communicator):
             for k, (lay, t) in enumerate(total):
                 t[...] = sum_in_order([d[k].reshape(lay.shape) for d in decoded])
         params.flat -= np.float32(lr / self.n) * total.flat
+        peers = self.gather.n - 1   # the all-gather sends its message to every other worker
+        got = sum(self._payload_len(b, len(parts)) for w, b in enumerate(blobs)
+                  if w != self.gather.wid)
         return {"bytes_up": st.bytes_out, "bytes_down": st.bytes_in,
                 "packets_up": st.messages_out, "packets_down": st.messages_out,
-                "retransmissions": 0, "comm_s": st.seconds}
+                "retransmissions": 0, "comm_s": st.seconds,
+                "elements": int(grad.flat.size), "payload_bits_up": bits,
+                "up_payload": peers * payload, "up_headers": st.bytes_out - peers * payload,
+                "down_payload": got, "down_headers": st.bytes_in - got}
+
+    @staticmethod
+    def _payload_len(blob: bytes, n_parts: int) -> int:
+        """The compressed payload bytes in one worker's message (without framing)."""
+        from worker.allgather import unpack_message
+        pos, total = 0, 0
+        for _ in range(n_parts):
+            (ln,) = _PART.unpack_from(blob, pos)
+            total += len(unpack_message(blob[pos + _PART.size:pos + _PART.size + ln])[2])
+            pos += _PART.size + ln
+        return total
 
     def _decode(self, blob: bytes, n_parts: int, who: int) -> list[np.ndarray]:
         from worker.allgather import FallbackError, unpack_message

@@ -176,6 +176,17 @@ def gossip_label(cfg: TrainConfig) -> str:
     return f"{what} on a {graph}"
 
 
+class Diverged(ArithmeticError):
+    """The loss, the gradient or the test metric is NaN or inf: training cannot go on."""
+
+
+def _check_finite(step: int, what: str, value) -> None:
+    arr = np.asarray(value)
+    if not np.all(np.isfinite(arr)):
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise Diverged(f"{what} is {bad} at step {step}")
+
+
 class Trainer:
     """One worker's side of a job: its shard, its model (per-layer tensors), the step."""
 
@@ -201,14 +212,20 @@ class Trainer:
     def step(self, t: int) -> dict:
         t0 = time.monotonic()
         X, y = self.batches.next()
-        loss, g = self.model.loss_grad(self.params.flat, X, y)
+        with np.errstate(over="ignore", invalid="ignore"):   # reported as Diverged below
+            loss, g = self.model.loss_grad(self.params.flat, X, y)
+        _check_finite(t + 1, "the training loss", loss)
+        _check_finite(t + 1, "the gradient", g)
         comm = self.comm.step(self.params, models.Params(self.model.layers, g), self.cfg.lr)
         rec = {"step": t + 1, "train_loss": loss, **comm,
                "step_s": time.monotonic() - t0}
         last = t + 1 == self.cfg.steps
         if (self.wid == 0 or self.comm.decentralized) and \
                 ((t + 1) % self.cfg.eval_every == 0 or last):
-            ev = self.evaluate()
+            with np.errstate(over="ignore", invalid="ignore"):
+                ev = self.evaluate()
+            for k, v in ev.items():
+                _check_finite(t + 1, f"the test {k}", v)
             rec.update({("test_" + k): v for k, v in ev.items()})
             if self.comm.decentralized:   # the runner averages the models for its metrics
                 rec["params"] = encode_params(self.params.flat)

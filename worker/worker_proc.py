@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_job(a) -> tuple[int, bool]:
     """Join, run and leave one job: (exit status, whether the coordinator has another)."""
     from worker.allreduce import Aborted, SlotStalled
+    from worker.train import Diverged
     from nina.jobmsg import JobAborted
     from worker.link import WorkerLink
     from worker.allgather import AllGather
@@ -191,6 +192,8 @@ def _one_job(a) -> tuple[int, bool]:
         report = {"t": "error", "message": msg}
         if isinstance(e, SlotStalled):
             report["stall"] = {"slot": e.slot, "ver": e.ver}
+        if isinstance(e, Diverged):
+            report["diverged"] = True
         try:
             link.send(report)
             time.sleep(0.2)   # let the message leave before the socket closes

@@ -15,12 +15,12 @@ from .lowrank import PowerSGD
 from .memory import ErrorFeedback, Memory
 from .natural import Nat8, Nat9
 from .optimal import SparseDither, Spherical
-from .registry import get_compressor, list_compressors
+from .registry import get_compressor, list_compressors, split_specs
 from .sparsify import RandK
 from .topk import TopK
 
 __all__ = [
-    "Compressed", "Compressor", "as_gradient", "get_compressor", "list_compressors",
+    "Compressed", "Compressor", "as_gradient", "get_compressor", "list_compressors", "split_specs",
     "Identity", "Nat8", "Nat9", "DitherNat", "DitherSta", "RandK", "TopK", "Sparsified",
     "SparseDither", "Spherical", "PowerSGD", "ErrorFeedback", "Memory",
     "CompressionError", "CompressorSpecError", "CompressorInputError", "NonFiniteError",

@@ -155,6 +155,28 @@ def get_compressor(spec: str, seed: SeedLike = None) -> Compressor | ErrorFeedba
     return entry.build(seed, **values)
 
 
+def split_specs(text: str) -> list[str]:
+    """A list of specs as --compare takes it: specs separated by commas, semicolons or
+    whitespace, where a `key=value` item after a comma continues the spec before it.
+    "nat,dither_nat:s=4,p=inf,int32" is [nat, dither_nat:s=4,p=inf, int32]: compressor names
+    never contain "=", so an item with "=" is always a parameter, never a new spec."""
+    specs: list[str] = []
+    for group in text.replace(";", " ").split():
+        for item in filter(None, (s.strip() for s in group.split(","))):
+            name = item.partition(":")[0]
+            if "=" in name:                         # a parameter: belongs to the spec before
+                if not specs or ":" not in specs[-1]:
+                    raise CompressorSpecError(
+                        f"{text!r}: parameter {item!r} follows no 'name:' spec (write "
+                        f"name:key=value,key=value)")
+                specs[-1] += "," + item
+            else:
+                specs.append(item)
+    if not specs:
+        raise CompressorSpecError(f"no compressor in {text!r}")
+    return specs
+
+
 def list_compressors() -> list[tuple[str, str]]:
     """(name, one-line description with its parameters and defaults), for --help texts."""
     out = []

@@ -249,7 +249,7 @@ def run_training(cfg, n_workers: int, switch, *, job_id: int = 1, loss: float = 
         out.seconds = time.monotonic() - t0
         if out.records and not out.train_seconds:
             out.train_seconds = out.seconds - out.startup_seconds
-        out.summary = summarize(out.records, cfg, n_workers, path.label, None, None)
+        out.summary = summarize(out.records, cfg, n_workers, label, None, None)
         e.outcome = out
         raise
     finally:

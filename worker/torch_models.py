@@ -20,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-TORCH_MODELS = ("digits", "mnist1d", "resnet20")
+from worker.torch_names import TORCH_MODELS  # noqa: F401
 
 
 @dataclass

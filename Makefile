@@ -5,6 +5,8 @@ PY ?= python3
 REPO := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := .venv
 BIN := $(VENV)/bin
+# torch==2.13.0 from here is the CPU build (+cpu); PyPI's default would be a CUDA build
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 # nftables/iptables: link loss and delay on kernels without sch_netem; iputils-ping: pingall;
 # docker-compose (v1, Python): validates docker-compose.yml in the tests, no Docker engine needed
@@ -35,7 +37,7 @@ sysdeps:  ## Debian packages for the Mininet rack and the compose check (only as
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,torch]' --extra-index-url $(TORCH_INDEX)
 	@# Debian's mininet lives in /usr/lib/python3/dist-packages; expose just that package.
 	@if [ -d /usr/lib/python3/dist-packages/mininet ]; then \
 	  d=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \

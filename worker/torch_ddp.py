@@ -180,6 +180,7 @@ class GlooComm:
     def __init__(self, world: int):
         self.world = world
         self.timeline = CommTimeline()
+        self.error: BaseException | None = None
 
     def hook(self, state, bucket):  # (no annotation: DDP checks it, and it would be a string here)
         ready = time.monotonic()
@@ -200,6 +201,17 @@ def gloo_ring_bytes(elements: int, world: int) -> int:
     """Bytes one rank sends (and receives) in a ring all-reduce of float32 `elements`:
     2 (n - 1) / n of the tensor. Gloo's wire bytes are not counted; this is the ring's bound."""
     return int(2 * (world - 1) * elements * 4 / world) if world > 1 else 0
+
+
+def backward(loss: torch.Tensor, comm) -> None:
+    """loss.backward(), with a failed bucket all-reduce reported as itself (torch would wrap
+    the Future's error in a message about casting it to a tensor)."""
+    try:
+        loss.backward()
+    except RuntimeError:
+        if comm.error is not None:
+            raise TorchJobError(f"switch all-reduce: {comm.error}") from None
+        raise
 
 
 # ---- training -------------------------------------------------------------------------------
@@ -316,7 +328,7 @@ def train(cfg: TorchConfig, rank: int, world: int, comm, out_dir: str | None = N
             loss = torch.nn.functional.cross_entropy(ddp(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             t1 = time.monotonic()
-            loss.backward()      # raises when a bucket's all-reduce failed
+            backward(loss, comm)      # raises when a bucket's all-reduce failed
             t2 = time.monotonic()
             opt.step()
             t3 = time.monotonic()
@@ -386,7 +398,7 @@ def check_exact(cfg: TorchConfig, rank: int, world: int, comm, steps: int = 3) -
     for step in range(steps):
         mine = [torch.from_numpy(v) for v in vectors(step, rank)]
         opt.zero_grad(set_to_none=True)
-        ddp(*mine).backward()
+        backward(ddp(*mine), comm)
         every = [vectors(step, r) for r in range(world)]
         for name, (xi, ci) in (("a", (0, 1)), ("b", (2, 3))):
             s = sum(np.outer(v[ci].astype(np.int64), v[xi].astype(np.int64)) for v in every)

@@ -86,6 +86,15 @@ class RackBase(ControlledSwitch):
         from jobs.coordinator import Coordinator
         return Coordinator
 
+    def store_context(self):
+        """The runner opens its sockets towards the hosts (a torch job's c10d store client)
+        inside this context (on Mininet: the coordinator host's namespace)."""
+        return contextlib.nullcontext()
+
+    def host_ifname(self, wid: int) -> str:
+        """The interface worker `wid` reaches the other hosts through (Gloo binds to it)."""
+        return "lo"
+
     def start(self) -> None:
         raise NotImplementedError
 

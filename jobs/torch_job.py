@@ -163,7 +163,8 @@ def run_torch_training(cfg, n: int, switch, *, run_dir: str, job_id: int = 1,
         logs.append(os.path.join(run_dir, f"rank{r}.log"))
         procs.append(spawn_rank(cmd, env, r, logs[-1]))
     ranks = _Ranks(procs, logs)
-    out = TorchOutcome(name, {**cfg.as_dict(), "workers": n, "job_id": job_id})
+    out = TorchOutcome(name, {**cfg.as_dict(), "compressor": cfg.comm, "workers": n,
+                              "job_id": job_id})
     installer = JobInstaller(switch) if use_switch else None
     spec, store = None, None
     budget = timeout or (JOIN_TIMEOUT + 60.0 + cfg.steps * 20.0)
@@ -264,6 +265,33 @@ def time_to_target(records: list[dict], target: float) -> tuple[int | None, floa
     return None, None, None
 
 
+def plot_wallclock(folder: str, runs: dict[str, list[dict]]) -> str:
+    """time.png: test accuracy and training loss against training seconds, one line per run
+    (steps and bytes are on the x axes of plot_runs' figures)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for name, rs in runs.items():
+        acc = [(r["train_s"], r["test_accuracy"]) for r in rs if r.get("test_accuracy") is not None]
+        if acc:
+            axes[0].plot(*zip(*acc), label=name, lw=1.2)
+        axes[1].plot([r["train_s"] for r in rs], [r["train_loss"] for r in rs], label=name,
+                     lw=0.8)
+    axes[0].set_ylabel("test accuracy")
+    axes[1].set_ylabel("training loss (minibatch, mean over ranks)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("training time, s (evaluation excluded)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(folder, "time.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def compare_torch(comms: list[str], base, n: int, switch, *, folder: str, target: float,
                   log=print, next_job_id=None, **kw) -> list[dict]:
     """The same DDP job once per comm on one switch; rows for format_torch_table."""
@@ -276,6 +304,7 @@ def compare_torch(comms: list[str], base, n: int, switch, *, folder: str, target
         job_id = next_job_id() if next_job_id is not None else i + 1
         out = run_torch_training(cfg, n, switch, run_dir=sub, job_id=job_id, log=log, **kw)
         write_run(sub, out.config, out.records, out.summary)
+        plot_wallclock(sub, {c: out.records})
         st, ts, sb = time_to_target(out.records, target)
         rows.append({**out.summary, "steps_to_target": st, "seconds_to_target": ts,
                      "bytes_to_target": sb, "seconds": round(out.seconds, 1), "folder": sub})
@@ -286,6 +315,7 @@ def compare_torch(comms: list[str], base, n: int, switch, *, folder: str, target
         write_json(os.path.join(folder, "comparison.json"), rows)
         write_csv(os.path.join(folder, "comparison.csv"), rows)
         plot_runs(folder, runs)
+        plot_wallclock(folder, runs)
     return rows
 
 

@@ -138,7 +138,6 @@ def run(args) -> dict:
     if cfg.comm != "gloo" and not args.switch:
         raise td.TorchJobError("--switch (or $NINA_SWITCH) is needed for comm " + cfg.comm)
     store = open_store(rank, world)
-    state = {"store": store}
     try:
         dist.init_process_group("gloo", store=dist.PrefixStore("pg/", store), rank=rank,
                                 world_size=world, timeout=timedelta(seconds=JOIN_TIMEOUT))

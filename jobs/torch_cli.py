@@ -12,8 +12,8 @@ import importlib.util
 
 from worker.torch_names import TORCH_MODELS, comm_name
 
-DEFAULT_LR = {"digits": 0.1, "mnist1d": 0.05, "resnet20": 0.1}
-DEFAULT_TARGET = {"digits": 0.93, "mnist1d": 0.7, "resnet20": 0.9}
+DEFAULT_LR = {"digits": 0.1, "mnist1d": 0.2, "resnet20": 0.1}
+DEFAULT_TARGET = {"digits": 0.93, "mnist1d": 0.75, "resnet20": 0.9}
 DEFAULT_EVAL_EVERY = 20
 
 EPILOG = """torch jobs (--framework torch; needs the torch extra: pip install -e '.[torch]'):

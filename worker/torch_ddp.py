@@ -77,19 +77,17 @@ def read_addresses(store, world: int, timeout: float) -> list[tuple[str, int]]:
 
 
 def publish_spec(store, spec: JobSpec) -> None:
-    from worker.worker_proc import spec_to_dict
-    store.set(KEY_SPEC, json.dumps(spec_to_dict(spec)))
+    store.set(KEY_SPEC, json.dumps(spec.to_dict()))
 
 
 def wait_spec(store, timeout: float) -> JobSpec:
-    from worker.worker_proc import spec_from_dict
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         msg = store_abort_message(store)
         if msg:
             raise TorchJobError(f"aborted before training: {msg}")
         if store.check([KEY_SPEC]):
-            return spec_from_dict(json.loads(store.get(KEY_SPEC)))
+            return JobSpec.from_dict(json.loads(store.get(KEY_SPEC)))
         time.sleep(0.05)
     raise TorchJobError(f"no job installed within {timeout:.0f} s (rank 0 or the launcher "
                         f"never published {KEY_SPEC} in the c10d store)")

@@ -8,6 +8,7 @@ puts the job coordinator where the workers can reach it. Every process it starts
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess

@@ -325,7 +325,7 @@ def format_torch_table(rows: list[dict], target: float) -> str:
     head = (f"{'comm':<9}{'final acc':>10}{'steps@' + format(target, 'g'):>11}"
             f"{'s@tgt':>8}{'MB@tgt':>8}{'x time':>7}{'x steps':>8}{'step ms':>8}"
             f"{'compute':>8}{'comm':>7}{'exposed':>8}{'overlap':>8}{'img/s':>7}{'MB total':>9}"
-            f"{'retx':>5}")
+            f"{'retx':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         st, ts, sb = r["steps_to_target"], r["seconds_to_target"], r["bytes_to_target"]
@@ -336,7 +336,7 @@ def format_torch_table(rows: list[dict], target: float) -> str:
             f"{(format(ts, '.1f') if ts else '-'):>8}{(format(sb / 1e6, '.1f') if sb else '-'):>8}"
             f"{xt:>7}{xs:>8}{r['step_ms']:>8.1f}{r['compute_ms']:>8.1f}{r['comm_ms']:>7.1f}"
             f"{r['exposed_comm_ms']:>8.1f}{r['overlap']:>8.0%}{r['images_per_s']:>7.0f}"
-            f"{r['bytes_total'] / 1e6:>9.1f}{r['retransmissions']:>5}")
+            f"{r['bytes_total'] / 1e6:>9.1f}{r['retransmissions']:>7}")
     lines.append(f"x time / x steps: training time / steps to test accuracy {target:g}, relative "
                  f"to {base['compressor']}. Times per step (ms, means): step = slowest rank; "
                  f"compute = step minus exposed comm; comm = all-reduce busy time of the "

@@ -50,7 +50,9 @@ def torch_job(args, window: int):
     if model not in TORCH_MODELS:
         raise ValueError(f"--model {model} is a numpy model; torch models: "
                          f"{', '.join(TORCH_MODELS)}")
-    given = args.compare if args.compare is not None else args.compressor
+    if getattr(args, "algorithm", "allreduce") != "allreduce":
+        raise ValueError("--algorithm (gossip) has no torch path: torch jobs all-reduce")
+    given = args.compare if args.compare is not None else (args.compressor or "nat8")
     comms = [comm_name(s.strip()) for s in given.split(",") if s.strip()]
     if not comms:
         raise ValueError(f"no compressor given in {given!r}")

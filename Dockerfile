@@ -21,6 +21,6 @@ RUN command -v make >/dev/null && command -v tc >/dev/null && command -v nft >/d
 WORKDIR /nina
 COPY . .
 ARG PIP_OPTS=
-RUN make venv APT_PACKAGES= PY=python3 PIP_OPTS="${PIP_OPTS}" && rm -rf build/docker
+RUN make venv APT_PACKAGES= PY=python3 EXTRAS=test PIP_OPTS="${PIP_OPTS}" && rm -rf build/docker
 ENV PATH=/nina/.venv/bin:$PATH PYTHONUNBUFFERED=1
 CMD ["nina", "--help"]

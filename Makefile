@@ -5,7 +5,14 @@ PY ?= python3
 REPO := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := .venv
 BIN := $(VENV)/bin
+# torch==2.13.0 from here is the CPU build (+cpu); PyPI's default would be a CUDA build
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# used where its host resolves; elsewhere (a machine with a local wheel mirror, offline builds)
+# pip takes torch==2.13.0 from its configured indexes, which must then hold the CPU build
+TORCH_INDEX_OPT := $(if $(PIP_OPTS),,$(shell getent hosts $$(echo '$(TORCH_INDEX)' | cut -d/ -f3) >/dev/null 2>&1 && echo --extra-index-url $(TORCH_INDEX)))
 STAMP := $(VENV)/.installed
+# pyproject extras the venv gets (the container image takes test only: no torch in its wheelhouse)
+EXTRAS ?= test,torch
 # nftables/iptables: link loss and delay on kernels without sch_netem; iputils-ping: pingall;
 # docker-compose (v1, Python): validates docker-compose.yml in the tests, no Docker engine needed
 APT_PACKAGES := mininet iproute2 ethtool tcpdump nftables iptables iputils-ping docker-compose
@@ -39,7 +46,7 @@ sysdeps:  ## Debian packages for the Mininet rack and the compose check (only as
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_OPTS) --upgrade pip
-	$(BIN)/pip install -q $(PIP_OPTS) -e '.[test]'
+	$(BIN)/pip install -q $(PIP_OPTS) -e '.[$(EXTRAS)]' $(TORCH_INDEX_OPT)
 	@# Debian's mininet lives in /usr/lib/python3/dist-packages; expose just that package.
 	@if [ -d /usr/lib/python3/dist-packages/mininet ]; then \
 	  d=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \

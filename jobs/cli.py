@@ -62,6 +62,7 @@ def add_switch_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    from jobs.torch_cli import EPILOG as TORCH_EPILOG
     p = subparsers.add_parser(
         "train", help="train a model with n worker processes through the switch",
         description="Quantized data-parallel SGD (Algorithm 1: worker compression, switch "
@@ -69,7 +70,7 @@ def register(subparsers) -> None:
                     "and the embedded switch as a process, or decentralized SGD where the "
                     "workers gossip with their graph neighbours (--algorithm); writes a run "
                     "folder with metrics and plots.",
-        epilog=TRAIN_EPILOG.format(catalogue=compressor_catalogue()),
+        epilog=TRAIN_EPILOG.format(catalogue=compressor_catalogue()) + "\n\n" + TORCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=worker_count, default=4, help="worker processes (default 4)")
     add_train_args(p)
@@ -105,6 +106,9 @@ def _fail(msg: str) -> int:
 
 def cmd_train(args) -> int:
     from nina.jobmsg import JobAborted
+    if args.framework == "torch":
+        from jobs.torch_cli import cmd_train_torch
+        return cmd_train_torch(args, _fail)
     if args.algorithm != "allreduce" and (args.switch or args.grpc or args.loss):
         return _fail(f"--algorithm {args.algorithm} gossips between the workers: --switch, "
                      "--grpc and --loss are for --algorithm allreduce")

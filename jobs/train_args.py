@@ -9,7 +9,9 @@ from nina.cli_types import finite_float, positive_float, positive_int
 
 def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None:
     """What a training job is: compressors, model, optimisation, evaluation, target."""
+    from jobs.torch_cli import add_torch_args
     from worker.models import MODELS
+    from worker.torch_names import TORCH_MODELS
     p.add_argument("--compressor", default=None, metavar="SPEC",
                    help="compressor spec, e.g. nat or \"dither_nat:s=4,p=inf\" (default nat; "
                         "with --algorithm choco topk:k=0.01)")
@@ -18,7 +20,9 @@ def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None
                         "two): run the same job once per compressor and print a comparison "
                         "table (the first is the baseline of the ratios); a failed or diverged "
                         "job is marked, the others kept")
-    p.add_argument("--model", choices=MODELS, default="mlp", help="default mlp")
+    p.add_argument("--model", choices=MODELS + TORCH_MODELS, default=None,
+                   help="default mlp (torch: digits); " + ", ".join(TORCH_MODELS) +
+                        " are torch models (--framework torch)")
     p.add_argument("--steps", type=positive_int, default=default_steps,
                    help=f"default {default_steps}")
     p.add_argument("--lr", type=positive_float, default=None,
@@ -34,6 +38,7 @@ def add_train_args(p: argparse.ArgumentParser, default_steps: int = 300) -> None
                         "table reports (default 0.93 for digits, 0.002 for lsq)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_gossip_args(p)
+    add_torch_args(p)
 
 
 def add_gossip_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +72,11 @@ def compressor_specs(args, n_workers: int | None = None) -> list[str]:
     (--algorithm) also its graph on n_workers and its gossip parameters."""
     from dataclasses import replace
     from worker.compress import split_specs
+    from worker.torch_names import TORCH_MODELS
     from worker.train import check_decentralized, plan
+    if args.model in TORCH_MODELS:   # numpy jobs only; torch jobs: jobs.torch_cli.torch_job
+        raise ValueError(f"--model {args.model} is a torch model: add --framework torch")
+    args.model = args.model or "mlp"
     given = args.compare if args.compare is not None else _compressor(args)
     if not given.replace(",", "").replace(";", "").strip():
         flag = "--compare" if args.compare is not None else "--compressor"
@@ -90,6 +99,7 @@ def compressor_specs(args, n_workers: int | None = None) -> list[str]:
 def train_config(args, window: int):
     """The TrainConfig of parsed training arguments (`window`: the switch's slots in flight)."""
     from worker.train import TrainConfig, default_lr
+    args.model = args.model or "mlp"
     data = "lsq" if args.model == "lsq" else "digits"
     lr = args.lr if args.lr is not None else default_lr(args.model)
     gossip = args.algorithm != "allreduce"

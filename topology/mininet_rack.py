@@ -92,6 +92,13 @@ class MininetRack(RackBase):
     def coordinator_factory(self):
         return coordinator_in_host(self.net.get(COORD_NAME).pid, self.coord_ip)
 
+    def store_context(self):
+        from topology.netns import in_netns
+        return in_netns(self.net.get(COORD_NAME).pid)
+
+    def host_ifname(self, wid: int) -> str:
+        return self.plans[wid].host_intf
+
     def _spawn(self, node: str, cmd: list[str], log) -> subprocess.Popen:
         return self.net.get(node).popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=REPO)

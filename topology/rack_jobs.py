@@ -132,6 +132,8 @@ def run_train(rack, argv: list[str] | str, log=print,
     if isinstance(argv, str):
         argv = shlex.split(argv)
     args = train_parser(parser_cls).parse_args(argv)
+    if args.framework == "torch":
+        return run_torch_train(rack, args, log)
     specs = compressor_specs(args, rack.n_workers)   # ValueError with the reason if bad
     base = train_config(args, args.window if args.window is not None else rack.default_window)
     target, key, higher = default_target(args.model)
@@ -150,3 +152,34 @@ def run_train(rack, argv: list[str] | str, log=print,
     finally:
         rack.reap_finished()
     return rows, format_table(rows, target, key) + f"\nrun folder: {folder}"
+
+
+def torch_rack_kwargs(rack) -> dict:
+    """How jobs/torch_job.py's runner starts ranks on this rack: each rank in its worker host
+    (Gloo on that host's interface), rank 0's c10d store reached from the coordinator host."""
+    from topology.runenv import project_python
+
+    def spawn_rank(cmd, env, rank, log_path):
+        return rack.popen(rack.worker_node(rank),
+                          ["env", *(f"{k}={v}" for k, v in env.items()), *cmd], log_path)
+    return {"spawn_rank": spawn_rank, "master_ip": rack.worker_ip(0),
+            "rank_ifname": rack.host_ifname, "store_context": rack.store_context,
+            "python": project_python()}
+
+
+def run_torch_train(rack, args, log=print) -> tuple[list[dict], str]:
+    """`train --framework torch ...` on the rack: DDP ranks in the worker hosts, gradients
+    through the rack's switch (or Gloo over the same links for comm gloo)."""
+    from jobs.torch_cli import torch_job
+    from jobs.torch_job import compare_torch, format_torch_table
+    comms, base, target = torch_job(args, args.window if args.window is not None
+                                    else rack.default_window)
+    first = rack.next_job_id()
+    ids = itertools.chain([first], iter(rack.next_job_id, None))
+    folder = os.path.join(rack.run_dir, f"train-torch-{first}")
+    try:
+        rows = compare_torch(comms, base, rack.n_workers, rack, folder=folder, target=target,
+                             log=log, next_job_id=lambda: next(ids), **torch_rack_kwargs(rack))
+    finally:
+        rack.reap_finished()
+    return rows, format_torch_table(rows, target) + f"\nrun folder: {folder}"

@@ -8,6 +8,7 @@ puts the job coordinator where the workers can reach it. Every process it starts
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,6 +91,15 @@ class RackBase(ControlledSwitch):
         """How the job runner creates each job's coordinator on this rack."""
         from jobs.coordinator import Coordinator
         return Coordinator
+
+    def store_context(self):
+        """The runner opens its sockets towards the hosts (a torch job's c10d store client)
+        inside this context (on Mininet: the coordinator host's namespace)."""
+        return contextlib.nullcontext()
+
+    def host_ifname(self, wid: int) -> str:
+        """The interface worker `wid` reaches the other hosts through (Gloo binds to it)."""
+        return "lo"
 
     def start(self) -> None:
         raise NotImplementedError

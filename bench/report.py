@@ -260,6 +260,21 @@ def section_train(args, out_dir: Path) -> str:
         "```\n" + text.split("\n\n![")[0] + "\n```\n\n![" + text.split("\n\n![")[1] + "\n"
 
 
+COMPANIONS = """## Other measurements (their own scripts, their own reports)
+
+- Link emulation, configured vs measured (delay, jitter, bandwidth, loss, duplication, reorder):
+  `bench/links.py`, report in [links.md](links.md).
+- The seed poster's table (bits per iteration, iterations to target, speedup per operator) on
+  loopback and on the Mininet rack: `bench/poster.py`, report in [poster.md](poster.md).
+- PyTorch DDP through the switch (Gloo vs INT32 vs NAT8 vs NAT8+C_M, MNIST-1D CNN and
+  ResNet-20 on the rack): `bench/torch_train.py`, report in [torch_results.md](torch_results.md).
+- Decentralized training (consensus and ring-of-8 training: exact gossip, PowerGossip,
+  Choco-SGD, all-reduce): `bench/gossip.py`, report in [gossip.md](gossip.md).
+- The data plane's latency under P4Runtime abuse (big and wildcard reads, idle streams):
+  `bench/p4rt_abuse.py`.
+"""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=1 << 20,
@@ -316,6 +331,7 @@ def main(argv=None) -> int:
                      f"elements)\n\n```\n"
                      + run_script(["bench/local_allreduce.py", "--size", str(args.size),
                                    "--repeat", "2"], 1800) + "\n```\n")
+    parts.append("\n" + COMPANIONS)
     parts.append(f"\n_Report generated in {time.monotonic() - t_start:.0f} s._\n")
     out.write_text("\n".join(parts))
     log(f"wrote {out}")

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 
-from topology.impair import (LinkShape, _chain, _netem_args, _nft_rules, htb_commands,
+from topology.impair import (LinkShape, _netem_args, _nft_rules, htb_commands, nft_chain,
                              netem_available)
 
 NFT_TABLE = "nina_link"
@@ -89,7 +89,7 @@ def link_commands(shape: LinkShape, peers: list[str], dev: str,
             if peers:
                 match = "ip daddr { " + ", ".join(peers) + " } "
                 rules = [match + r for r in rules]
-            nft = f"table netdev {NFT_TABLE} {{\n{_chain('egress', 'egress', dev, rules)}}}\n"
+            nft = f"table netdev {NFT_TABLE} {{\n{nft_chain('egress', 'egress', dev, rules)}}}\n"
     return cmds, nft
 
 

@@ -178,10 +178,15 @@ def _nft_table(s: LinkShape, h: HostPlan) -> str:
         rules = _nft_rules(only, dev)
         if not rules:
             continue
-        body = "\n".join(f"    {r}" for r in ["counter"] + rules)
-        chains.append(f'  chain {name} {{\n    type filter hook {hook} device "{dev}" '
-                      f'priority 0; policy accept;\n{body}\n  }}\n')
+        chains.append(nft_chain(name, hook, dev, ["counter"] + rules))
     return f"table netdev {LINK_NFT_TABLE} {{\n{''.join(chains)}}}\n"
+
+
+def nft_chain(name: str, hook: str, dev: str, rules: list[str]) -> str:
+    """One netdev chain on `dev` (the rack's link nodes and the containers' links use it)."""
+    body = "\n".join(f"    {r}" for r in rules)
+    return (f'  chain {name} {{\n    type filter hook {hook} device "{dev}" priority 0; '
+            f'policy accept;\n{body}\n  }}\n')
 
 
 def nft_counts(node) -> dict[str, tuple[int, int]]:

@@ -7,6 +7,7 @@ import select
 import socket
 
 import numpy as np
+import pytest
 
 from nina.config import JobSpec, WorkerAddr
 from nina.decisions import Decision
@@ -85,3 +86,30 @@ def test_results_beyond_the_output_buffer_go_out_in_later_sends_and_every_packet
     assert len(rec) == 6 and (rec["decision"] == int(Decision.COMPLETE)).all()
     assert rec["slot"].tolist() == list(range(6))
     assert int(p.counters_packets[Decision.COMPLETE]) == 6
+
+
+def test_a_transport_repointed_at_another_switch_sends_its_batches_there():
+    """A worker binds its transport before the welcome names the switch: the batched send must
+    go to the address set last, not the one the transport was made with (on the Mininet rack
+    the updates went to 127.0.0.1 and the switch never saw one)."""
+    import socket
+
+    from worker.transport import UdpTransport
+    first, second = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    first.bind(("127.0.0.1", 0))
+    second.bind(("127.0.0.2", 0))
+    for s in (first, second):
+        s.settimeout(2.0)
+    try:
+        with UdpTransport(first.getsockname()) as t:
+            t.switch = second.getsockname()
+            rows = np.arange(3 * 8, dtype=np.uint8).reshape(3, 8)
+            t.send_rows(rows, 8, np.arange(3), 3)
+            got = [second.recv(64) for _ in range(3)]
+            assert got == [bytes(r) for r in rows]
+            first.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                first.recv(64)
+    finally:
+        first.close()
+        second.close()

@@ -49,11 +49,21 @@ class UdpTransport:
         except OSError as e:
             raise OSError(f"cannot bind UDP {bind_ip}:{bind_port}: {e.strerror}") from None
         self.counters = Counters()
-        self._switch_ip = int(ipaddress.IPv4Address(socket.gethostbyname(self.switch[0])))
         self.rx = MsgRing(RX_BATCH, _MAX_DGRAM)
         self._tx = MsgRing(RX_BATCH, 0)
         self._poll = select.poll()
         self._poll.register(self.sock.fileno(), select.POLLIN)
+
+    @property
+    def switch(self) -> tuple[str, int]:
+        return self._switch
+
+    @switch.setter
+    def switch(self, addr: tuple[str, int]) -> None:
+        """Where updates go; a worker learns it at the welcome, after binding (so the batched
+        send path's numeric address is kept with it)."""
+        self._switch = (addr[0], int(addr[1]))
+        self._switch_ip = int(ipaddress.IPv4Address(socket.gethostbyname(self._switch[0])))
 
     @property
     def address(self) -> tuple[str, int]:

@@ -282,7 +282,7 @@ def test_compose_demo_end_to_end_on_a_docker_engine(tmp_path):
     assert rep["codes"] == {s: 0 for s in rep["codes"]}, rep["codes"]
     # exact sums on every worker, both encodings; then the demo's table
     assert "EXACT: nat8" in out and "EXACT: int32" in out and "WRONG" not in out
-    assert "compressor" in out and "pkts up" in out and "time s" in out
+    assert "compressor" in out and "bit/el up" in out and "train s" in out
     rows = json.loads((folder / "comparison.json").read_text())
     assert [r["compressor"] for r in rows] == ["nat", "int32"]
     for r in rows:   # the coordinator compared every worker's model hash (aborts otherwise)

@@ -115,7 +115,7 @@ def test_nina_demo_on_a_switch_process_with_external_workers(tmp_path):
     print(r.stdout[-3000:], r.stderr[-2000:])
     assert r.returncode == 0
     assert "waiting for 2 external workers to join tcp://127.0.0.1:" in r.stdout
-    assert "pkts up" in r.stdout and "time s" in r.stdout
+    assert "bit/el up" in r.stdout and "train s" in r.stdout
     assert codes == [0, 0]
     assert (tmp_path / "demo" / "comparison.csv").exists()
     # the switch process saw the demo's packets: its trace holds both jobs

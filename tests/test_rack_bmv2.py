@@ -90,9 +90,10 @@ def test_collector_keeps_exactly_the_trace_frames_in_order(tmp_path):
             subprocess.run(["ip", "link", "set", n, "up"], check=True)
         rng = np.random.default_rng(1)
         recs = np.zeros(300, TRACE_WIRE_DTYPE)
-        for name in ("time_ns", "job", "slot", "bitmap", "offset", "elements"):
+        for name in ("time_ns", "job", "slot", "bitmap", "offset"):
             recs[name] = rng.integers(0, 1 << 16, len(recs)) + (1 << 40 if name == "time_ns"
                                                                 else 0)
+        recs["elements"] = rng.integers(0, 257, len(recs))   # what a record can hold
         recs["decision"] = rng.integers(0, len(Decision), len(recs))
         eth = bytes(6) + bytes.fromhex("020000000001")
         tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

@@ -99,8 +99,10 @@ class ComposeRack:
         return cid
 
     def wait(self, service: str = "coordinator", timeout: float = DEMO_TIMEOUT,
-             echo=sys.stdout) -> tuple[int, str]:
+             echo="stdout") -> tuple[int, str]:
         """Follow the service's output until it exits: (exit code, output)."""
+        if echo == "stdout":   # looked up now: the sys.stdout of import time may be closed
+            echo = sys.stdout
         cid = self.container(service)
         out = []
         follow = subprocess.Popen(["docker", "logs", "-f", cid], stdout=subprocess.PIPE,
@@ -198,7 +200,7 @@ def run_compose_demo(steps: int = 150, bw: float | None = None, loss: float = 0.
                      base_tag: str | None = None, runs_dir: str = os.path.join(REPO, "runs"),
                      name: str | None = None, project: str = DEFAULT_PROJECT, exact: int = 0,
                      remove_image: bool = False, switch: str = "embedded", log=print,
-                     echo=sys.stdout) -> dict:
+                     echo="stdout") -> dict:
     """The compose demo, engine to teardown. Returns a report: rc, folder, output, logs, codes,
     engine_started, images_made, left (project resources after the teardown), versions."""
     from topology.docker_engine import Engine, server_version

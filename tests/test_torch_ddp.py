@@ -136,32 +136,3 @@ def test_dead_rank_ends_the_job_with_a_clear_error(switch, tmp_path):
     assert took < 25, f"the job took {took:.1f} s to end after the kill"
     log0 = open(tmp_path / "rank0.log").read()
     assert "jobs.torch_rank: error: rank 0:" in log0 and "rank 1 exited" in log0, log0[-1500:]
-
-
-# ---- the Mininet rack (root) --------------------------------------------------------------------
-
-def _mininet_skip_reason():
-    from topology import modes
-    d = modes.decide("mininet", modes.probe())
-    return d.error or local_switch_unavailable()
-
-
-@pytest.mark.root
-def test_mininet_rack_runs_ddp_through_the_switch_and_gloo_over_its_links(tmp_path):
-    why = _mininet_skip_reason()
-    if why:
-        print(f"SKIP reason: Mininet rack unavailable: {why}")
-        pytest.skip(f"Mininet rack unavailable: {why}")
-    from topology.impair import LinkShape
-    from topology.mininet_rack import MininetRack
-    from topology.rack_jobs import run_train
-    rack = MininetRack(2, LinkShape(bw_mbit=50), run_dir=str(tmp_path), trace=False, log=print)
-    with rack:
-        rows, table = run_train(rack, "--framework torch --compare gloo,nat8+cm --steps 30 "
-                                      "--eval-every 30")
-        counters = rack.controller.read_counters()
-    print(table)
-    gloo, cm = rows
-    assert gloo["path"] == "gloo" and cm["path"] == "switch"
-    assert cm["bytes_up"] > 0 and cm["final_test_accuracy"] > 0.3
-    assert counters["COMPLETE"][0] > 0    # the switch aggregated the buckets

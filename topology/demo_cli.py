@@ -209,7 +209,8 @@ def _exact_checks(args, switch, folder: str, kw: dict) -> int:
                                 log=lambda *a: None, **kw)
         except JobAborted as e:
             return _fail(f"exact check ({name}): {e}")
-        problems = check_allreduce(run_dir, args.workers, 1, out.config["shift"], enc, False)
+        problems = check_allreduce(run_dir, args.workers, 1, out.config["shift"], enc, False,
+                                   seed=0, size=args.exact)   # run_allreduce's default seed
         if problems:
             print(f"WRONG: {name}: " + "; ".join(problems[:3]), flush=True)
             return 1

@@ -81,3 +81,31 @@ def _rand_u32(state):
 
 rand_u64 = njit(_rand_u64)
 rand_u32 = njit(_rand_u32)
+
+
+# ---- big-endian fields in a uint8 row (the wire format is big-endian): one copy for the
+# switch kernel and the workers' window, which both read and write packets in place ----------
+
+@njit
+def rd16(b, o):
+    return (np.int64(b[o]) << 8) | np.int64(b[o + 1])
+
+
+@njit
+def rd32(b, o):
+    return (np.int64(b[o]) << 24) | (np.int64(b[o + 1]) << 16) | (np.int64(b[o + 2]) << 8) \
+        | np.int64(b[o + 3])
+
+
+@njit
+def wr16(b, o, v):
+    b[o] = (v >> 8) & 0xFF
+    b[o + 1] = v & 0xFF
+
+
+@njit
+def wr32(b, o, v):
+    b[o] = (v >> 24) & 0xFF
+    b[o + 1] = (v >> 16) & 0xFF
+    b[o + 2] = (v >> 8) & 0xFF
+    b[o + 3] = v & 0xFF

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from nina.decisions import Decision
-from nina.jit import njit, rand_u32
+from nina.jit import njit, rand_u32, rd16, rd32, wr16, wr32
 from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_LEN, NAT8_MAG,
                        NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD, VERSION,
                        Encoding, MsgType)
@@ -75,31 +75,6 @@ def cm_code(x, u):
 
 
 @njit
-def _rd16(b, o):
-    return (np.int64(b[o]) << 8) | np.int64(b[o + 1])
-
-
-@njit
-def _rd32(b, o):
-    return (np.int64(b[o]) << 24) | (np.int64(b[o + 1]) << 16) | (np.int64(b[o + 2]) << 8) \
-        | np.int64(b[o + 3])
-
-
-@njit
-def _wr16(b, o, v):
-    b[o] = (v >> 8) & 0xFF
-    b[o + 1] = v & 0xFF
-
-
-@njit
-def _wr32(b, o, v):
-    b[o] = (v >> 24) & 0xFF
-    b[o + 1] = (v >> 16) & 0xFF
-    b[o + 2] = (v >> 8) & 0xFF
-    b[o + 3] = v & 0xFF
-
-
-@njit
 def _trace(trace, t, now_ns, port, job, slot, w, decision, ver, exp, count, bitmap, offset,
            elements):
     r = trace[t]
@@ -130,7 +105,7 @@ def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offs
     # the payload, big-endian, once: int32 sums (NAT8 parts of 128, INT32 64) or C_M codes
     if enc == _INT32:
         for i in range(_CAP_INT32):
-            _wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
+            wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
         nbody = 4 * _CAP_INT32
     elif cm:
         for i in range(_CAP_NAT8):
@@ -145,7 +120,7 @@ def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offs
         nbody = _CAP_NAT8
     else:
         for i in range(_CAP_NAT8):
-            _wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
+            wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
         nbody = 4 * _CAP_NAT8
     rflags = (flags & _ROUND_FLAGS) | (_FLAG_CM if cm else 0)
     exp = np.int64(max_exp[idx])
@@ -170,12 +145,12 @@ def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offs
         o[1] = _RESULT
         o[2] = enc
         o[3] = rflags
-        _wr16(o, 4, job)
+        wr16(o, 4, job)
         o[6] = w
         o[7] = exp
-        _wr16(o, 8, slot)
-        _wr16(o, 10, pcount)
-        _wr32(o, 12, poffset)
+        wr16(o, 8, slot)
+        wr16(o, 10, pcount)
+        wr32(o, 12, poffset)
         src = p * part_bytes
         for i in range(part_bytes):
             o[_HLEN + i] = body[src + i]
@@ -207,12 +182,12 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
             mtype = np.int64(b[o0 + 1])
             enc = np.int64(b[o0 + 2])
             flags = np.int64(b[o0 + 3])
-            job = _rd16(b, o0 + 4)
+            job = rd16(b, o0 + 4)
             w = np.int64(b[o0 + 6])
             exp = np.int64(b[o0 + 7])
-            slot = _rd16(b, o0 + 8)
-            count = _rd16(b, o0 + 10)
-            offset = _rd32(b, o0 + 12)
+            slot = rd16(b, o0 + 8)
+            count = rd16(b, o0 + 10)
+            offset = rd32(b, o0 + 12)
         v = flags & _FLAG_VER
         jx = jobmap[job] if have_hdr else -1
         # 1. parse and validate, in the order of docs/protocol.md
@@ -293,7 +268,7 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                         acc[idx, e] = luts[jx, b[pay + e]]
                 else:
                     for e in range(_CAP_INT32):
-                        acc[idx, e] = np.int32(np.uint32(_rd32(b, pay + 4 * e)))
+                        acc[idx, e] = np.int32(np.uint32(rd32(b, pay + 4 * e)))
                 decision = D_FIRST
             else:
                 c = (cnt + 1) & 0xFF
@@ -305,7 +280,7 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                         acc[idx, e] += luts[jx, b[pay + e]]
                 else:
                     for e in range(_CAP_INT32):
-                        acc[idx, e] += np.int32(np.uint32(_rd32(b, pay + 4 * e)))
+                        acc[idx, e] += np.int32(np.uint32(rd32(b, pay + 4 * e)))
                 decision = D_AGGREGATE
             counts[idx] = c
             if c == n:

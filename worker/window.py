@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from nina.jit import njit
+from nina.jit import njit, rd32, wr16, wr32
 from nina.wire import (CAPACITY, FLAG_CM, FLAG_VER, HEADER_LEN, MAX_WORKERS, NAT8_ZERO,
                        ROUND_MOD, VERSION, Encoding, MsgType)
 from worker.switch_encoding import EXCEEDS, SwitchCodec, int32_value, nat8_code, result_value
@@ -83,26 +83,6 @@ class Window:
 
 
 @njit
-def _wr16(b, o, v):
-    b[o] = (v >> 8) & 0xFF
-    b[o + 1] = v & 0xFF
-
-
-@njit
-def _wr32(b, o, v):
-    b[o] = (v >> 24) & 0xFF
-    b[o + 1] = (v >> 16) & 0xFF
-    b[o + 2] = (v >> 8) & 0xFF
-    b[o + 3] = v & 0xFF
-
-
-@njit
-def _rd32(b, o):
-    return (np.int64(b[o]) << 24) | (np.int64(b[o + 1]) << 16) | (np.int64(b[o + 2]) << 8) \
-        | np.int64(b[o + 3])
-
-
-@njit
 def start_round(slot, c, prime, now, rto, cfg, rnd, chunk, prime_a, ver, parts, retx, first,
                 deadline, rto_a, pkts, X, XB, own_exp, agreed, sent8, sent32, state):
     """Write the update for chunk c (priming: count 0, own exponent of c) into slot's packet
@@ -115,20 +95,20 @@ def start_round(slot, c, prime, now, rto, cfg, rnd, chunk, prime_a, ver, parts, 
     row[1] = _UPDATE
     row[2] = enc
     row[3] = (r & 1) | ((r >> 1) << 2)   # nina.wire.round_flags
-    _wr16(row, 4, cfg[C_JOB])
+    wr16(row, 4, cfg[C_JOB])
     row[6] = cfg[C_WID]
-    _wr16(row, 8, slot)
-    _wr32(row, 12, c * k)
+    wr16(row, 8, slot)
+    wr32(row, 12, c * k)
     if prime:
         row[7] = own_exp[c]
-        _wr16(row, 10, 0)
+        wr16(row, 10, 0)
         fill = _ZERO if enc == _NAT8 else 0
         for e in range(_HLEN, UPDATE_LEN):
             row[e] = fill
     else:
         ahead = c + W
         row[7] = own_exp[ahead] if ahead < chunks else 0
-        _wr16(row, 10, min(k, n - c * k))
+        wr16(row, 10, min(k, n - c * k))
         eb = np.int64(agreed[c])
         if enc == _NAT8:
             for e in range(_CAP_NAT8):
@@ -142,7 +122,7 @@ def start_round(slot, c, prime, now, rto, cfg, rnd, chunk, prime_a, ver, parts, 
             inv = math.ldexp(1.0, shift - (eb - 126))   # 1 / nina.wire.integer_scale
             for e in range(_CAP_INT32):
                 q = int32_value(X[c, e], inv, cfg[C_STOCH], state)
-                _wr32(row, _HLEN + 4 * e, np.int64(q) & 0xFFFFFFFF)
+                wr32(row, _HLEN + 4 * e, np.int64(q) & 0xFFFFFFFF)
                 if cfg[C_RECORD]:
                     sent32[c, e] = q
     chunk[slot] = c
@@ -191,7 +171,7 @@ def accept(rows, lens, m, now, rto, cfg, rnd, chunk, prime, ver, parts, retx, fi
             ignored += 1
             continue
         pr = prime[slot]
-        rel = _rd32(b, 12) - ch * k
+        rel = rd32(b, 12) - ch * k
         part = min(max(rel // pk, 0), nparts - 1)
         chunk_count = 0 if pr else min(max(n - ch * k, 0), k)
         part_count = min(max(chunk_count - part * pk, 0), pk)
@@ -206,7 +186,7 @@ def accept(rows, lens, m, now, rto, cfg, rnd, chunk, prime, ver, parts, retx, fi
                 if cm:
                     v = np.int64(b[_HLEN + e])
                 else:
-                    v = _rd32(b, _HLEN + 4 * e)
+                    v = rd32(b, _HLEN + 4 * e)
                     if v >= 2147483648:
                         v -= 4294967296
                 f = result_value(v, cm, scale)

@@ -128,7 +128,10 @@ def test_client_ignores_duplicates_and_results_not_outstanding(encoding):
     try:
         with UdpTransport(sw.sock.getsockname()) as t:
             spec = JobSpec(job_id=3, n_workers=1, encoding=encoding)
-            c = AllReduceClient(spec, 0, t, window=4, seed=1)
+            # an RTO far above the scripted switch's answer time even on a loaded machine
+            # (its Python thread shares the GIL): a retransmission then means a right result
+            # was ignored, not that the answer came late
+            c = AllReduceClient(spec, 0, t, window=4, seed=1, rto=5.0, rto_min=5.0, rto_max=5.0)
             x = np.random.default_rng(0).standard_normal(3000).astype(np.float32)
             for call in range(2):   # versions carry over between calls
                 r = c.allreduce(x, record=True)

@@ -34,7 +34,7 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
     coordinator: the factory of each job's coordinator (a rack's binds it in its own host)."""
     from dataclasses import replace
     from jobs.runner import run_training
-    from jobs.runfolder import new_run_dir, write_run
+    from jobs.runfolder import new_run_dir, write_comparison, write_run
     what = specs[0] if base.algorithm in ("allreduce", "choco") else base.algorithm
     name = getattr(args, "name", None) or \
         (f"compare-{'-'.join(specs)}" if len(specs) > 1 else what) + f"-{base.model}"
@@ -91,13 +91,13 @@ def compare(specs, base, n_workers, args, target, key, higher, log=print, switch
                     f"metrics: {files[1]}")
     except BaseException:   # Ctrl-C, a broken switch: keep what finished (and why), then stop
         if len(specs) > 1 and rows:
-            _write_comparison(folder, rows, runs)
+            write_comparison(folder, rows, runs)
         raise
     finally:
         if own:
             switch.stop()
     if len(specs) > 1:
-        _write_comparison(folder, rows, runs)
+        write_comparison(folder, rows, runs)
     return rows, folder
 
 
@@ -117,15 +117,6 @@ def _failed_row(spec, cfg, n_workers, e, status, sub, target, key, higher) -> di
         return _row(e.outcome, sub, target, key, higher, status, str(e))
     return {"compressor": spec, "path": plan(spec).label, "workers": n_workers, "steps": 0,
             "status": status, "error": str(e), "folder": sub}
-
-
-def _write_comparison(folder: str, rows: list[dict], runs: dict) -> None:
-    from jobs.runfolder import plot_runs, write_csv, write_json
-    write_json(os.path.join(folder, "comparison.json"), rows)
-    write_csv(os.path.join(folder, "comparison.csv"),
-              [{k: v for k, v in r.items() if k != "switch_counters"} for r in rows])
-    if runs:
-        plot_runs(folder, runs)
 
 
 def _safe(spec: str) -> str:

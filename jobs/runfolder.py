@@ -129,3 +129,13 @@ def plot_runs(folder: str, runs: dict[str, list[dict]]) -> list[str]:
         plt.close(fig)
         written.append(fname)
     return written
+
+
+def write_comparison(folder: str, rows: list[dict], runs: dict[str, list[dict]]) -> None:
+    """The comparison of several jobs in one folder: comparison.json (whole rows),
+    comparison.csv (without the nested switch counters) and the metric plots of every run."""
+    write_json(os.path.join(folder, "comparison.json"), rows)
+    write_csv(os.path.join(folder, "comparison.csv"),
+              [{k: v for k, v in r.items() if k != "switch_counters"} for r in rows])
+    if runs:
+        plot_runs(folder, runs)

@@ -295,7 +295,7 @@ def plot_wallclock(folder: str, runs: dict[str, list[dict]]) -> str:
 def compare_torch(comms: list[str], base, n: int, switch, *, folder: str, target: float,
                   log=print, next_job_id=None, **kw) -> list[dict]:
     """The same DDP job once per comm on one switch; rows for format_torch_table."""
-    from jobs.runfolder import plot_runs, write_csv, write_json, write_run
+    from jobs.runfolder import write_comparison, write_run
     rows, runs = [], {}
     for i, c in enumerate(comms):
         cfg = replace(base, comm=c)
@@ -312,9 +312,7 @@ def compare_torch(comms: list[str], base, n: int, switch, *, folder: str, target
         log(f"    parameters identical on all ranks (hash {out.summary['model_hash']}); "
             f"final accuracy {out.summary['final_test_accuracy']:.4f}")
     if len(comms) > 1:
-        write_json(os.path.join(folder, "comparison.json"), rows)
-        write_csv(os.path.join(folder, "comparison.csv"), rows)
-        plot_runs(folder, runs)
+        write_comparison(folder, rows, runs)
         plot_wallclock(folder, runs)
     return rows
 

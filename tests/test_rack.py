@@ -16,7 +16,7 @@ import pytest
 from rackcheck import pid_alive, rack_intfs
 
 from topology import modes
-from topology.impair import LinkShape, _netem_args, _nft_rules
+from topology.impair import LinkShape, netem_args, nft_loss_rules
 from topology.rack import rack_plan, switch_intfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,8 +85,8 @@ def test_plan_ports_follow_interface_order():
 def test_link_shape_rules():
     s = LinkShape(bw_mbit=100, delay_ms=2, loss_pct=5, dup_pct=1, reorder_pct=10)
     s.validate()
-    assert _netem_args(s) == ["delay", "2ms", "loss", "5%", "duplicate", "1%", "reorder", "10%"]
-    rules = _nft_rules(s, "l1-eth1")
+    assert netem_args(s) == ["delay", "2ms", "loss", "5%", "duplicate", "1%", "reorder", "10%"]
+    rules = nft_loss_rules(s, "l1-eth1")
     assert rules[0] == "numgen random mod 1000000 < 50000 counter drop"
     assert rules[1] == 'numgen random mod 1000000 < 10000 counter dup to "l1-eth1"'
     for bad in (LinkShape(loss_pct=100), LinkShape(delay_ms=-1), LinkShape(bw_mbit=0)):

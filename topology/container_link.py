@@ -24,8 +24,8 @@ import signal
 import subprocess
 import sys
 
-from topology.impair import (LinkShape, _netem_args, _nft_rules, htb_commands, nft_chain,
-                             netem_available)
+from topology.impair import (LinkShape, htb_commands, netem_args, netem_available, nft_chain,
+                             nft_loss_rules)
 
 NFT_TABLE = "nina_link"
 PEER_MINOR0 = 10          # HTB class minors of the peers: 10, 11, ...
@@ -83,9 +83,9 @@ def link_commands(shape: LinkShape, peers: list[str], dev: str,
                         for j, m in enumerate(minors)] if shape.bw_mbit else [["root"]])
             for where in parents:
                 cmds.append(["tc", "qdisc", "add", "dev", dev, *where, "netem",
-                             *_netem_args(LinkShape(loss_pct=shape.loss_pct))])
+                             *netem_args(LinkShape(loss_pct=shape.loss_pct))])
         else:
-            rules = _nft_rules(LinkShape(loss_pct=shape.loss_pct), dev)
+            rules = nft_loss_rules(LinkShape(loss_pct=shape.loss_pct), dev)
             if peers:
                 match = "ip daddr { " + ", ".join(peers) + " } "
                 rules = [match + r for r in rules]

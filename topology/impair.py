@@ -136,7 +136,8 @@ def netem_available() -> bool:
         _run(["ip", "link", "del", name])
 
 
-def _netem_args(s: LinkShape) -> list[str]:
+def netem_args(s: LinkShape) -> list[str]:
+    """The `tc qdisc ... netem` arguments of a shape (where the kernel has sch_netem)."""
     args = []
     if s.needs_delay or s.reorder_pct:
         args += ["delay", f"{s.delay_ms}ms"] + ([f"{s.jitter_ms}ms"] if s.jitter_ms else [])
@@ -149,7 +150,7 @@ def _netem_args(s: LinkShape) -> list[str]:
     return args
 
 
-def _nft_rules(s: LinkShape, dev: str) -> list[str]:
+def nft_loss_rules(s: LinkShape, dev: str) -> list[str]:
     """The random drop / duplicate rule of a link-node chain (each counts what it did)."""
     rules = []
     if s.loss_pct:
@@ -175,7 +176,7 @@ def _nft_table(s: LinkShape, h: HostPlan) -> str:
     for name, (hook, dev) in link_chains(h).items():
         only = LinkShape(loss_pct=s.loss_pct) if name.endswith("loss") else \
             LinkShape(dup_pct=s.dup_pct)
-        rules = _nft_rules(only, dev)
+        rules = nft_loss_rules(only, dev)
         if not rules:
             continue
         chains.append(nft_chain(name, hook, dev, ["counter"] + rules))
@@ -234,7 +235,7 @@ class Impairments:
                 node = net.get(h.link_node)
                 for dev in (h.link_switch_intf, h.link_host_intf):   # uplink, downlink
                     self._tc(node, ["tc", "qdisc", "add", "dev", dev, "root", "netem"]
-                             + _netem_args(s))
+                             + netem_args(s))
             return
         self.method = ("htb+" if s.bw_mbit else "") + "nftables" + (
             "+nfqueue" if s.needs_delay else "")

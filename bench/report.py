@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -33,13 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.allreduce_net import Net  # noqa: E402
 from nina.wire import Encoding  # noqa: E402
 
 PY = sys.executable
 # BMv2's performance build for section 1's BMv2 table, when this machine has one
 BMV2_PERF = ["--bmv2-perf", os.environ["NINA_BMV2_PERF"]] if os.environ.get("NINA_BMV2_PERF") \
     else []
-QUIET = lambda *a, **k: None  # noqa: E731
 TRAIN_COMPRESSORS = ["none", "int32", "nat", "nat+cm", "dither_nat:s=7", "ef+topk:k=0.01"]  # no commas: bench/train.py splits on them
 POSTER_OPS = ["none", "nat", "nat9", "dither_nat:s=7,p=inf", "dither_sta:s=7,p=2",
               "randk:q=0.01", "topk:k=0.01", "nat_randk:q=0.01", "ef+topk:k=0.01"]
@@ -72,95 +71,6 @@ def machine() -> str:
     return (f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
             f"Python {platform.python_version()}; load average at start "
             f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
-
-
-# ---- 2 and 5: all-reduce through the switch vs a ring ------------------------------------
-
-class Net:
-    """Where the all-reduce jobs run: a shaped Mininet rack, else loopback."""
-
-    def __init__(self, n: int, bw: float, workdir: str):
-        self.n, self.workdir, self.rack = n, workdir, None
-        self.where = ""
-        why = self._rack_unavailable()
-        if why is None:
-            from topology.impair import LinkShape
-            from topology.mininet_rack import MininetRack
-            self.rack = MininetRack(n, LinkShape(bw_mbit=bw), run_dir=workdir, trace=False,
-                                    log=log)
-            self.rack.start()
-            self.where = f"Mininet rack, {n} workers, worker links shaped to {bw:g} Mbit/s"
-        else:
-            from switch.handles import switch_for_checks
-            self.switch = switch_for_checks(workdir, log=log)
-            self.where = (f"loopback, {n} worker processes, links NOT shaped (the Mininet rack "
-                          f"is unavailable: {why})")
-        log(self.where)
-
-    @staticmethod
-    def _rack_unavailable() -> str | None:
-        from topology import modes
-        d = modes.decide("mininet", modes.probe())
-        if d.error:
-            return d.error
-        from topology.mininet_rack import P4INFO_PATH
-        if not os.path.exists(P4INFO_PATH):
-            return f"no P4Info at {P4INFO_PATH}"
-        return None
-
-    def allreduce(self, size: int, enc: Encoding, cm: bool, loss: float = 0.0,
-                  calls: int = 2) -> tuple[float, int, bool]:
-        """(best per-call seconds of the slowest worker, retransmissions, exact?)."""
-        if self.rack is not None:
-            from topology.rack_jobs import run_allreduce
-            rep = run_allreduce(self.rack, size=size, encoding=enc.name.lower(), cm=cm,
-                                calls=calls, loss=loss, timeout=30.0, log=QUIET)
-            return min(rep.seconds), rep.retransmissions, rep.exact
-        from jobs.check import check_allreduce
-        from jobs.runner import run_allreduce
-        job = getattr(self, "_job", 100) + 1
-        self._job = job
-        d = os.path.join(self.workdir, f"job{job}")
-        out = run_allreduce(self.n, self.switch, size=size, encoding=enc, cm=cm, calls=calls,
-                            loss=loss, job_id=job, run_dir=d, timeout=30.0, log=QUIET)
-        per_call = [max(out.per_worker[w][c]["seconds"] for w in out.per_worker)
-                    for c in range(calls)]
-        retx = sum(st["retransmissions"] for cs in out.per_worker.values() for st in cs)
-        exact = check_allreduce(d, self.n, calls, out.config["shift"], enc, cm, seed=0,
-                                size=size) == []
-        return min(per_call), retx, exact
-
-    def ring(self, size: int, repeat: int = 2) -> float:
-        """Best seconds of the slowest worker of a host ring all-reduce of float32."""
-        base = 47000 + os.getpid() % 1000
-        ips = ([self.rack.worker_ip(w) for w in range(self.n)] if self.rack is not None
-               else ["127.0.0.1"] * self.n)
-        procs = []
-        for r in range(self.n):
-            cmd = [PY, "-m", "worker.ring", "--rank", str(r), "--n", str(self.n),
-                   "--listen", f"{ips[r]}:{base + r}",
-                   "--right", f"{ips[(r + 1) % self.n]}:{base + (r + 1) % self.n}",
-                   "--size", str(size), "--repeat", str(repeat)]
-            logp = os.path.join(self.workdir, f"ring{r}.log")
-            if self.rack is not None:
-                procs.append((self.rack.popen(self.rack.worker_node(r), cmd, logp), logp))
-            else:
-                procs.append((subprocess.Popen(cmd, cwd=REPO, stdout=open(logp, "w"),
-                                               stderr=subprocess.STDOUT), logp))
-        res = []
-        for p, logp in procs:
-            p.wait(600)
-            lines = [l for l in open(logp).read().splitlines() if l.startswith("{")]
-            if p.returncode != 0 or not lines:
-                raise RuntimeError(f"ring worker failed: {open(logp).read()[-400:]}")
-            res.append(json.loads(lines[-1]))
-        return min(max(r["seconds"][i] for r in res) for i in range(repeat))
-
-    def close(self) -> None:
-        if self.rack is not None:
-            self.rack.stop()
-        else:
-            self.switch.stop()
 
 
 def bar_plot(path: Path, labels, values, ylabel, title) -> None:

@@ -22,8 +22,8 @@ The parts of a direction add up to its byte count exactly (`check` says so other
 """
 from __future__ import annotations
 
-from nina.wire import (CAPACITY, FLAG_CM, HEADER_LEN, Encoding, MsgType, payload_layout,
-                       result_part_count, result_parts)
+from nina.wire import (CAPACITY, FLAG_CM, FRAME_OVERHEAD, HEADER_LEN, Encoding, MsgType,
+                       payload_layout, result_part_count, result_parts)
 
 PARTS = ("payload", "padding", "headers", "parts", "priming", "retx")
 
@@ -127,3 +127,21 @@ def priming_share(encoding: int, cm: bool, elements: int, window: int) -> float:
                   _result_packets(Encoding(encoding), FLAG_CM if cm else 0, elements, chunks)
                   + prim)
     return (p["up_priming"] + p["down_priming"]) / (p["up_bytes"] + p["down_bytes"])
+
+
+def link_bound_seconds(encoding: int, cm: bool, elements: int, window: int,
+                       bw_mbit: float) -> float:
+    """The time one worker's link needs for a loss-free call: the busier direction's frames
+    (UDP payloads of the data and priming packets plus FRAME_OVERHEAD bytes of Ethernet, IPv4
+    and UDP headers each, which a shaper on an Ethernet link counts) over the bandwidth. Both
+    directions of a link run at once, so the bound is their maximum, not their sum."""
+    enc = Encoding(encoding)
+    chunks = -(-elements // CAPACITY[enc])
+    if chunks == 0:
+        return 0.0
+    prim = min(window, chunks)
+    results = _result_packets(enc, FLAG_CM if cm else 0, elements, chunks)
+    p = breakdown(enc, cm, elements, chunks, prim, 0, results + prim)
+    up = p["up_bytes"] + (chunks + prim) * FRAME_OVERHEAD
+    down = p["down_bytes"] + (results + prim) * FRAME_OVERHEAD
+    return max(up, down) * 8 / (bw_mbit * 1e6)

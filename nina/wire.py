@@ -19,6 +19,9 @@ import numpy as np
 VERSION = 1
 UDP_PORT = 0xBEE0  # SwitchML's range 0xBEE0-0xBEEF; the switch's aggregation port
 HEADER_LEN = 16
+# the frame around a NINA packet on an Ethernet link: Ethernet II, IPv4 without options, UDP
+ETH_LEN, IPV4_MIN_LEN, UDP_LEN = 14, 20, 8
+FRAME_OVERHEAD = ETH_LEN + IPV4_MIN_LEN + UDP_LEN
 MAX_WORKERS = 32  # one bit each in a 32-bit bitmap
 ELEMENTS_NAT8 = 256  # codes per NAT8 packet
 ELEMENTS_INT32 = 64  # int32 values per INT32 packet

@@ -19,9 +19,8 @@ from typing import NamedTuple
 import numpy as np
 
 from nina.jit import njit
-from nina.wire import UDP_PORT
+from nina.wire import ETH_LEN, IPV4_MIN_LEN, UDP_LEN, UDP_PORT
 
-ETH_LEN, IPV4_MIN_LEN, UDP_LEN = 14, 20, 8
 ETHERTYPE_IPV4 = 0x0800
 IPPROTO_UDP = 17
 

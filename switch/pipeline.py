@@ -24,13 +24,13 @@ from nina.config import JobSpec, slots_overlap
 from nina.decisions import N_DECISIONS, TRACE_DTYPE, Decision
 from nina.install_rounds import install_cells, install_rounds
 from nina.jit import seed_state
-from nina.wire import (ELEMENTS_NAT8, FLAG_CM, MAX_WORKERS, RID_PART_SHIFT, UDP_PORT, Encoding,
-                       nat8_to_int, result_parts)
+from nina.wire import (ELEMENTS_NAT8, FLAG_CM, FRAME_OVERHEAD, MAX_WORKERS, RID_PART_SHIFT,
+                       UDP_PORT, Encoding, nat8_to_int, result_parts)
 from switch import kernel as K
 from switch.kernel import OUT_ROW, UPDATE_LEN
 from switch.tables import P4Error, TableStore
 
-ETH_IP_UDP_LEN = 14 + 20 + 8   # frame bytes around a UDP payload (local mode has no frame)
+ETH_IP_UDP_LEN = FRAME_OVERHEAD   # frame bytes around a UDP payload (local mode has no frame)
 BATCH = 256                    # packets per kernel call at most (I/O batches are this size)
 OUT_ROWS = 4096                # result packets the output buffer holds (>= 64 replicas)
 D_MALFORMED, D_FORWARDED = int(Decision.DROP_MALFORMED), int(Decision.FORWARDED)

@@ -81,6 +81,17 @@ def test_priming_share_falls_with_tensor_size():
     assert 0.3 < small < 0.5 and big < 0.01
 
 
+def test_link_bound_is_the_busier_direction_of_whole_frames():
+    # 1024 NAT8 elements = 4 chunks, window 2 = 2 priming rounds; a frame is the UDP payload
+    # plus 42 bytes of Ethernet, IPv4 and UDP headers
+    up = (4 + 2) * (16 + 256 + 42)
+    down_sums = (4 * 2 + 2) * (16 + 512 + 42)   # int32 sums come back in two parts
+    assert acc.link_bound_seconds(Encoding.NAT8, False, 1024, 2, 1.0) == down_sums * 8 / 1e6
+    assert acc.link_bound_seconds(Encoding.NAT8, True, 1024, 2, 1.0) == up * 8 / 1e6
+    assert acc.link_bound_seconds(Encoding.NAT8, True, 1024, 2, 10.0) == up * 8 / 1e7
+    assert acc.link_bound_seconds(Encoding.INT32, False, 0, 2, 1.0) == 0.0
+
+
 # ---- divergence and progress ----
 
 def test_non_finite_values_are_reported_as_divergence():

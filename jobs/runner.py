@@ -293,9 +293,10 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
                   log: Callable[[str], None] = print, rounding: str = "stochastic",
                   heartbeat_timeout: float = 4.0, spec_factory=None,
                   coord_port: int | None = None, more_jobs: bool = False,
-                 coordinator=Coordinator) -> JobOutcome:
+                  coordinator=Coordinator, dump: bool = True) -> JobOutcome:
     """`calls` all-reduces of seeded random tensors by n worker processes; each worker dumps
-    what it sent and received to run_dir/worker<i>.npz for an exact check (check_allreduce)."""
+    what it sent and received to run_dir/worker<i>.npz for an exact check (check_allreduce),
+    unless dump=False (a memory measurement: recording what was sent costs memory)."""
     out = JobOutcome("allreduce", {"size": size, "encoding": Encoding(encoding).name, "cm": cm,
                                    "calls": calls, "loss": loss, "workers": n_workers})
     t0 = time.monotonic()
@@ -311,7 +312,7 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
         coord.slot_diagnosis = installer.slot_missing(spec)
         coord.on_metrics = lambda wid, rec: None
         coord.welcome({"task": {"kind": "allreduce", "size": size, "calls": calls, "seed": seed,
-                                "dump": os.path.abspath(run_dir)},
+                                "dump": os.path.abspath(run_dir) if dump else None},
                        "spec": spec.to_dict(), "switch": list(switch.data_addr),
                        "first_rounds": firsts,
                        "window": window, "seed": seed, "timeout": timeout,

@@ -1,6 +1,6 @@
 """Process helpers shared by the switch handles, the job runner, the worker and the rack: a free
 port, stopping a process we started (by Popen or PID), children that die with their parent, how
-a process ended, the tail of a log, the checkout's root. One copy of each."""
+a process ended, the tail of a log, the checkout's root, a process's memory. One copy of each."""
 from __future__ import annotations
 
 import os
@@ -90,3 +90,28 @@ def how_it_ended(returncode: int) -> str:
             name = ""
         return f"was killed by signal {-returncode}{name}"
     return f"exited with code {returncode}"
+
+
+def memory_bytes(pid: int | str = "self") -> dict[str, int]:
+    """{"rss", "peak"}: a process's resident set now and its peak (VmRSS, VmHWM) in bytes; empty
+    where /proc does not tell (not Linux, the process is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out["rss" if line[2] == "R" else "peak"] = int(line.split()[1]) * 1024
+    except OSError:
+        return {}
+    return out
+
+
+def reset_peak_memory(pid: int | str = "self") -> bool:
+    """Set a process's peak resident set (VmHWM) back to its current one, so the next peak
+    measures one piece of work (Linux >= 4.0: clear_refs value 5). False where refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

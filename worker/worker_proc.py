@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from nina.config import JobSpec
-from nina.procs import die_with_parent
+from nina.procs import die_with_parent, memory_bytes, reset_peak_memory
 
 
 def task_tensor(size: int, seed: int, wid: int, call: int) -> np.ndarray:
@@ -99,12 +99,19 @@ def _allreduce_task(link, client, task, wid) -> dict:
     saved = {}
     for c in range(task["calls"]):
         x = task_tensor(task["size"], task.get("seed", 0), wid, c)
-        r = client.allreduce(x, record=True)
-        out["calls"].append(r.stats.as_dict())
+        # the call's own memory: the peak resident set above what the process held with its
+        # input in hand (inputs, imports and earlier calls' garbage excluded)
+        measured = reset_peak_memory()
+        before = memory_bytes().get("rss", 0)
+        r = client.allreduce(x, record=bool(dump))
+        stats = r.stats.as_dict()
+        if measured:
+            stats["peak_extra_bytes"] = memory_bytes().get("peak", 0) - before
+        out["calls"].append(stats)
         if dump:
             saved.update({f"x{c}": x, f"values{c}": r.values, f"sent{c}": r.sent,
                           f"exponents{c}": r.exponents})
-        link.send({"t": "metrics", "rec": {"call": c, **r.stats.as_dict()}})
+        link.send({"t": "metrics", "rec": {"call": c, **stats}})
     if dump:
         np.savez(os.path.join(dump, f"worker{wid}.npz"), **saved)
     return out

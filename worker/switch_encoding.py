@@ -36,15 +36,45 @@ EXCEEDS = -1   # nat8_code: the value is above its block's agreed exponent
 
 def exponent_bytes(x: np.ndarray) -> np.ndarray:
     """Biased float32 exponent of max |x| along the last axis (0 for all-zero rows)."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    return ((bits & _EXP_MASK) >> _MANT_BITS).max(axis=-1).astype(np.uint8)
+    x = np.ascontiguousarray(x, np.float32)
+    shape = x.shape[:-1] if x.ndim else ()
+    rows = x.view(np.uint32).reshape(-1, x.shape[-1] if x.ndim else 1)
+    out = np.empty(rows.shape[0], np.uint8)
+    _row_exponents(rows, out)
+    return out.reshape(shape)
+
+
+@njit
+def _row_exponents(rows, out):
+    # compiled, so a call's memory holds no full-size temporaries (masks, shifts)
+    for r in range(rows.shape[0]):
+        m = 0
+        for v in rows[r]:
+            e = (v & _EXP_MASK) >> _MANT_BITS
+            if e > m:
+                m = e
+        out[r] = m
 
 
 def check_finite(x: np.ndarray, what: str = "gradient") -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        i = int(np.flatnonzero(bad.ravel())[0])
-        raise ValueError(f"{what} has a non-finite value {x.ravel()[i]} at flat index {i}")
+    flat = np.ascontiguousarray(x).ravel()
+    i = _first_nonfinite(flat) if flat.dtype == np.float32 else _first_false(np.isfinite(flat))
+    if i >= 0:
+        raise ValueError(f"{what} has a non-finite value {flat[i]} at flat index {i}")
+
+
+@njit
+def _first_nonfinite(flat):
+    # the exponent bits all set is inf or nan; no full-size boolean temporary
+    bits = flat.view(np.uint32)
+    for i in range(bits.size):
+        if bits[i] & _EXP_MASK == _EXP_MASK:
+            return i
+    return -1
+
+
+def _first_false(ok: np.ndarray) -> int:
+    return int(np.argmin(ok)) if not ok.all() else -1
 
 
 # ---- per element, compiled ----------------------------------------------------------------
@@ -240,6 +270,8 @@ def _warm() -> None:
     decode_cm(np.zeros((1, 4), np.uint8), eb, 20)
     decode_sums(np.zeros((1, 4), np.int32), eb, 20)
     decode_sums(np.zeros((1, 4), ">i4"), eb, 20)
+    exponent_bytes(x)
+    check_finite(x[0])
 
 
 _warm()

@@ -92,9 +92,15 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--window", type=int, default=None,
+                    help="slots in flight per worker (default: the rack's); on a slow link a "
+                         "window near its bandwidth-delay product fills it with fewer priming "
+                         "packets per call (min(window, chunks) each way) and no queue")
     ap.add_argument("--mode", choices=["auto", "mininet", "local"], default="auto")
     ap.add_argument("--out", help="also write the table to this file")
     a = ap.parse_args(argv)
+    if a.window is not None and a.window < 1:
+        ap.error(f"--window must be at least 1, got {a.window}")
     comms = [c.strip() for c in a.comms.split(",") if c.strip()]
     bad = [c for c in comms if c not in COMMS]
     if bad:
@@ -109,13 +115,14 @@ def main(argv=None) -> int:
     with rack:
         base = TorchConfig(model=a.model, comm=comms[0], steps=a.steps, batch=a.batch,
                            lr=a.lr if a.lr is not None else DEFAULT_LR[a.model],
-                           eval_every=a.eval_every, window=rack.default_window)
+                           eval_every=a.eval_every, window=a.window or rack.default_window)
         rows = compare_torch(comms, base, a.workers, rack, folder=os.path.join(tmp, "jobs"),
                              target=target, log=log, next_job_id=rack.next_job_id,
                              **torch_rack_kwargs(rack))
     bw = a.bw if "mininet" in where else None
     lines = [f"## PyTorch DDP: {a.model}, {a.workers} ranks, {a.steps} steps, batch {a.batch} "
-             f"per rank, lr {base.lr:g} (momentum 0.9, warm-up + cosine); rack: {where}",
+             f"per rank, lr {base.lr:g} (momentum 0.9, warm-up + cosine), window {base.window}; "
+             f"rack: {where}",
              "", format_torch_table(rows, target), "",
              "link ms per step (bytes of one worker's busier direction / link rate): "
              + ", ".join(f"{r['compressor']} "

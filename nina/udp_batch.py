@@ -35,8 +35,7 @@ import sys
 import numpy as np
 
 from nina.jit import njit
-from nina.mmsg import (_RETRY, _SKIP, IOVEC, MMSGHDR, MSG_TRUNC, NAME_BYTES, SOCKADDR_IN,
-                       MsgRing, _recvmmsg, _sendmmsg)
+from nina.mmsg import _RETRY, _SKIP, IOVEC, MMSGHDR, MSG_TRUNC, NAME_BYTES, MsgRing, _sendmmsg
 
 SOL_UDP = 17
 UDP_SEGMENT = 103             # linux/udp.h: segment size of a send (u16 cmsg or sockopt)

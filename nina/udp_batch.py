@@ -289,7 +289,7 @@ class BatchTx:
                 self._port[:len(rest)] = self._port[rest]
                 s, f = self._send(len(rest), named)
                 return sent + s, failed + f
-            if e in _SKIP or e in _GSO_REFUSED:
+            if e in _SKIP:   # as sendmmsg of single datagrams does (nina.mmsg)
                 failed += int(self.npk[lo])
                 lo += 1
                 continue

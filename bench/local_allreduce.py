@@ -12,6 +12,11 @@ packets of the same size as its NINA run did, with the same window in flight, th
 same batched socket calls (nina.mmsg), the echo answering with the same number and size of
 result packets. What is left between the two is the cost of the switch's and the workers'
 work, not of the packets. Progress goes to stderr, the table to stdout.
+
+Both sides move packets as the project does on loopback (nina.udp_batch: UDP_SEGMENT sends of
+a window, UDP_GRO receives); the same NINA run and echo bound with NINA_UDP_IO=mmsg
+(recvmmsg/sendmmsg, one datagram per send: the I/O before GRO/GSO) run beside them, so the
+table shows what the batching gains end to end.
 """
 from __future__ import annotations
 
@@ -43,15 +48,21 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def run_nina(workers: int, size: int, calls: int, enc: Encoding, cm: bool, out: Path) -> \
-        tuple[float, int]:
+IO_MODES = ("gso", "mmsg")   # NINA_UDP_IO of every process of a run
+
+
+def _env(io: str) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), NINA_UDP_IO=io)
+
+
+def run_nina(workers: int, size: int, calls: int, enc: Encoding, cm: bool, out: Path,
+             io: str) -> tuple[float, int]:
     """(median seconds per call after the first, packets up per worker per call)."""
     cmd = [sys.executable, "-m", "nina.cli", "allreduce", "--workers", str(workers), "--size",
            str(size), "--calls", str(calls), "--encoding", enc.name.lower(), "--out", str(out)]
     if cm:
         cmd.append("--cm")
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(io))
     if p.returncode != 0 or "EXACT" not in p.stdout:
         raise RuntimeError(f"nina allreduce failed:\n{p.stdout}\n{p.stderr}")
     per_call: dict[int, float] = {}
@@ -72,7 +83,9 @@ def echo_worker(addr: str, packets: int, window: int, replies: int) -> int:
     prints its seconds once every reply is in. Waits for a line on stdin to start."""
     import socket
 
-    from nina.mmsg import MSG_DONTWAIT, MsgRing
+    from nina.mmsg import MSG_DONTWAIT
+    from nina.udp_batch import BatchRx, BatchTx
+    from worker.transport import RX_BATCH, RX_BUFFERS
     host, port = addr.rsplit(":", 1)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
@@ -80,48 +93,50 @@ def echo_worker(addr: str, packets: int, window: int, replies: int) -> int:
     ip = int.from_bytes(socket.inet_aton(host), "big")
     rows = np.zeros((window, UPDATE_BYTES), np.uint8)
     rows[:, 0] = 1
-    tx, rx = MsgRing(window, 0), MsgRing(1024, 2048)
+    # the client's batched I/O (worker.transport: a window per send, GRO receives)
+    tx, rx = BatchTx(s, RX_BATCH), BatchRx(s, RX_BATCH, 2048, msgs=RX_BUFFERS)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     print("ready", flush=True)
     sys.stdin.readline()
     t0 = time.perf_counter()
     sent = min(window, packets)
-    tx.send_rows(fd, rows, UPDATE_BYTES, sent, ip, int(port))
+    tx.send_rows(rows, UPDATE_BYTES, sent, ip, int(port))
     got = 0
     need = packets * replies
     while got < need:
-        if not poller.poll(2000):
+        if not rx.pending and not poller.poll(2000):
             print(f"lost {need - got}", flush=True)
             return 1
-        m = rx.recv(fd, MSG_DONTWAIT)
+        m = rx.more() if rx.pending else rx.recv(MSG_DONTWAIT)
         got += m
         more = min(packets - sent, (got // replies) + window - sent)
         if more > 0:
-            tx.send_rows(fd, rows, UPDATE_BYTES, more, ip, int(port))
+            tx.send_rows(rows, UPDATE_BYTES, more, ip, int(port))
             sent += more
     print(f"{time.perf_counter() - t0:.6f}", flush=True)
     return 0
 
 
-def run_echo(workers: int, packets: int, window: int, enc: Encoding, cm: bool) -> float:
+def run_echo(workers: int, packets: int, window: int, enc: Encoding, cm: bool, io: str) -> \
+        float:
     flags = FLAG_CM if cm else 0
     replies = result_parts(enc, flags)
     reply = HEADER_LEN + payload_layout(MsgType.RESULT, enc, flags).nbytes
     echo = subprocess.Popen([sys.executable, str(REPO / "bench" / "switch.py"),
                              "--serve-reflector", "--reply-bytes", str(reply), "--replies",
                              str(replies)], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            env=_env(io))
     procs = []
     try:
         line = echo.stdout.readline()
-        addr = line.split("listening on udp ")[1].strip()
+        addr = line.split("listening on udp ")[1].split(";")[0].strip()
         for _ in range(workers):
             procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--echo-worker", addr, "--packets", str(packets),
                  "--window", str(window), "--replies", str(replies)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-                env=dict(os.environ, PYTHONPATH=str(REPO))))
+                env=_env(io)))
         for p in procs:
             assert p.stdout.readline().strip() == "ready"
         for p in procs:
@@ -165,23 +180,34 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ninabench") as tmp:
         for name, enc, cm in METHODS:
-            log(f"{name}: nina allreduce, {args.workers} workers x {args.size} elements")
-            t, packets = run_nina(args.workers, args.size, args.calls, enc, cm,
-                                  Path(tmp) / name)
-            log(f"{name}: echo bound, {packets} packets per worker")
-            bound = min(run_echo(args.workers, packets, DEFAULT_WINDOW, enc, cm)
-                        for _ in range(args.repeat))
-            rows.append((name, t, bound, packets))
+            r = {}
+            for io in IO_MODES:
+                log(f"{name} ({io}): nina allreduce, {args.workers} workers x {args.size} "
+                    f"elements")
+                t, packets = run_nina(args.workers, args.size, args.calls, enc, cm,
+                                      Path(tmp) / f"{name}-{io}", io)
+                log(f"{name} ({io}): echo bound, {packets} packets per worker")
+                bound = min(run_echo(args.workers, packets, DEFAULT_WINDOW, enc, cm, io)
+                            for _ in range(args.repeat))
+                r[io] = (t, bound)
+            rows.append((name, packets, r))
     print(f"local mode, {args.workers} workers x {args.size} elements, window {DEFAULT_WINDOW}; "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
-    hdr = f"{'method':<10}{'packets/worker':>15}{'NINA ms':>10}{'echo ms':>10}{'NINA/echo':>11}"
+    hdr = (f"{'method':<10}{'packets/worker':>15}{'NINA ms':>10}{'echo ms':>10}"
+           f"{'NINA/echo':>11}{'mmsg NINA':>11}{'mmsg echo':>11}{'NINA/echo':>11}"
+           f"{'x mmsg':>8}")
     print(hdr)
     print("-" * len(hdr))
-    for name, t, bound, packets in rows:
-        print(f"{name:<10}{packets:>15}{t * 1e3:>10.1f}{bound * 1e3:>10.1f}{t / bound:>10.1f}x")
+    for name, packets, r in rows:
+        (t, bound), (tm, bm) = r["gso"], r["mmsg"]
+        print(f"{name:<10}{packets:>15}{t * 1e3:>10.1f}{bound * 1e3:>10.1f}{t / bound:>10.1f}x"
+              f"{tm * 1e3:>11.1f}{bm * 1e3:>11.1f}{tm / bm:>10.1f}x{tm / t:>7.1f}x")
     print("NINA ms: median over calls 2.. of the slowest worker's call time (nina allreduce, "
           "exact check passed); echo ms:\nthe same packets per worker, window and batched "
-          "socket calls against an echo process (best of --repeat).")
+          "socket calls against an echo process (best of --repeat);\nboth with UDP_GRO/"
+          "UDP_SEGMENT batches (nina.udp_batch); mmsg: the same with NINA_UDP_IO=mmsg "
+          "(recvmmsg/sendmmsg,\none datagram per send), same run; x mmsg: mmsg NINA ms over "
+          "NINA ms.")
     return 0
 
 

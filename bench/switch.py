@@ -18,6 +18,13 @@ per second, the ratio switch/reflector, the all-reduced elements per second (com
 x elements per packet), NAT8's elements/s relative to INT32 at the same n and trace setting,
 and the switch's peak RSS (VmHWM). Progress goes to stderr, the table to stdout.
 
+Both servers move packets as the project does on loopback (nina.udp_batch): UDP_GRO receives
+and UDP_SEGMENT sends grouped per destination, and the load generator sends each worker's
+window of a round as one segmented send and receives with UDP_GRO, as the all-reduce client
+does. The same switch and reflector also run with NINA_UDP_IO=mmsg (plain recvmmsg/sendmmsg,
+one datagram per send from the load generator: the I/O before GRO/GSO) in the same run, so
+the table shows the gain beside the figure issue 12 started from (97-111k updates/s).
+
 BMv2 column (root, simple_switch_grpc on PATH, p4/build/nina.json compiled; else skipped with
 the reason printed; --no-bmv2 skips it): BMv2 running the P4 program and the embedded switch in
 interface mode, each in turn on a veth pair of its own (the embedded one on BMv2's), are driven by the same closed-loop load
@@ -66,18 +73,17 @@ def serve_reflector(reply_bytes: int, replies: int) -> int:
     pipeline that only answers the sender: `replies` packets of `reply_bytes` per update (as
     many as the switch sends: a NAT8 result without C_M comes in two parts), the update's
     header copied in. No aggregation, no tables: the bound the switch is held against."""
-    from switch.io_udp import UdpIO
+    from switch.io_udp import RX_ROWS, UdpIO
     from switch.kernel import N_REP_COLS, R_DIP, R_DPORT
-    from switch.pipeline import BATCH
 
     class Image:
-        replicas = np.zeros((BATCH * replies, N_REP_COLS), np.int64)
+        replicas = np.zeros((RX_ROWS * replies, N_REP_COLS), np.int64)
 
     class Reflector:
         trace = None
-        out = np.zeros((BATCH * replies, reply_bytes), np.uint8)
-        out_len = np.full(BATCH * replies, reply_bytes, np.int64)
-        out_rep = np.arange(BATCH * replies, dtype=np.int64)
+        out = np.zeros((RX_ROWS * replies, reply_bytes), np.uint8)
+        out_len = np.full(RX_ROWS * replies, reply_bytes, np.int64)
+        out_rep = np.arange(RX_ROWS * replies, dtype=np.int64)
 
         def process_batch(self, rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n,
                           send):
@@ -90,7 +96,7 @@ def serve_reflector(reply_bytes: int, replies: int) -> int:
     io = UdpIO("127.0.0.1", 0, SOCK_BUF)
     signal.signal(signal.SIGINT, lambda *_: io.stop())
     signal.signal(signal.SIGTERM, lambda *_: io.stop())
-    print(f"reflector listening on {io.describe()}", flush=True)
+    print(f"reflector listening on {io.describe()}; UDP batches {io.batching}", flush=True)
     io.run(Reflector())
     io.close()
     return 0
@@ -99,8 +105,8 @@ def serve_reflector(reply_bytes: int, replies: int) -> int:
 # ---------------------------------------------------------------- server processes
 
 class Server:
-    def __init__(self, cmd: list[str], cwd: Path = REPO):
-        env = dict(os.environ, PYTHONPATH=str(cwd))
+    def __init__(self, cmd: list[str], cwd: Path = REPO, io: str = "gso"):
+        env = dict(os.environ, PYTHONPATH=str(cwd), NINA_UDP_IO=io)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, cwd=cwd, env=env)
         deadline = time.monotonic() + 60
@@ -115,6 +121,10 @@ class Server:
         hostport = line.split("listening on udp ")[1].split(";")[0].strip()
         host, port = hostport.rsplit(":", 1)
         self.addr = (host, int(port))
+        self.batching = line.split("UDP batches ")[1].split()[0] if "UDP batches" in line \
+            else "recvmmsg/sendmmsg"   # a --before checkout from before GRO/GSO
+        if io == "gso" and self.batching != "gro/gso":
+            log(f"{cmd[-1]}: the kernel refused GRO/GSO, this server runs {self.batching}")
 
     def peak_rss_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -135,16 +145,21 @@ class Server:
 
 # ---------------------------------------------------------------- the load generator
 
-def make_workers(n: int) -> list[socket.socket]:
+def make_workers(n: int, gso: bool) -> tuple[list[socket.socket], list, list]:
+    """n worker sockets with their batched receivers and senders (nina.udp_batch; gso=False:
+    one datagram per send and plain recvmmsg, as workers did before GRO/GSO)."""
+    from nina.udp_batch import BatchRx, BatchTx
     from switch.io_udp import set_buffers
-    socks = []
+    socks, rxs, txs = [], [], []
     for _ in range(n):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         set_buffers(s, SOCK_BUF)
         s.bind(("127.0.0.1", 0))
         s.setblocking(False)
         socks.append(s)
-    return socks
+        rxs.append(BatchRx(s, 1024, 16, msgs=16, gro=gso))   # counted, not read: 16 bytes
+        txs.append(BatchTx(s, 1024, gso=gso))
+    return socks, rxs, txs
 
 
 def make_sequence(n: int, enc: Encoding, window: int, packets: int) -> list[tuple[int, bytes]]:
@@ -172,19 +187,30 @@ def cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
-def drain(server: "Server", socks, seq, addr, per_update: int) -> tuple[float, float]:
-    """Queue seq in the paused server, resume it; returns (packets/s until the last result,
-    server CPU seconds per packet)."""
-    from nina.mmsg import MSG_DONTWAIT, MsgRing
+def drain(server: "Server", t: "Target", addr, per_update: int) -> tuple[float, float]:
+    """Queue t's updates in the paused server, resume it; returns (packets/s until the last
+    result, server CPU seconds per packet). Segmented sends (t.gso): worker w's window of
+    each round in one send, as the client sends a window; else one datagram per send."""
+    from nina.mmsg import MSG_DONTWAIT
+    socks, seq = t.socks, t.seq
     poller = select.poll()
-    for s in socks:
+    rx_of = {}
+    for s, rx in zip(socks, t.rxs):
         poller.register(s.fileno(), select.POLLIN)
-    ring = MsgRing(1024, 2048)   # batched receives: the load generator must not be the limit
+        rx_of[s.fileno()] = rx
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
-        sends = [s.sendto for s in socks]
-        for w, data in seq:
-            sends[w](data, addr)
+        if t.gso:
+            ip = int.from_bytes(socket.inet_aton(addr[0]), "big")
+            win = t.window
+            for r in range(len(t.wrows[0]) // win):
+                idx = np.arange(r * win, (r + 1) * win)
+                for w in range(t.n):
+                    t.txs[w].send_rows(t.wrows[w], t.wrows[w].shape[1], win, ip, addr[1], idx)
+        else:
+            sends = [s.sendto for s in socks]
+            for w, data in seq:
+                sends[w](data, addr)
     finally:
         time.sleep(0.05)
         c0 = cpu_ns(server.proc.pid)
@@ -197,11 +223,14 @@ def drain(server: "Server", socks, seq, addr, per_update: int) -> tuple[float, f
         if not events:
             break           # results lost (buffers): rate over what arrived
         for fd, _ in events:
+            rx = rx_of[fd]
             while True:
-                m = ring.recv(fd, MSG_DONTWAIT)
+                m = rx.recv(MSG_DONTWAIT)
                 if not m:
                     break
-                got += m
+                while m:
+                    got += m
+                    m = rx.more()
         last = time.perf_counter()
     cpu = (cpu_ns(server.proc.pid) - c0) * 1e-9
     if got < expected * 0.9:
@@ -372,21 +401,25 @@ class Target:
     with its own worker sockets and updates."""
 
     def __init__(self, kind: str, n: int, enc: Encoding, cm: bool, trace: bool, args,
-                 tmp: Path):
+                 tmp: Path, io: str = "gso"):
         self.kind, self.n, self.enc, self.cm, self.trace = kind, n, enc, cm, trace
-        self.socks = make_workers(n)
+        self.io, self.gso, self.window = io, io == "gso", args.window
+        self.socks, self.rxs, self.txs = make_workers(n, self.gso)
         self.seq = make_sequence(n, enc, args.window, args.packets)
+        # each worker's updates as rows, in sequence order (round-major, slot-minor)
+        self.wrows = [np.array([np.frombuffer(d, np.uint8) for w2, d in self.seq if w2 == w])
+                      for w in range(n)]
         self.rates: list[float] = []
         self.cpus: list[float] = []
         ports = [s.getsockname()[1] for s in self.socks]
-        name = f"{kind}-{enc.name}-{int(cm)}-{n}-{int(trace)}"
+        name = f"{kind}-{io}-{enc.name}-{int(cm)}-{n}-{int(trace)}"
         flags = FLAG_CM if cm else 0
         self.parts = result_parts(enc, flags)   # result packets per update, switch and reflector
         if kind == "reflector":
             reply = 16 + payload_layout(MsgType.RESULT, enc, flags).nbytes   # the switch's result
             cmd = [sys.executable, __file__, "--serve-reflector", "--reply-bytes", str(reply),
                    "--replies", str(self.parts)]
-            self.server = Server(cmd)
+            self.server = Server(cmd, io=io)
             return
         jobs = [{"job_id": 1, "n_workers": n, "encoding": enc.name, "cm": cm,
                  "slot_count": args.window,
@@ -398,10 +431,10 @@ class Target:
                "--socket-buffer", str(SOCK_BUF)]
         if trace:
             cmd += ["--trace", str(tmp / f"{name}.trace")]
-        self.server = Server(cmd, Path(args.before) if kind == "before" else REPO)
+        self.server = Server(cmd, Path(args.before) if kind == "before" else REPO, io)
 
     def drain(self) -> None:
-        rate, cpu = drain(self.server, self.socks, self.seq, self.server.addr, self.parts)
+        rate, cpu = drain(self.server, self, self.server.addr, self.parts)
         self.rates.append(rate)
         self.cpus.append(cpu)
 
@@ -420,6 +453,8 @@ class Target:
 
 
 VARIANTS = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, True))
+IO_MODES = ("gso", "mmsg")   # NINA_UDP_IO of the servers (and the load generator's sends)
+TODAY_KPPS = 111.0           # issue 12's starting point: 97-111k updates/s; the top one
 
 
 def run_n(n: int, args, tmp: Path) -> list[tuple]:
@@ -427,11 +462,12 @@ def run_n(n: int, args, tmp: Path) -> list[tuple]:
     targets = []
     try:
         for enc, cm in VARIANTS:
-            targets.append(Target("reflector", n, enc, cm, False, args, tmp))
-            for trace in (False, True):
-                targets.append(Target("switch", n, enc, cm, trace, args, tmp))
+            for io in IO_MODES:
+                targets.append(Target("reflector", n, enc, cm, False, args, tmp, io))
+                for trace in (False, True):
+                    targets.append(Target("switch", n, enc, cm, trace, args, tmp, io))
             if args.before:
-                targets.append(Target("before", n, enc, cm, False, args, tmp))
+                targets.append(Target("before", n, enc, cm, False, args, tmp, "mmsg"))
         for rep in range(args.repeat):
             log(f"n={n}: drain {rep + 1}/{args.repeat} of {len(targets)} servers "
                 f"({len(targets[0].seq)} updates each)")
@@ -442,11 +478,14 @@ def run_n(n: int, args, tmp: Path) -> list[tuple]:
     rows = []
     for enc, cm in VARIANTS:
         mine = [(t, r) for t, r in results if t.enc == enc and t.cm == cm]
-        ref = next(r for t, r in mine if t.kind == "reflector")
+        ref = next(r for t, r in mine if t.kind == "reflector" and t.io == "gso")
+        ref_m = next(r for t, r in mine if t.kind == "reflector" and t.io == "mmsg")
         before = next((r for t, r in mine if t.kind == "before"), None)
         for t, r in mine:
-            if t.kind == "switch":
-                rows.append((enc, cm, n, t.trace, r, ref, before))
+            if t.kind == "switch" and t.io == "gso":
+                mm = next(r2 for t2, r2 in mine if t2.kind == "switch" and t2.io == "mmsg"
+                          and t2.trace == t.trace)
+                rows.append((enc, cm, n, t.trace, r, ref, before, mm, ref_m))
     return rows
 
 
@@ -500,37 +539,45 @@ def main() -> int:
         return enc.name + ("+C_M" if cm else "")
 
     cap_eps = {(enc, cm, n, t): CAPACITY[enc] / n / sw["cpu"]
-               for enc, cm, n, t, sw, _, _ in rows}
+               for enc, cm, n, t, sw, *_ in rows}
     print(f"embedded switch, loopback UDP drains of {args.packets} updates (best of "
           f"{args.repeat}), window {args.window}; {os.cpu_count()} cores, "
           f"load avg {os.getloadavg()[0]:.1f}")
     hdr = (f"{'enc':<10}{'n':>3}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
-           f"{'us/pkt':>8}{'refl us':>9}{'cpu ratio':>10}{'Melem/s':>9}{'Melem/cpu-s':>12}"
-           f"{'vs INT32':>9}{'RSS MiB':>9}" + (f"{'before kpps':>12}{'x before':>9}"
-                                              if args.before else ""))
+           f"{'us/pkt':>8}{'refl us':>9}{'cpu ratio':>10}"
+           f"{'mmsg kpps':>10}{'mmsg refl':>10}{'mmsg us':>8}{'x mmsg':>8}{'x issue':>8}"
+           f"{'Melem/s':>9}{'vs INT32':>9}{'RSS MiB':>9}"
+           + (f"{'before kpps':>12}{'x before':>9}" if args.before else ""))
     print(hdr)
     print("-" * len(hdr))
-    for enc, cm, n, trace, sw, ref, before in rows:
+    for enc, cm, n, trace, sw, ref, before, mm, ref_m in rows:
         e = cap_eps[enc, cm, n, trace]
         line = (f"{enc_name(enc, cm):<10}{n:>3}{'on' if trace else 'off':>6}"
                 f"{sw['pps'] / 1e3:>8.1f}"
                 f"{ref['pps'] / 1e3:>10.1f}{sw['pps'] / ref['pps']:>7.2f}"
                 f"{sw['cpu'] * 1e6:>8.2f}{ref['cpu'] * 1e6:>9.2f}{ref['cpu'] / sw['cpu']:>10.2f}"
-                f"{sw['pps'] / n * CAPACITY[enc] / 1e6:>9.2f}{e / 1e6:>12.2f}"
+                f"{mm['pps'] / 1e3:>10.1f}{ref_m['pps'] / 1e3:>10.1f}{mm['cpu'] * 1e6:>8.2f}"
+                f"{sw['pps'] / mm['pps']:>7.1f}x{sw['pps'] / 1e3 / TODAY_KPPS:>7.1f}x"
+                f"{sw['pps'] / n * CAPACITY[enc] / 1e6:>9.2f}"
                 f"{e / cap_eps[Encoding.INT32, False, n, trace]:>8.2f}x{sw['rss']:>9.1f}")
         if args.before and before is not None:
             line += f"{before['pps'] / 1e3:>12.1f}{sw['pps'] / before['pps']:>8.1f}x"
         print(line)
-    print("kpps: update packets/s through the server, wall clock (reflector: the same batched "
-          "I/O loop, recvmmsg/sendmmsg, and load,\nthe switch's result packets per update: 2 "
-          "parts for NAT8 without C_M); us/pkt: server CPU time per update (the server\nloop's "
-          "thread, /proc/PID/schedstat), robust to load from other processes; cpu ratio: "
-          "reflector/switch CPU per\nupdate = capacity ratio on an idle core; Melem/s: "
-          "all-reduced elements/s (rounds x elements per packet), wall clock\nand per "
-          "CPU-second of the switch; vs INT32: from the latter, same n and trace; RSS: peak "
-          f"resident set (VmHWM)\nof the switch process, default pool of {POOL_SLOTS} slots."
-          + ("\nbefore: the switch of the checkout --before (traces off), same run, same load."
-             if args.before else ""))
+    print("kpps: update packets/s through the server, wall clock, with UDP_GRO receives and "
+          "UDP_SEGMENT sends (nina.udp_batch)\non both sides; refl: the reflector (the same "
+          "I/O loop and load, the switch's result packets per update: 2 parts\nfor NAT8 "
+          "without C_M); us/pkt: server CPU time per update (the server loop's thread, "
+          "/proc/PID/schedstat),\nrobust to load from other processes; cpu ratio: "
+          "reflector/switch CPU per update = capacity ratio on an idle core;\nmmsg: the same "
+          "switch and reflector with NINA_UDP_IO=mmsg (recvmmsg/sendmmsg, one datagram per "
+          "send: the I/O\nbefore GRO/GSO), same run, same trace setting; x mmsg: kpps over "
+          f"mmsg kpps; x issue: kpps over {TODAY_KPPS:.0f}k, the top\nof issue 12's "
+          "starting figures (97-111k); Melem/s: all-reduced elements/s (rounds x elements "
+          "per packet);\nvs INT32: elements per CPU-second of the switch relative to INT32, "
+          "same n and trace; RSS: peak resident set\n(VmHWM) of the switch process, default "
+          f"pool of {POOL_SLOTS} slots."
+          + ("\nbefore: the switch of the checkout --before (traces off, one datagram per "
+             "send), same run." if args.before else ""))
     if args.no_bmv2:
         return 0
     from switch.bmv2_harness import bmv2_unavailable

@@ -83,6 +83,22 @@ rand_u64 = njit(_rand_u64)
 rand_u32 = njit(_rand_u32)
 
 
+# ---- the top set bit of a positive integer (C_M's power of two): one instruction (LLVM's
+# ctlz) compiled; int.bit_length interpreted. math.frexp did the same through a float at
+# about 2.5x the cost per element of a C_M result.
+if COMPILED:
+    from numba.cpython.unsafe.numbers import leading_zeros as _leading_zeros
+
+    @njit
+    def top_bit(x):
+        """Index of the highest set bit of x (1 <= x < 2^63)."""
+        return 63 - np.int64(_leading_zeros(np.uint64(x)))
+else:
+    def top_bit(x):
+        """Index of the highest set bit of x (1 <= x < 2^63)."""
+        return int(x).bit_length() - 1
+
+
 # ---- big-endian fields in a uint8 row (the wire format is big-endian): one copy for the
 # switch kernel and the workers' window, which both read and write packets in place ----------
 

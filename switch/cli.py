@@ -13,7 +13,8 @@ from nina.cli_types import grpc_address, positive_int
 DESCRIPTION = """\
 Run the embedded NINA switch: the Python/numpy implementation of the P4 pipeline.
 
-  local   one UDP socket on loopback (no root); every worker is ingress port 0
+  local   one UDP socket on loopback (no root); every worker is ingress port 0; packets
+          move as UDP_GRO/UDP_SEGMENT batches (NINA_UDP_IO=mmsg: plain recvmmsg/sendmmsg)
   ifaces  raw sockets on the named interfaces (root); ports 1..N in the given order
 
 Jobs are installed by a controller over P4Runtime (--grpc) or, without one, from a JSON file

@@ -4,10 +4,13 @@ Every datagram's source (IP, UDP port) is the worker's source and its ingress po
 is one "port": the socket). Results go out of the same socket, so they come from the switch's
 address (UDP port 0xBEE0 by default) as in the rack.
 
-The loop moves packets in batches (nina.mmsg: one recvmmsg takes whatever is queued, up to
-BATCH datagrams, straight into numpy rows the compiled pipeline reads; one sendmmsg per batch
-of results). It blocks in recvmmsg for the first datagram without a timeout (a timeout would
-add a poll() per batch); stop() wakes it with an empty datagram after raising the stop flag.
+The loop moves packets in batches (nina.udp_batch): one recvmmsg takes whatever is queued
+(with UDP_GRO a worker's whole window arrives as one buffer), cut into the numpy rows the
+compiled pipeline reads; the results of a batch leave grouped per worker, one segmented
+(UDP_SEGMENT) send each, all in one sendmmsg. Where the kernel refuses GRO/GSO (or
+NINA_UDP_IO=mmsg) the same loop runs on plain recvmmsg/sendmmsg. It blocks in recvmmsg for
+the first datagram without a timeout (a timeout would add a poll() per batch); stop() wakes
+it with an empty datagram after raising the stop flag.
 """
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ import sys
 
 import numpy as np
 
-from nina.mmsg import MSG_TRUNC, MSG_WAITFORONE, MsgRing
 from nina.wire import UDP_PORT
 
 DEFAULT_HOST = "127.0.0.1"
 SOCKET_BUFFER = 4 << 20   # bytes; absorbs bursts of window * workers packets
+RX_ROWS = 1024            # datagrams cut from one receive per pipeline call at most
 LOCAL_INGRESS_PORT = 0
 _SO_RCVBUFFORCE, _SO_SNDBUFFORCE = 33, 32   # Linux; not exported by the socket module
 
@@ -42,6 +45,12 @@ class UdpIO:
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = UDP_PORT,
                  buffer_bytes: int = SOCKET_BUFFER):
+        # imported here: `nina switch --help` (which reads SOCKET_BUFFER) loads no compiler
+        from nina.udp_batch import BatchRx, BatchTx, io_mode
+        from switch.kernel import UPDATE_LEN
+        from switch.pipeline import OUT_ROWS
+
+        batched = io_mode() == "gso"   # a bad NINA_UDP_IO is refused before the socket exists
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         set_buffers(self.sock, buffer_bytes)
         try:
@@ -55,45 +64,50 @@ class UdpIO:
         self.tx_errors = 0
         self.internal_errors = 0
         self._stop = False
+        # rows hold UPDATE_LEN bytes: a longer datagram is cut, its length still counts
+        self._rx = BatchRx(self.sock, RX_ROWS, UPDATE_LEN, gro=batched)
+        self._tx = BatchTx(self.sock, OUT_ROWS, gso=batched)
+        rx, tx = self._rx.gro, self._tx.gso
+        self.batching = "gro/gso" if rx and tx else "gro/sendmmsg" if rx else \
+            "recvmmsg/gso" if tx else "recvmmsg/sendmmsg"   # what the kernel accepted
 
     def describe(self) -> str:
         return f"udp {self.address[0]}:{self.address[1]}"
 
     def run(self, pipeline) -> None:
         """Serve until stop(); returns after the in-flight batch is done."""
-        from switch.kernel import R_DIP, R_DPORT, UPDATE_LEN
-        from switch.pipeline import BATCH, ETH_IP_UDP_LEN
+        from nina.mmsg import MSG_WAITFORONE
+        from switch.kernel import R_DIP, R_DPORT
+        from switch.pipeline import ETH_IP_UDP_LEN
 
-        fd = self.sock.fileno()
-        rx = MsgRing(BATCH, UPDATE_LEN)      # longer datagrams are cut; their length counts
-        tx = MsgRing(BATCH, 0)
-        zeros = np.zeros(BATCH, np.int64)
+        rx, tx = self._rx, self._tx
+        zeros = np.zeros(RX_ROWS, np.int64)
+        frame_len = np.zeros(RX_ROWS, np.int64)
 
         def send(out, out_len, out_rep, k, img):
             reps = img.replicas[out_rep[:k]]
-            sent, failed = tx.send_rows(fd, out, out_len, k, reps[:, R_DIP], reps[:, R_DPORT])
+            sent, failed = tx.send_rows(out, out_len, k, reps[:, R_DIP], reps[:, R_DPORT])
             self.tx_packets += sent
             self.tx_errors += failed
 
         while not self._stop:
             try:
-                m = rx.recv(fd, MSG_WAITFORONE | MSG_TRUNC)
+                m = rx.recv(MSG_WAITFORONE)
             except OSError:
                 if self._stop:
                     break
                 raise
             if self._stop:
                 break
-            if not m:
-                continue
-            lens = rx.lengths[:m].astype(np.int64)
-            ips, ports = rx.sources(m)
-            try:
-                pipeline.process_batch(rx.buf, zeros, lens, zeros, ips, ports,
-                                       lens + ETH_IP_UDP_LEN, m, send)
-            except Exception as e:   # a pipeline bug must not take the switch down
-                self._internal_error(e)
-            self.rx_packets += m
+            while m:
+                np.add(rx.lengths[:m], ETH_IP_UDP_LEN, out=frame_len[:m])
+                try:
+                    pipeline.process_batch(rx.rows, zeros, rx.lengths, zeros, rx.ips,
+                                           rx.ports, frame_len, m, send)
+                except Exception as e:   # a pipeline bug must not take the switch down
+                    self._internal_error(e)
+                self.rx_packets += m
+                m = rx.more()
 
     def _internal_error(self, e: Exception) -> None:
         self.internal_errors += 1

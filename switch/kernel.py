@@ -17,12 +17,10 @@ float otherwise); the random source is nina.jit's xorshift64* over a state per p
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from nina.decisions import Decision
-from nina.jit import njit, rand_u32, rd16, rd32, wr16, wr32
+from nina.jit import njit, rand_u32, rd16, rd32, top_bit, wr16, wr32
 from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_LEN, NAT8_MAG,
                        NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD, VERSION,
                        Encoding, MsgType)
@@ -67,7 +65,7 @@ def cm_code(x, u):
     mag = -x if x < 0 else x
     if mag == 0:
         return _ZERO
-    p = math.frexp(float(mag))[1] - 1   # exact: |x| <= 2^31 < 2^53
+    p = top_bit(mag)
     low = mag - (np.int64(1) << p)
     if (u & ((np.int64(1) << p) - 1)) < low:
         p += 1

@@ -31,7 +31,10 @@ from switch.kernel import OUT_ROW, UPDATE_LEN
 from switch.tables import P4Error, TableStore
 
 ETH_IP_UDP_LEN = FRAME_OVERHEAD   # frame bytes around a UDP payload (local mode has no frame)
-BATCH = 256                    # packets per kernel call at most (I/O batches are this size)
+BATCH = 256                    # packets per I/O batch of the raw-interface loop (io_raw)
+KERNEL_BATCH = 1024            # packets per kernel call at most: a GRO receive brings more
+                               # than BATCH, and results gathered over more updates leave in
+                               # fewer, longer segmented sends (one per worker and call)
 OUT_ROWS = 4096                # result packets the output buffer holds (>= 64 replicas)
 D_MALFORMED, D_FORWARDED = int(Decision.DROP_MALFORMED), int(Decision.FORWARDED)
 _NAT8 = int(Encoding.NAT8)
@@ -188,7 +191,7 @@ class Pipeline:
         self.out_len = np.zeros(OUT_ROWS, np.int64)
         self.out_rep = np.zeros(OUT_ROWS, np.int64)
         self._body = np.zeros(4 * ELEMENTS_NAT8, np.uint8)
-        self._trace_buf = np.zeros(BATCH, TRACE_DTYPE)
+        self._trace_buf = np.zeros(KERNEL_BATCH, TRACE_DTYPE)
         self._one = _Rows(1, UPDATE_LEN)   # process()'s batch of one
 
     # ------------------------------------------------------------------ data plane
@@ -216,7 +219,7 @@ class Pipeline:
         tr = self._trace_buf
         while start < n:
             img = self.image
-            m = min(n - start, BATCH)
+            m = min(n - start, KERNEL_BATCH)
             end = start + m
             tracing = self.trace is not None
             done, n_out = K.process_batch(

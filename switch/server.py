@@ -143,7 +143,9 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"nina switch: {mode} mode, listening on {io.describe()}; pool {pool} slots; "
-          f"trace {trace_path or 'off'}; {len(jobs)} job(s) preinstalled", file=out, flush=True)
+          f"trace {trace_path or 'off'}; {len(jobs)} job(s) preinstalled"
+          + (f"; UDP batches {io.batching}" if hasattr(io, "batching") else ""),
+          file=out, flush=True)
     if grpc_server is not None:
         print(f"nina switch: P4Runtime listening on {getattr(grpc_server, 'addr', grpc_addr)}",
               file=out, flush=True)

@@ -210,7 +210,7 @@ class AllReduceClient:
             m = tr.recv_rows(wait)
             if m:
                 now = time.monotonic()
-                wn.accept(rx.buf, rx.lengths, m, now, self._rto(), *state, *calls, out,
+                wn.accept(rx.rows, rx.lengths, m, now, self._rto(), *state, *calls, out,
                           sent8, sent32, self._state, win.send_list, win.out, win.rtt)
                 o = win.out
                 if o[wn.O_ERR]:

@@ -4,8 +4,10 @@ Results arrive at the address the worker registered with the controller, so the 
 bound once and kept for the whole job (the switch admits updates only from that source).
 
 The all-reduce client's fast path is `send_rows` (a window of update packets, rows of a numpy
-array, in one sendmmsg) and `recv_rows` (whatever is queued, in one recvmmsg, into the rows of
-`rx`); `send`/`recv` move lists of bytes for everything else.
+array, in one call: on loopback one segmented UDP_SEGMENT send, else one sendmmsg) and
+`recv_rows` (whatever is queued, in one recvmmsg of UDP_GRO buffers, cut into the rows of
+`rx`); nina.udp_batch does both and falls back to plain recvmmsg/sendmmsg where the kernel
+refuses the options. `send`/`recv` move lists of bytes for everything else.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nina.mmsg import MSG_DONTWAIT, MsgRing
+from nina.mmsg import MSG_DONTWAIT
+from nina.udp_batch import BatchRx, BatchTx, io_mode
 from nina.wire import HEADER_LEN
 
 _BUF = 4 << 20          # socket buffers: a full window of every worker's results fits
 _MAX_DGRAM = 2048       # larger than any NINA packet (16 + 512 bytes at most)
-RX_BATCH = 1024         # datagrams per recvmmsg
+RX_BATCH = 1024         # datagrams per recv_rows at most (a receive holds more: kept)
+RX_BUFFERS = 64         # GRO buffers (a segmented send each, or a datagram) per recvmmsg
 
 
 @dataclass
@@ -37,6 +41,7 @@ class UdpTransport:
     """One bound UDP socket; `switch` is the (ip, port) every update goes to."""
 
     def __init__(self, switch: tuple[str, int], bind_ip: str = "127.0.0.1", bind_port: int = 0):
+        batched = io_mode() == "gso"
         self.switch = (switch[0], int(switch[1]))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -49,8 +54,9 @@ class UdpTransport:
         except OSError as e:
             raise OSError(f"cannot bind UDP {bind_ip}:{bind_port}: {e.strerror}") from None
         self.counters = Counters()
-        self.rx = MsgRing(RX_BATCH, _MAX_DGRAM)
-        self._tx = MsgRing(RX_BATCH, 0)
+        # rx.rows[i] / rx.lengths[i]: received datagram i (what recv_rows returned)
+        self.rx = BatchRx(self.sock, RX_BATCH, _MAX_DGRAM, msgs=RX_BUFFERS, gro=batched)
+        self._tx = BatchTx(self.sock, RX_BATCH, gso=batched)
         self._poll = select.poll()
         self._poll.register(self.sock.fileno(), select.POLLIN)
 
@@ -84,45 +90,42 @@ class UdpTransport:
             self.counters.bytes_out += len(p)
 
     def send_rows(self, rows: np.ndarray, length: int, index: np.ndarray, m: int) -> None:
-        """Send rows[index[0..m-1]][:length] to the switch in one sendmmsg (more if m is
-        large); a datagram the kernel refuses for a transient reason is lost, as on a link."""
+        """Send rows[index[0..m-1]][:length] to the switch in one call (segmented sends on
+        loopback, else one sendmmsg; more calls if m is large); a datagram the kernel refuses
+        for a transient reason is lost, as on a link."""
         if not m:
             return
-        sent, _ = self._tx.send_rows(self.sock.fileno(), rows, length, m, self._switch_ip,
-                                     self.switch[1], index)
+        sent, _ = self._tx.send_rows(rows, length, m, self._switch_ip, self.switch[1], index)
         self.counters.packets_out += sent
         self.counters.bytes_out += sent * length
 
     def recv_rows(self, timeout: float) -> int:
         """Wait up to `timeout` s for a first datagram, then take what is queued (up to
-        RX_BATCH) into self.rx: rows rx.buf[i], lengths rx.lengths[i]. Returns how many."""
-        if not self._poll.poll(max(0.0, timeout) * 1000.0):
+        RX_BATCH; the rest of a receive comes with the next call, without waiting) into
+        self.rx: rows rx.rows[i], lengths rx.lengths[i]. Returns how many."""
+        if self.rx.pending:
+            m = self.rx.more()
+        elif not self._poll.poll(max(0.0, timeout) * 1000.0):
             return 0
-        m = self.rx.recv(self.sock.fileno(), MSG_DONTWAIT)
+        else:
+            m = self.rx.recv(MSG_DONTWAIT)
         if m:
             self.counters.packets_in += m
             self.counters.bytes_in += int(self.rx.lengths[:m].sum())
         return m
 
     def recv(self, timeout: float, max_packets: int = 4096) -> list[bytes]:
-        """Wait up to `timeout` s for a first packet, then take whatever else is queued."""
+        """Wait up to `timeout` s for a first packet, then take whatever else is queued (at
+        least up to max_packets), as bytes; runts shorter than a NINA header are skipped."""
         out: list[bytes] = []
-        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        if not r:
-            return out
-        recv = self.sock.recv
-        while len(out) < max_packets:
-            try:
-                buf = recv(_MAX_DGRAM, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+        m = self.recv_rows(timeout)
+        while m:
+            rx = self.rx
+            out += [rx.rows[i, :rx.lengths[i]].tobytes() for i in range(m)
+                    if rx.lengths[i] >= HEADER_LEN]
+            if len(out) >= max_packets:
                 break
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable from an earlier send: nobody at the switch
-            if len(buf) < HEADER_LEN:
-                continue
-            out.append(buf)
-        self.counters.packets_in += len(out)
-        self.counters.bytes_in += sum(len(b) for b in out)
+            m = self.recv_rows(0.0)
         return out
 
     def close(self) -> None:

@@ -238,9 +238,9 @@ def _warm() -> None:
     sent8, sent32 = np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.int32)
     state = np.ones(1, np.uint64)
     start_round(0, 0, 1, 0.0, 1.0, *win.arrays(), *calls, sent8, sent32, state)
-    from nina.mmsg import MsgRing
-    ring = MsgRing(1, 64)   # the transport's receive rows and lengths, as accept gets them
-    accept(ring.buf, ring.lengths, 0, 0.0, 1.0, *win.arrays(), *calls, X, sent8, sent32,
+    # the transport's receive rows and lengths (nina.udp_batch.BatchRx), as accept gets them
+    rows, lengths = np.zeros((1, 64), np.uint8), np.zeros(1, np.int64)
+    accept(rows, lengths, 0, 0.0, 1.0, *win.arrays(), *calls, X, sent8, sent32,
            state, win.send_list, win.out, win.rtt)
 
 

@@ -73,8 +73,8 @@ def _threads_from_env() -> int:
         n = int(raw)
     except ValueError:
         n = 0
-    if n < 1:
-        raise ValueError(f"NINA_THREADS={raw!r}: give a whole number of threads >= 1")
+    if n < 1:   # read at import, before any CLI could catch it: one line, no traceback
+        raise SystemExit(f"nina: NINA_THREADS={raw!r}: give a whole number of threads >= 1")
     return n
 
 
@@ -98,6 +98,7 @@ def set_threads(n: int) -> None:
 
 
 def threads() -> int:
+    """The thread count in force: the setting, at most what the pool has."""
     return min(_THREADS, max_threads())
 
 

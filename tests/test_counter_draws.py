@@ -201,3 +201,14 @@ def test_nat9_finds_a_nan_in_its_encoding_pass():
     with pytest.raises(NonFiniteError, match="flat index 131089 is not finite") as e:
         get_compressor("nat9").compress(x)
     assert e.value.index == 2 * BLOCK + 17 and "(3, 65536)" in str(e.value)
+
+
+def test_a_bad_thread_count_in_the_environment_is_one_line():
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NINA_THREADS="two")
+    p = subprocess.run([sys.executable, "-c", "import nina.jit"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode != 0
+    assert p.stderr.strip() == "nina: NINA_THREADS='two': give a whole number of threads >= 1"

@@ -177,7 +177,7 @@ rand_u32 = njit(_rand_u32)
 _M1 = np.uint32(0x7FEB352D)
 _M2 = np.uint32(0x846CA68B)
 _G = np.uint32(0x9E3779B9)   # 2^32 / golden ratio, odd
-KEY_WORDS = 6   # (k0, k1): the rounding draw; (k2, k3), (k4, k5): a second, 64-bit draw
+KEY_WORDS = 10  # (k0, k1): the rounding draw; words 2..5 and 6..9: two more, 64-bit draws
 
 
 def counter_key(rng) -> np.ndarray:
@@ -213,10 +213,12 @@ def draw32(kb, i):
 
 
 @njit
-def draw64(key, i):
-    """Uniform 64-bit word (uint64) of index i: two draws under key words 2..5."""
-    hi = draw32(index_key(key[2], key[3], i), i)
-    lo = draw32(index_key(key[4], key[5], i), i)
+def draw64(key, i, stream):
+    """Uniform 64-bit word (uint64) of index i in stream 0 (key words 2..5) or 1 (6..9),
+    independent of each other and of the rounding draw: two draw32 under other key words."""
+    w = 2 + 4 * stream
+    hi = draw32(index_key(key[w], key[w + 1], i), i)
+    lo = draw32(index_key(key[w + 2], key[w + 3], i), i)
     return (np.uint64(hi) << np.uint64(32)) | np.uint64(lo)
 
 

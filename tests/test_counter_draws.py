@@ -212,3 +212,47 @@ def test_a_bad_thread_count_in_the_environment_is_one_line():
                        text=True, timeout=120)
     assert p.returncode != 0
     assert p.stderr.strip() == "nina: NINA_THREADS='two': give a whole number of threads >= 1"
+
+
+def test_nat_blocks_with_a_smaller_max_are_rebased_unbiased():
+    """nat codes each block against its own max, then moves blocks up to the tensor's max.
+    Powers that only the tensor's max pushes out of range (more than 126 binades below it)
+    are re-rounded then, with a draw independent of the first: still unbiased, and only the
+    values 0 and the smallest power appear."""
+    small = np.array([3e-36, -1e-35, 5e-40, 2.0 ** -114 * 1.5, 1e-3, -0.0], np.float32)
+    reps = BLOCK // small.size
+    x = np.zeros(2 * BLOCK, np.float32)
+    x[0] = 1024.0                               # block 0: reference 2^11, smallest 2^-115
+    x[BLOCK:BLOCK + reps * small.size] = np.tile(small, reps)   # block 1: its own max 1e-3
+    op = get_compressor("nat", seed=8)
+    s = np.stack([op(x)[BLOCK:BLOCK + reps * small.size].reshape(reps, small.size)
+                  for _ in range(40)]).reshape(-1, small.size).astype(np.float64)
+    mean, se = s.mean(axis=0), s.std(axis=0, ddof=1) / np.sqrt(s.shape[0])
+    for j in range(4):
+        assert abs(mean[j] - small[j]) < Z * se[j], (j, mean[j], small[j], se[j])
+    for j in range(3):   # the ones below 2^-115: values 0 or +-2^-115 only
+        assert set(np.unique(np.abs(s[:, j]))) <= {0.0, 2.0 ** -115}
+    assert abs(mean[4] - 1e-3) < Z * se[4]
+    assert np.signbit(s[:, 5]).all() and (s[:, 5] == 0).all()
+    # the tensor's reference came from block 0
+    assert op.compress(x).data[0] == 127 + 11
+
+
+def test_nat_two_stage_rerounding_is_unbiased():
+    """A power re-rounded within its block (far below the block's max) and again when the
+    block is rebased (the tensor's max is higher still): the second draw must be independent
+    of the first, or the probability would be 2^-max(d1, d2) instead of 2^-(d1 + d2)."""
+    x = np.zeros(2 * BLOCK, np.float32)
+    x[0] = 2.0 ** 23        # the tensor: reference field 151, smallest power 2^-102
+    x[BLOCK] = 2.0 ** 20    # block 1: reference field 148, smallest power 2^-105
+    tiny, mid = 1.25 * 2.0 ** -107, 1.25 * 2.0 ** -104   # below 2^-105; between the two
+    x[BLOCK + 1::2] = tiny
+    x[BLOCK + 2::2] = mid
+    op = get_compressor("nat", seed=9)
+    ys = np.stack([op(x)[BLOCK + 1:] for _ in range(30)]).astype(np.float64)
+    smallest = 2.0 ** -102
+    for part, value in ((ys[:, 0::2], tiny), (ys[:, 1::2], mid)):
+        assert set(np.unique(part)) <= {0.0, smallest}
+        p = value / smallest   # P(smallest) that keeps the mean: 5/128 and 5/16
+        hits = float((part == smallest).mean())
+        assert abs(hits - p) < Z * np.sqrt(p * (1 - p) / part.size), (hits, p)

@@ -93,7 +93,7 @@ def _codes_lut(u, key, min_field, lut, out):
                 c = code9_at(u, i, kb)
                 e = c & 0xFF
                 if e != 0 and e < min_field:
-                    out[i] = lut[reround_low(c, min_field, draw64(key, i))]
+                    out[i] = lut[reround_low(c, min_field, draw64(key, i, 0))]
 
 
 @njit
@@ -106,12 +106,28 @@ def nat8_byte(c, ref):
     return np.uint8(((c >> np.uint32(8)) << np.uint32(7)) | off)
 
 
-def _nat8_encode(u, key, ref, min_field, out):
-    ref = np.uint32(ref)
+@njit
+def reference_of_bits(top):
+    """Nat8.reference_field of max|x| given as its bit pattern: the biased exponent of the
+    largest power it can round to (0 for an all-zero tensor)."""
+    return 0 if top == 0 else min((np.int64(top) >> _MANTISSA_BITS) + 1, _MAX_FIELD)
+
+
+def _nat8_blocks(u, key, out, block_top):
+    """nat's first pass: each block's codes against the block's own reference (its max is
+    found first, from memory; the block, 256 KiB, is then encoded from the cache)."""
     n = u.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
         cnt = min(BLOCK, n - lo)   # (a loop from 0: numba's range(lo, hi) does not vectorise)
+        top = np.uint32(0)
+        for j in range(cnt):
+            top = max(top, np.uint32(u[lo + j] & np.uint32(0x7FFFFFFF)))
+        block_top[b] = top
+        if top >= np.uint32(0x7F800000):   # inf or NaN: the caller raises
+            continue
+        ref = np.uint32(reference_of_bits(top))
+        min_field = max(np.int64(ref) - 126, 1)
         kb = index_key(key[0], key[1], lo)   # blocks never straddle a multiple of 2^32
         low = np.uint32(0xFFFFFFFF)
         for j in range(cnt):
@@ -124,8 +140,42 @@ def _nat8_encode(u, key, ref, min_field, out):
                 c = code9_at(u, i, kb)
                 e = c & 0xFF
                 if e != 0 and e < min_field:
-                    out[i] = nat8_byte(reround_low(c, min_field, draw64(key, i)),
-                                       ref)
+                    out[i] = nat8_byte(reround_low(c, min_field, draw64(key, i, 0)), ref)
+
+
+def _nat8_rebase(out, key, block_top, ref, min_field):
+    """nat's second pass, over the codes only: a block whose reference was below the
+    tensor's moves its offsets up by the difference. An offset pushed past 126 (a power below
+    the tensor's smallest, 2^(min_field-127)) is re-rounded to it or to 0 with an independent
+    draw (stream 1): 2^e -> 2^m_b -> 2^m has probability 2^(e-m_b) 2^(m_b-m) = 2^(e-m), the
+    one-pass rule, so the tensor stays unbiased."""
+    n = out.size
+    for b in prange((n + BLOCK - 1) // BLOCK):
+        shift = np.int64(ref) - reference_of_bits(block_top[b])
+        if shift == 0:
+            continue
+        lo = b * BLOCK
+        cnt = min(BLOCK, n - lo)
+        sh = np.uint32(shift)
+        worst = np.uint32(0)   # the largest shifted offset of a non-zero code
+        for j in range(cnt):
+            o = np.uint32(out[lo + j]) & np.uint32(127)
+            worst = max(worst, np.uint32(0) if o == 127 else o + sh)
+        rare = worst > 126   # some powers fall below 2^(min_field-127): keep their codes
+        orig = out[lo:lo + cnt].copy() if rare else out[lo:lo]
+        for j in range(cnt):
+            c = np.uint32(out[lo + j])
+            o = c & np.uint32(127)
+            o2 = np.uint32(127) if o == 127 else min(o + sh, np.uint32(127))
+            out[lo + j] = np.uint8((c & np.uint32(128)) | o2)
+        if rare:
+            bref = reference_of_bits(block_top[b])
+            for j in range(cnt):
+                o = np.int64(orig[j]) & 127
+                if o != 127 and o + shift > 126:
+                    c9 = ((np.int64(orig[j]) >> 7) << 8) | (bref - o)
+                    out[lo + j] = nat8_byte(reround_low(c9, min_field, draw64(key, lo + j, 1)),
+                                            np.uint32(ref))
 
 
 def _nat9_encode(u, key, signs, exps, block_max):
@@ -196,7 +246,8 @@ def _nat9_decode(signs, exps, out):
 
 
 _CODES_LUT = njit_threaded(_codes_lut)
-_NAT8_ENCODE = njit_threaded(_nat8_encode)
+_NAT8_BLOCKS = njit_threaded(_nat8_blocks)
+_NAT8_REBASE = njit_threaded(_nat8_rebase)
 _NAT9_ENCODE = njit_threaded(_nat9_encode)
 _NAT8_DECODE = njit_threaded(_nat8_decode)
 _NAT9_DECODE = njit_threaded(_nat9_decode)
@@ -284,6 +335,7 @@ class Nat8(Compressor):
     name = "nat"
     unbiased = True
     summable_in_switch = True
+    scans_in_encode = True   # its first pass finds max|x|: the floats are read once
 
     ZERO = 0x7F  # offset code meaning zero
 
@@ -298,13 +350,21 @@ class Nat8(Compressor):
         return 0 if amax == 0 else min(e + 1, _MAX_FIELD)
 
     def _encode(self, x, amax, shape):
-        ref = self.reference_field(amax)
-        min_field = max(ref - 126, 1)
+        # One pass over the floats, each block coded against its own max; then, with the
+        # tensor's max known, one pass over the codes moves the blocks with a smaller max up
+        # (amax, when a caller has it, is that same max: finding it costs nothing here)
         buf = scratch(1 + x.size)
+        body = buf[1:]
+        block_top = np.empty(_blocks(x.size), np.uint32)
+        key = counter_key(self.rng)
+        threaded(_NAT8_BLOCKS, block_top.size)(x.view(np.uint32), key, body, block_top)
+        top = int(block_top.max())
+        if top >= INF_BITS:
+            raise non_finite_error(x.reshape(shape), x.reshape(shape), self.name)
+        ref = reference_of_bits(top)
         buf[0] = ref
         # nat8_byte saturates: exponent 255 (2^127 rounded up) gets offset 0, i.e. 2^127
-        threaded(_NAT8_ENCODE, _blocks(x.size))(x.view(np.uint32), counter_key(self.rng),
-                                                ref, min_field, buf[1:])
+        threaded(_NAT8_REBASE, block_top.size)(body, key, block_top, ref, max(ref - 126, 1))
         return buf.tobytes()
 
     def _decode(self, data, shape):

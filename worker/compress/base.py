@@ -7,6 +7,7 @@ which `Compressed.codec` names as a spec string that `get_compressor` understand
 from __future__ import annotations
 
 import abc
+import ctypes
 import math
 import struct
 from dataclasses import dataclass
@@ -212,6 +213,27 @@ class Compressor(abc.ABC):
     @abc.abstractmethod
     def _decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         """Payload bytes -> flat float32 values (length prod(shape))."""
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+_bytes_storage = ctypes.pythonapi.PyBytes_AsString
+_bytes_storage.restype = ctypes.c_void_p
+_bytes_storage.argtypes = (ctypes.py_object,)
+
+
+def new_payload(n: int) -> tuple[bytes, np.ndarray]:
+    """A new bytes object of n >= 2 bytes and a writeable uint8 array over its storage, for an
+    encoder to fill before the bytes are handed out. It is how C code builds a bytes object
+    in place (PyBytes_FromStringAndSize(NULL, n), then fill): a fast encoder writes its
+    payload once instead of into a buffer and then again into bytes (a copy that cost a
+    sixth of C_nat's encode). Drop the array once filled; the bytes stay immutable after."""
+    if n < 2:   # sizes 0 and 1 may be shared singletons: never write into those
+        raise ValueError(f"new_payload needs at least 2 bytes, not {n}")
+    data = _new_bytes(None, n)
+    view = np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(_bytes_storage(data)))
+    return data, view
 
 
 def check_out(out: Any, shape: tuple[int, ...], who: str) -> None:

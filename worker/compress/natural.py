@@ -20,13 +20,11 @@ Encodings:
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from nina.jit import counter_key, draw32, draw64, index_key, njit, njit_threaded, prange, threaded
 
-from .base import INF_BITS, Compressor, Reader, non_finite_error
+from .base import INF_BITS, Compressor, Reader, new_payload, non_finite_error
 
 _MANTISSA_BITS = 23
 _MAX_FIELD = 254  # biased exponent of 2^127, the largest finite power of two
@@ -258,20 +256,6 @@ def _blocks(n: int) -> int:
 
 
 _IDENTITY9 = np.arange(512, dtype=np.uint16)
-_SCRATCH = threading.local()
-
-
-def scratch(n: int) -> np.ndarray:
-    """A uint8 buffer of n bytes to encode into before the one copy into the payload's bytes,
-    reused by the calls of this thread (one per thread, as large as the largest payload so
-    far). Why: a fresh buffer of a large tensor is fresh pages, and the kernel's zeroing of
-    them on first touch costs twice the encoding itself."""
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.size < n:
-        buf = _SCRATCH.buf = np.empty(n, np.uint8)
-    return buf[:n]
-
-
 def natural_codes(u: np.ndarray, rng: np.random.Generator, *, min_field: int = 1,
                   lut: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """C_nat of float32 bit patterns `u` (flat uint32) as 9-bit codes sign << 8 | exponent.
@@ -307,13 +291,14 @@ class Nat9(Compressor):
 
     def _encode(self, x, amax, shape):
         nsign = -(-x.size // 8)
-        buf = scratch(nsign + x.size)
+        data, buf = new_payload(nsign + x.size)   # encoded in place: no copy afterwards
         block_max = np.empty(_blocks(x.size), np.uint32)
         threaded(_NAT9_ENCODE, block_max.size)(x.view(np.uint32), counter_key(self.rng),
                                                buf[:nsign], buf[nsign:], block_max)
+        del buf
         if block_max.max() >= INF_BITS:
             raise non_finite_error(x.reshape(shape), x.reshape(shape), self.name)
-        return buf.tobytes()
+        return data
 
     def _decode(self, data, shape):
         out = np.empty(int(np.prod(shape)), np.float32)
@@ -353,7 +338,7 @@ class Nat8(Compressor):
         # One pass over the floats, each block coded against its own max; then, with the
         # tensor's max known, one pass over the codes moves the blocks with a smaller max up
         # (amax, when a caller has it, is that same max: finding it costs nothing here)
-        buf = scratch(1 + x.size)
+        data, buf = new_payload(1 + x.size)   # encoded in place: no copy afterwards
         body = buf[1:]
         block_top = np.empty(_blocks(x.size), np.uint32)
         key = counter_key(self.rng)
@@ -365,7 +350,7 @@ class Nat8(Compressor):
         buf[0] = ref
         # nat8_byte saturates: exponent 255 (2^127 rounded up) gets offset 0, i.e. 2^127
         threaded(_NAT8_REBASE, block_top.size)(body, key, block_top, ref, max(ref - 126, 1))
-        return buf.tobytes()
+        return data
 
     def _decode(self, data, shape):
         out = np.empty(int(np.prod(shape)), np.float32)

@@ -256,6 +256,8 @@ def _blocks(n: int) -> int:
 
 
 _IDENTITY9 = np.arange(512, dtype=np.uint16)
+
+
 def natural_codes(u: np.ndarray, rng: np.random.Generator, *, min_field: int = 1,
                   lut: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """C_nat of float32 bit patterns `u` (flat uint32) as 9-bit codes sign << 8 | exponent.

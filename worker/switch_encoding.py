@@ -26,7 +26,7 @@ import numpy as np
 from nina.jit import njit, rand_u32, rand_u64, seed_state
 from nina.wire import (CAPACITY, FLAG_CM, NAT8_MAG, NAT8_SIGN, NAT8_ZERO, Encoding, MsgType,
                        integer_scale, nat8_to_int, payload_layout, result_parts)
-from worker.compress.natural import natural_code9
+from worker.compress.natural import natural_code9, reround_low
 
 _EXP_MASK = np.uint32(0x7F800000)
 _MANT_BITS = 23
@@ -84,16 +84,17 @@ def nat8_code(bits, eb, shift, state):
     """One float32 (bit pattern as int64) -> its NAT8 code against exponent byte eb, or
     EXCEEDS when it rounds above 2^e_top (exponent agreement broken)."""
     c9 = natural_code9(bits & 0x7FFFFFFF, rand_u32(state) >> (32 - _MANT_BITS))
-    mag_exp = c9 & 0xFF   # biased exponent of |C(x)|
+    mag_exp = np.int64(c9 & 0xFF)   # biased exponent of |C(x)|
     if mag_exp == 0:
         return _ZERO
     off = eb + 1 - mag_exp   # biased e_top is exp_byte + 1
     if off < 0:
         return EXCEEDS
     if off > shift:
-        # below resolution: 2^(e_top - S) with probability 2^(S - off), else zero (unbiased)
-        d = off - shift
-        if d >= 64 or (rand_u64(state) >> np.uint64(64 - d)) != 0:
+        # below resolution: 2^(e_top - S) with probability 2^(S - off), else zero (unbiased);
+        # the nat compressor's rule, with its smallest power's field eb + 1 - S
+        low = np.int64(reround_low(c9, eb + 1 - shift, rand_u64(state)))
+        if low == 0:
             return _ZERO
         off = shift
     return (_SIGN | off) if bits >> 31 else off

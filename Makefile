@@ -97,7 +97,7 @@ mutate: venv $(MUTATE_VENV)/.installed  ## mutation testing of the core modules 
 bench: venv  ## headline measurements: regenerates bench/REPORT.md and its plots (long)
 	$(BIN)/python bench/report.py
 
-p4: venv  ## regenerate p4/nina.p4; compile with p4c when on PATH
+p4: venv  ## regenerate p4/nina.p4 and p4/src/*.p4; compile with p4c when on PATH
 	$(BIN)/python p4/gen_p4.py
 	@if command -v p4c >/dev/null; then $(MAKE) -s p4-compile; \
 	else echo "p4c not on PATH: keeping p4/build/nina.json and p4/build/nina.p4info.txtpb"; fi

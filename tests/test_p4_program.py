@@ -1,6 +1,9 @@
 """The P4 program and its committed p4c outputs agree with the contracts (nina/*.py).
 
-Without p4c: the generated p4/nina.p4 is what p4/gen_p4.py produces now; the committed P4Info
+Without p4c: the generated program (p4/nina.p4 and one file per control in p4/src/) is what
+p4/gen_p4.py produces now, with no stale file left over; its includes, expanded, declare every
+control, parser, type, table, register and constant once, before its first use, and each
+file includes the files whose declarations it uses; the committed P4Info
 names and shapes exactly the tables, keys, actions, params, registers and counters of
 nina/p4spec.py; the committed BMv2 JSON lays out the NINA header as nina.wire.HEADER_FIELDS
 and the trace header as nina.decisions.TRACE_DTYPE. With p4c on PATH: the program compiles
@@ -8,6 +11,7 @@ and its P4Info equals the committed one.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -25,6 +29,7 @@ from nina.wire import HEADER_FIELDS, ELEMENTS_INT32, ELEMENTS_NAT8, RESULT_PART_
 ROOT = Path(__file__).resolve().parents[1]
 P4_DIR = ROOT / "p4"
 P4_SRC = P4_DIR / "nina.p4"
+SRC_DIR = P4_DIR / "src"
 P4INFO = P4_DIR / "build" / "nina.p4info.txtpb"
 BMV2_JSON = P4_DIR / "build" / "nina.json"
 
@@ -49,34 +54,154 @@ def _committed_json():
     return json.loads(BMV2_JSON.read_text())
 
 
+@pytest.fixture(scope="module")
+def gen():
+    spec = importlib.util.spec_from_file_location("gen_p4", P4_DIR / "gen_p4.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def program(gen) -> str:
+    """p4/nina.p4 with the project's includes expanded (what p4c compiles)."""
+    return gen.expand(P4_SRC)
+
+
 def test_generated_program_is_up_to_date(tmp_path):
-    out = tmp_path / "nina.p4"
-    subprocess.run([sys.executable, str(P4_DIR / "gen_p4.py"), "--out", str(out)],
-                   check=True, capture_output=True, timeout=120)
-    assert out.read_text() == P4_SRC.read_text(), \
-        "p4/nina.p4 differs from p4/gen_p4.py's output: run `make p4` and commit the result"
+    proc = subprocess.run([sys.executable, str(P4_DIR / "gen_p4.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    fresh = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.p4"))
+    on_disk = sorted(p.relative_to(P4_DIR).as_posix() for p in P4_DIR.rglob("*.p4"))
+    assert on_disk == fresh, "p4/ has other .p4 files than the generator writes: run `make p4`"
+    for rel in fresh:
+        assert (tmp_path / rel).read_text() == (P4_DIR / rel).read_text(), \
+            f"p4/{rel} differs from p4/gen_p4.py's output: run `make p4` and commit the result"
 
 
-def test_program_names_every_p4spec_object():
-    """Every fully qualified name of p4spec is declared with an absolute @name in nina.p4."""
-    text = P4_SRC.read_text()
-    declared = set(re.findall(r'@name\("\.([A-Za-z_][\w.]*)"\)', text))
+def test_check_flags_an_edited_and_a_stale_file(gen, tmp_path):
+    """`gen_p4.py --check` (what a user runs before committing) fails on a hand edit and on a
+    file of a control the generator no longer writes."""
+    assert gen.main(["--out", str(tmp_path)]) == 0
+    assert gen.main(["--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / "src" / "gone.p4").write_text("// a control that was removed\n")
+    assert gen.stale_files(tmp_path, gen.program_files()) == ["src/gone.p4"]
+    edited = tmp_path / "src" / "admission.p4"
+    edited.write_text(edited.read_text().replace("D_DROP_BAD_SLOT", "D_DROP_BAD_WORKER"))
+    assert gen.main(["--out", str(tmp_path), "--check"]) == 1
+    assert gen.main(["--out", str(tmp_path)]) == 0   # regenerating removes and restores
+    assert gen.stale_files(tmp_path, gen.program_files()) == []
+
+
+# declarations of the expanded program: (kind, name); tables, registers and externs by their
+# local name, which P4 requires to be unique within their control
+DECL = re.compile(r"^\s*(?:@name\(\"[^\"]*\"\)\s*)?(?:"
+                  r"(?P<kind>control|parser|header|struct|table)\s+(?P<name>\w+)"
+                  r"|const\s+bit<\d+>\s+(?P<const>\w+)\s*="
+                  r"|(?:register<bit<\d+>>|counter)\s*\([^)]*\)\s*(?P<reg>\w+);)",
+                  re.M)
+
+
+def _declarations(text: str) -> list[tuple[str, str]]:
+    out = []
+    for m in DECL.finditer(text):
+        if m.group("kind"):
+            out.append((m.group("kind"), m.group("name")))
+        elif m.group("const"):
+            out.append(("const", m.group("const")))
+        else:
+            out.append(("extern", m.group("reg")))
+    return out
+
+
+def test_expanded_program_declares_everything_once(program):
+    decls = _declarations(program)
+    dupes = sorted({d for d in decls if decls.count(d) > 1})
+    assert not dupes, dupes
+    kinds = {k: {n for kk, n in decls if kk == k} for k in ("control", "parser", "table",
+                                                               "extern", "header")}
+    assert {p4spec.INGRESS, p4spec.EGRESS, "JobAdmission", "SlotState", "Aggregate",
+            "MasterCompress", "ResultBuild", "ResultRewrite", "TraceClone", "TraceEmit",
+            "NinaComputeChecksum", "NinaDeparser"} <= kinds["control"]
+    assert kinds["parser"] == {"NinaParser"}
+    assert kinds["table"] == {t.name.rsplit(".", 1)[1] for t in p4spec.TABLES}
+    assert kinds["extern"] == {r.rsplit(".", 1)[1] for r in p4spec.REGISTERS} | {"decisions"}
+    # every @name (the P4Info names) once
+    names = re.findall(r'@name\("\.([\w.]+)"\)', program)
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    # the pipeline's parts are declared before main uses them
+    main = program.index("V1Switch(")
+    for part in re.findall(r"(\w+)\(\)", program[main:program.index(" main;", main)]):
+        assert re.search(rf"^(control|parser) {part}\(", program[:main], re.M), part
+
+
+def _src_files() -> list[Path]:
+    return sorted(SRC_DIR.glob("*.p4"))
+
+
+def test_every_file_is_included_and_guarded(gen):
+    top = P4_SRC.read_text()
+    included = re.findall(r'^#include "src/([\w.]+)"$', top, re.M)
+    assert sorted(included) == sorted(p.name for p in _src_files())
+    assert included == [f for f, *_ in gen.SRC_FILES]
+    for path in _src_files():
+        text = path.read_text()
+        guard = "NINA_" + path.name.replace(".", "_").upper()
+        assert re.search(rf"^#ifndef {guard}\n#define {guard}\n", text, re.M), path.name
+        assert text.rstrip().endswith(f"#endif  // {guard}"), path.name
+
+
+def test_each_file_includes_what_it_uses():
+    """A file that uses a type, constant or control declared in another file of p4/src/
+    includes that file (directly or through another include), so it reads on its own and the
+    include order cannot hide a missing dependency."""
+    files = {p.name: p.read_text() for p in _src_files()}
+    declared_in = {}
+    for name, text in files.items():
+        for kind, decl in _declarations(text):
+            if kind not in ("table", "extern"):   # those are local to their control
+                declared_in.setdefault(decl, name)
+    includes = {n: set(re.findall(r'^#include "([\w.]+)"$', t, re.M)) for n, t in files.items()}
+
+    def reach(name: str, seen: set[str]) -> set[str]:
+        for inc in includes[name] - seen:
+            seen.add(inc)
+            reach(inc, seen)
+        return seen
+
+    for name, text in files.items():
+        code = re.sub(r"//[^\n]*", "", text)
+        used = set(re.findall(r"\b[A-Za-z_]\w*\b", code))
+        needs = {declared_in[u] for u in used if u in declared_in} - {name}
+        missing = needs - reach(name, set())
+        assert not missing, (name, sorted(missing))
+
+
+def test_program_names_every_p4spec_object(program):
+    """Every fully qualified name of p4spec is declared with an absolute @name in the program."""
+    declared = set(re.findall(r'@name\("\.([A-Za-z_][\w.]*)"\)', program))
     wanted = {t.name for t in p4spec.TABLES} | {t.action for t in p4spec.TABLES} \
         | set(p4spec.REGISTERS)
     assert wanted <= declared, sorted(wanted - declared)
     # the counter is declared directly in the ingress control, so it needs no @name
-    assert re.search(r"counter\(N_DECISIONS, CounterType.packets_and_bytes\) decisions;", text)
+    assert re.search(r"counter\(N_DECISIONS, CounterType.packets_and_bytes\) decisions;", program)
     assert p4spec.CTR_DECISIONS == f"{p4spec.INGRESS}.decisions"
 
 
 def test_drop_checks_follow_the_protocol_order():
-    """JobAdmission assigns the drop reasons in docs/protocol.md's order (the enum's order)."""
-    text = P4_SRC.read_text()
-    body = text[text.index("control JobAdmission"):text.index("control SlotState")]
+    """JobAdmission (p4/src/admission.p4) assigns the drop reasons in docs/protocol.md's order
+    (the enum's order), and no other file assigns one."""
+    body = (SRC_DIR / "admission.p4").read_text()
+    assert "control JobAdmission(" in body
     order = re.findall(r"meta\.decision = D_(\w+);", body)
     expected = [d.name for d in Decision if d.name.startswith("DROP_")
                 and d is not Decision.DROP_DUPLICATE]
     assert order == expected
+    for path in _src_files():
+        if path.name != "admission.p4":
+            others = set(re.findall(r"meta\.decision = D_(\w+);", path.read_text()))
+            assert not others & set(expected), (path.name, others & set(expected))
 
 
 def test_p4info_tables_match_p4spec():

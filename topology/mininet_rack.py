@@ -170,8 +170,10 @@ class MininetRack(RackBase):
         if self.pcap:
             self._start_pcaps()
         self._connect_controller()
-        self._install_forwarding()
+        # clones first: a frame forwarded before the clone session exists is counted but never
+        # traced (BMv2 forwarded the hosts' first frames in that gap: trace 4 short of FORWARDED)
         self._point_trace_clones()
+        self._install_forwarding()
         self.log(f"rack up in {time.monotonic() - t0:.1f} s: switch pid {self.switch.proc.pid}"
                  f", P4Runtime {self.grpc_addr}, data plane {SWITCH_RACK_IP}:{UDP_PORT}"
                  + (f", impairments via {self.impairments.method}"

@@ -4,10 +4,11 @@
     python bench/switch_ifaces.py ...           (the same, this table only)
 
 Root only (veth pairs; skipped with the reason otherwise). For INT32, NAT8 and NAT8+C_M at n
-workers, five servers run side by side, each on a veth pair of its own (switch end
+workers, these servers run side by side, each on a veth pair of its own (switch end
 nb<tag>s, host end nb<tag>h in this namespace, no addresses, IPv6 off):
-- `nina switch --mode ifaces --io ring` (PACKET_MMAP rings), traces off and on;
-- `nina switch --mode ifaces --io mmsg` (recvmmsg/sendmmsg: the I/O of before the rings);
+- `nina switch --mode ifaces --io IO` for each I/O kind of --ifaces-io: ring-v3 (PACKET_MMAP
+  rings, TPACKET_V3 receive), ring-v2 (TPACKET_V2 receive), mmsg (recvmmsg/sendmmsg, the I/O
+  before the rings); traces off, and on for the first kind;
 - a bare reflector on each I/O kind (switch.io_raw.RawIO with the pipeline replaced by "answer
   the sender with the switch's result packets", framed and checksummed by the same compiled
   code): the bound each switch is held against.
@@ -49,8 +50,18 @@ from nina.wire import (CAPACITY, FLAG_CM, UDP_PORT, Encoding, Header, MsgType,  
 TODAY_KPPS = "21-47"          # the issue's interface-mode figure before this work
 WORKER_IP, SWITCH_IP = "10.91.0.{}", "10.91.0.254"
 VARIANTS = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, True))
-KINDS = (("reflector", "ring", False), ("switch", "ring", False), ("switch", "ring", True),
-         ("reflector", "mmsg", False), ("switch", "mmsg", False))
+DEFAULT_IOS = "ring-v3,ring-v2,mmsg"
+
+
+def kinds(ios: list[str]) -> list[tuple[str, str, bool]]:
+    """(server, I/O, trace) of one group: a reflector and the switch on each I/O kind, and the
+    switch with traces on the first."""
+    out = []
+    for io in ios:
+        out += [("reflector", io, False), ("switch", io, False)]
+        if io == ios[0]:
+            out.append(("switch", io, True))
+    return out
 
 
 def log(msg: str) -> None:
@@ -172,7 +183,10 @@ class Target:
         self.parts = result_parts(enc, FLAG_CM if cm else 0)
         self.rates: list[float] = []
         self.cpus: list[float] = []
-        ring_mib = max(4, -(-len(rows) * 400 // (1 << 20)) * 2)   # room for a whole drain
+        # room for a whole drain: 400 bytes an update in a TPACKET_V3 block, a 2 KiB slot in a
+        # TPACKET_V2 ring (and a plain socket's buffer is sized after the ring's MiB)
+        per = 2048 if io == "ring-v2" else 400
+        ring_mib = max(4, -(-len(rows) * per * 5 // 4 // (1 << 20)))
         if kind == "reflector":
             reply = 16 + payload_layout(MsgType.RESULT, enc, FLAG_CM if cm else 0).nbytes
             cmd = [sys.executable, __file__, "--serve-reflector", self.veth.sw, io,
@@ -222,7 +236,9 @@ class Target:
             time.sleep(0.0003)
         cpu = (cpu_ns(pid) - c0) * 1e-9
         if got < expected * 0.9:
-            raise RuntimeError(f"{self.kind}/{self.io}: only {got} of {expected} results")
+            out = self.server.stop()
+            raise RuntimeError(f"{self.kind}/{self.io}: only {got} of {expected} results; "
+                               f"the server said:\n{out}")
         self.rates.append(got / self.parts / (last - t0))   # updates/s
         self.cpus.append(cpu / (got / self.parts))
 
@@ -231,16 +247,17 @@ class Target:
         self.veth.close()
         if self.kind == "switch" and "COMPLETE" not in out:
             raise RuntimeError(f"the switch completed no round:\n{out}")
-        return {"pps": max(self.rates), "cpu": min(self.cpus)}
+        return {"pps": max(self.rates, default=float("nan")),
+                "cpu": min(self.cpus, default=float("nan"))}
 
 
 def run_group(n: int, enc: Encoding, cm: bool, args, tmp: Path) -> dict:
-    """The five servers of one (encoding, n), drained in turn --repeat times."""
+    """The servers of one (encoding, n), drained in turn --repeat times."""
     tag0 = f"{os.getpid() % 1000:03d}"
     rows = _frames(n, enc, args.window, args.packets)
     targets = []
     try:
-        for i, (kind, io, trace) in enumerate(KINDS):
+        for i, (kind, io, trace) in enumerate(kinds(args.ios)):
             targets.append(Target(kind, io, trace, n, enc, cm, args, tmp, f"{tag0}{i}", rows))
         for rep in range(args.repeat):
             log(f"ifaces {enc.name}{'+C_M' if cm else ''} n={n}: drain {rep + 1}/{args.repeat}"
@@ -303,49 +320,56 @@ def run(args) -> int:
     if why:
         print(f"\ninterface-mode table skipped: {why}")
         return 0
+    args.ios = [x.strip() for x in args.ifaces_io.split(",") if x.strip()]
     ns = [int(x) for x in args.workers.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ninabench") as tmpdir:
         for n in ns:
             for enc, cm in VARIANTS:
                 rows.append((enc, cm, n, run_group(n, enc, cm, args, Path(tmpdir))))
-        lat = {io: round_trip_us(io, Path(tmpdir), args.trips) for io in ("ring", "mmsg")}
+        lat = {io: round_trip_us(io, Path(tmpdir), args.trips) for io in args.ios}
     print(f"\nembedded switch, interface mode: veth drains of {args.packets} updates (best of "
           f"{args.repeat}), n workers behind one port, window {args.window}; "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
-    hdr = (f"{'enc':<10}{'n':>3}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
-           f"{'us/pkt':>8}{'refl us':>9}{'cpu ratio':>10}{'mmsg kpps':>10}{'mmsg refl':>10}"
-           f"{'ratio':>7}{'mmsg us':>8}{'ring/mmsg':>10}{'x today':>9}")
+    base = "mmsg" if "mmsg" in args.ios else None
+    hdr = (f"{'enc':<10}{'n':>3}{'io':>9}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
+           f"{'us/pkt':>8}{'refl us':>9}{'cpu ratio':>10}"
+           + (f"{'x mmsg':>8}" if base else "") + f"{'x today':>9}")
     print(hdr)
     print("-" * len(hdr))
-    lo_today = float(TODAY_KPPS.split("-")[1])
+    hi_today = float(TODAY_KPPS.split("-")[1])
     for enc, cm, n, res in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
-        ref, mm, mref = res["reflector", "ring", False], res["switch", "mmsg", False], \
-            res["reflector", "mmsg", False]
-        for trace in (False, True):
-            sw = res["switch", "ring", trace]
-            mcol = (f"{mm['pps'] / 1e3:>10.1f}{mref['pps'] / 1e3:>10.1f}"
-                    f"{mm['pps'] / mref['pps']:>7.2f}{mm['cpu'] * 1e6:>8.2f}"
-                    f"{sw['pps'] / mm['pps']:>9.1f}x") if not trace else " " * 45
-            print(f"{enc.name + ('+C_M' if cm else ''):<10}{n:>3}{'on' if trace else 'off':>6}"
-                  f"{sw['pps'] / 1e3:>8.1f}{ref['pps'] / 1e3:>10.1f}{sw['pps'] / ref['pps']:>7.2f}"
-                  f"{sw['cpu'] * 1e6:>8.2f}{ref['cpu'] * 1e6:>9.2f}{ref['cpu'] / sw['cpu']:>10.2f}"
-                  + mcol + f"{sw['pps'] / 1e3 / lo_today:>8.1f}x")
-    print("kpps: update packets/s through the server on PACKET_MMAP rings (TPACKET_V3 receive, "
-          "TX ring), wall clock; refl: the bare\nreflector on the same rings and load; us/pkt: "
-          "server CPU per update (main thread, /proc/PID/schedstat; includes the kernel's\n"
-          "delivery of the sent frames to the veth peer); cpu ratio: reflector/switch CPU per "
-          "update; mmsg: the same switch and\nreflector on recvmmsg/sendmmsg (the I/O before "
-          f"the rings); x today: kpps over the issue's {TODAY_KPPS} kpps (its upper end).")
-    print(f"\nround trip of one update, n = 1, window 1, median of {args.trips}: "
-          f"ring {lat['ring']:.0f} us, mmsg {lat['mmsg']:.0f} us (light load: what a ring's "
-          f"block timer adds)")
+        for kind, io, trace in kinds(args.ios):
+            if kind != "switch":
+                continue
+            sw, ref = res["switch", io, trace], res["reflector", io, False]
+            line = (f"{enc.name + ('+C_M' if cm else ''):<10}{n:>3}{io:>9}"
+                    f"{'on' if trace else 'off':>6}{sw['pps'] / 1e3:>8.1f}"
+                    f"{ref['pps'] / 1e3:>10.1f}{sw['pps'] / ref['pps']:>7.2f}"
+                    f"{sw['cpu'] * 1e6:>8.2f}{ref['cpu'] * 1e6:>9.2f}"
+                    f"{ref['cpu'] / sw['cpu']:>10.2f}")
+            if base:
+                line += f"{sw['pps'] / res['switch', base, False]['pps']:>7.1f}x"
+            print(line + f"{sw['pps'] / 1e3 / hi_today:>8.1f}x")
+    print("kpps: update packets/s through the switch, wall clock; refl: the bare reflector on "
+          "the same I/O and load; ratio: switch/\nreflector; us/pkt: server CPU per update "
+          "(main thread, /proc/PID/schedstat; includes the kernel's delivery of the\nsent "
+          "frames to the veth peer); cpu ratio: reflector/switch CPU per update; io: ring-v3 = "
+          "PACKET_MMAP rings with a\nTPACKET_V3 receive ring, ring-v2 = with a TPACKET_V2 one "
+          "(both with a TX ring), mmsg = recvmmsg/sendmmsg (the I/O before\nthe rings); x mmsg: "
+          f"over the switch on mmsg; x today: over the issue's {TODAY_KPPS} kpps (its upper "
+          f"end).")
+    print(f"\nround trip of one update, n = 1, window 1, median of {args.trips} (light load): "
+          + ", ".join(f"{io} {lat[io]:.0f} us" for io in args.ios))
     return 0
 
 
 def add_args(ap) -> None:
     ap.add_argument("--trips", type=int, default=200,
                     help="interface mode: round trips of the latency line")
+    ap.add_argument("--ifaces-io", default=DEFAULT_IOS,
+                    help=f"interface mode: the I/O kinds to compare, the first also with traces "
+                         f"on (default {DEFAULT_IOS})")
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from nina import p4spec
 from nina.config import DEFAULT_SWITCH_IP
 from nina.wire import UDP_PORT
 from switch.io_udp import SOCKET_BUFFER
-from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, UPDATES_PER_MIB
+from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, RING_VERSION, FRAMES_PER_MIB
 from nina.cli_types import grpc_address, positive_int
 
 DESCRIPTION = """\
@@ -61,13 +61,15 @@ def register(subparsers) -> None:
                    help=f"local mode socket buffers (default {SOCKET_BUFFER >> 20} MiB; as root "
                         f"beyond net.core.rmem_max); bigger absorbs longer bursts")
     p.add_argument("--io", choices=IO_KINDS, default="ring", dest="raw_io",
-                   help="ifaces mode I/O: ring = PACKET_MMAP rings (TPACKET_V3 receive, a "
-                        "transmit ring; falls back to mmsg, saying so, if the kernel refuses); "
-                        "mmsg = recvmmsg/sendmmsg on plain sockets (default ring)")
+                   help=f"ifaces mode I/O: ring = PACKET_MMAP rings (a receive ring, "
+                        f"TPACKET_V{RING_VERSION}, and a transmit ring per port; falls back to "
+                        f"mmsg, saying so, if the kernel refuses); ring-v2/ring-v3 = rings with "
+                        f"that receive version; mmsg = recvmmsg/sendmmsg on plain sockets "
+                        f"(default ring)")
     p.add_argument("--ring-mib", type=positive_int, default=DEFAULT_RX_MIB, metavar="MIB",
                    help=f"ifaces mode: receive ring per port in MiB (default {DEFAULT_RX_MIB}: "
-                        f"about {DEFAULT_RX_MIB * UPDATES_PER_MIB} queued updates); bigger absorbs "
-                        f"longer bursts")
+                        f"{DEFAULT_RX_MIB * FRAMES_PER_MIB} queued frames; mmsg: socket "
+                        f"buffers of about as many); bigger absorbs longer bursts")
     p.add_argument("--jobs", metavar="FILE", default=None,
                    help="install the jobs in this JSON file at start (no controller needed)")
     p.set_defaults(func=main)

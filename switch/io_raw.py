@@ -7,10 +7,11 @@ counted FORWARDED and sent unchanged out of the port the l2_forward table names.
 Needs root (CAP_NET_RAW).
 
 Frames move in batches. By default every port has PACKET_MMAP rings (switch.packet_rings): a
-TPACKET_V3 receive ring the kernel fills without a syscall per frame, copied into the
-pipeline's frame rows by a compiled loop, and a transmit ring that one send() per batch and
-port flushes. If the kernel refuses a ring (or with io="mmsg") each port falls back to a plain
-socket moved with recvmmsg/sendmmsg (nina.mmsg), one log line saying so. Either way the NINA
+receive ring (TPACKET_V2; V3 on request) the kernel fills without a syscall per frame, copied
+into the pipeline's frame rows by a compiled loop, and a transmit ring that one send() per
+batch and port flushes. If the kernel refuses a ring every port falls back to a plain socket
+moved with recvmmsg/sendmmsg (nina.mmsg), one log line saying so (io="mmsg" asks for that
+from the start). Either way the NINA
 updates of a batch go through the compiled pipeline as one call, the results are framed by a
 compiled loop (switch.packets.frame_results) and each port's share leaves in one call, and
 forwarded frames are grouped per egress port the same way.
@@ -29,7 +30,7 @@ from nina.wire import UDP_PORT
 from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
 from switch.kernel import OUT_ROW
 from switch.packet_rings import RingUnavailable, RxRing, TxRing, ignore_outgoing
-from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS
+from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, ring_version
 from switch.pipeline import BATCH, OUT_ROWS
 
 ETH_P_ALL = 0x0003
@@ -41,14 +42,14 @@ MMSG_BUFFER_PER_RING_MIB = 4 << 20   # plain sockets' buffer per MiB of --ring-m
 
 
 class _RingPort:
-    """A port on PACKET_MMAP rings: receive socket + TPACKET_V3 ring, transmit socket + ring."""
-    kind = "ring"
+    """A port on PACKET_MMAP rings: receive socket + ring, transmit socket + TX ring."""
 
-    def __init__(self, name: str, rx_mib: int):
+    def __init__(self, name: str, rx_mib: int, version: int):
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # bound below
         self.rx = self.tx = None
+        self.kind = f"ring-v{version}"
         try:
-            self.rx = RxRing(self.sock, rx_mib)
+            self.rx = RxRing(self.sock, rx_mib, version=version)
             self.tx = TxRing(name)
             self.own_filtered = ignore_outgoing(self.sock)
             self.sock.bind((name, ETH_P_ALL))
@@ -145,9 +146,9 @@ class RawIO:
     def _open(self, io: str, ring_mib: int) -> None:
         for port, name in enumerate(self.ifaces, start=1):
             try:
-                if io == "ring" and self.fallback_reason is None:
+                if ring_version(io) and self.fallback_reason is None:
                     try:
-                        self.ports[port] = _RingPort(name, ring_mib)
+                        self.ports[port] = _RingPort(name, ring_mib, ring_version(io))
                         continue
                     except RingUnavailable as e:
                         self._fall_back(name, e.strerror, ring_mib)
@@ -175,7 +176,8 @@ class RawIO:
         return {p: pt.sock for p, pt in self.ports.items()}
 
     def describe(self) -> str:
-        how = "PACKET_MMAP rings" if self.io == "ring" else "recvmmsg/sendmmsg"
+        how = f"PACKET_MMAP rings, TPACKET_{self.io[-2:].upper()} receive" \
+            if self.io.startswith("ring") else "recvmmsg/sendmmsg"
         return "interfaces " + ", ".join(f"{p}={n}" for p, n in
                                          zip(self.ports, self.ifaces)) + f" ({how})"
 
@@ -210,7 +212,7 @@ class RawIO:
                     m = pt.recv(self._rows, self._lens, self._pkttype)
                     if not m:
                         break
-                    buf = self._rows if pt.kind == "ring" else pt.ring.buf
+                    buf = pt.ring.buf if pt.kind == "mmsg" else self._rows
                     try:
                         self._handle(pipeline, port, buf, m)
                     except Exception as e:  # a pipeline bug must not take the switch down

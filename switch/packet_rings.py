@@ -1,4 +1,4 @@
-"""PACKET_MMAP rings for the raw-interface switch: a TPACKET_V3 receive ring and a TX ring.
+"""PACKET_MMAP rings for the raw-interface switch: a receive ring and a TX ring per port.
 
 recvmmsg/sendmmsg still copy every frame through a syscall's iovec and allocate a socket
 buffer per frame on the receive side. With a ring the kernel writes received frames straight
@@ -7,14 +7,21 @@ process only makes a syscall to sleep (poll) and to start transmission (one send
 Both rings are numpy arrays over the mmap, walked by compiled loops (nina.jit), so no Python
 runs per frame.
 
-Receive (TPACKET_V3, `RxRing`): the ring is `blocks` blocks of `block_size` bytes; the kernel
-fills one block with frames packed back to back (each behind a tpacket3_hdr and a sockaddr_ll),
-then hands the whole block over by setting its status word to TP_STATUS_USER, when the block is
-full or when `RETIRE_MS` has passed since its first frame. `take` copies the frames of handed-
-over blocks into the switch's receive rows (a frame row each, as the pipeline reads them) and
-`release` gives the consumed blocks back (status TP_STATUS_KERNEL), in a separate call so the
-copies are done before the kernel may write the block again. The wake-up of poll() is per
-block, not per frame.
+Receive (`RxRing`), in one of two layouts:
+- TPACKET_V2 (the default, switch.raw_io_options.RING_VERSION): fixed 2 KiB slots, a frame
+  each (tpacket2_hdr, sockaddr_ll, the frame); the kernel hands each slot over as soon as the
+  frame is in it (status TP_STATUS_USER) and wakes poll() at once.
+- TPACKET_V3: blocks of frames packed back to back (tpacket3_hdr each); the kernel hands a
+  whole block over when it is full or RETIRE_MS after it opened. Denser (400 bytes an
+  update instead of 2 KiB) and one wake-up per block, but a frame that does not fill a block
+  waits for the block timer: bench/switch_ifaces.py measured a round trip of one update at
+  ~950 us on V3 against ~46 us on V2 (~85 us on recvmmsg), and the rack's clients are a
+  closed loop (a result frees a slot for the next update), so V3 would cap a window at one
+  round per millisecond. Under load (a drain) both rates are alike. Hence V2 by default;
+  `nina switch --io ring-v3` selects V3.
+Either way `take` copies the frames handed over into the switch's receive rows (a frame row
+each, as the pipeline reads them) and then gives the slots or blocks back (TP_STATUS_KERNEL) in
+a separate compiled call, so the copies are done before the kernel may write there again.
 
 Transmit (TPACKET_V2 frames, `TxRing`, on a second socket bound with protocol 0, so it receives
 nothing): `frame_nr` slots of `TX_FRAME` bytes, each a tpacket2_hdr then the frame at
@@ -27,11 +34,14 @@ i.e. after the qdisc let it out; PACKET_LOSS makes the kernel skip a malformed f
 stopping the ring.
 
 Ring sizing (per switch port; the kernel allocates it, unswappable, when the ring is set up):
-- receive: DEFAULT_RX_MIB (4 MiB) = 64 blocks of 64 KiB. A NINA update (314-byte frame) takes
-  400 bytes of a block (48-byte tpacket3_hdr, sockaddr_ll, alignment), so the ring holds about
-  10,400 updates queued per port: 40x a window of 32 slots x 8 workers. Small blocks keep a
-  block's fill time short under load (a 64 KiB block is 163 updates), so batching costs no
-  latency at high rates; at low rates the retire timer (RETIRE_MS) bounds the wait.
+- receive: DEFAULT_RX_MIB (4 MiB). TPACKET_V2: 2048 slots of 2 KiB (a 1514-byte frame behind
+  its 80 header bytes fits), so 2048 frames queued per port: 8x a window of 256 updates of one
+  worker. TPACKET_V3: 256 blocks of 16 KiB; an update takes 400 bytes of a block, so about
+  10,400 updates, but at rates below a block per RETIRE_MS (41 updates per ms) each block
+  holds less and the ring then holds 256 ms of traffic (which matters only when the switch
+  stalls, e.g. a paused bench server). Small blocks give many blocks per MiB and a short fill
+  time under load; one `take` walks across blocks, so the pipeline's batch is not limited by
+  the block size. `--ring-mib` scales either.
 - transmit: TX_FRAMES (2048) slots of 2 KiB (a full 1514-byte frame fits) = 4 MiB: more than
   the default 1000-frame queue of a shaped port's qdisc, so frames waiting in HTB do not starve
   the ring before the qdisc itself would drop.
@@ -74,7 +84,8 @@ _H3_PKTTYPE = 48 + 10
 # (TPACKET2_HDRLEN - sizeof(sockaddr_ll), as the kernel reads it without PACKET_TX_HAS_OFF).
 TX_DATA_AT = 32
 
-BLOCK_SIZE = 64 << 10
+BLOCK_SIZE = 16 << 10        # receive block (see the sizing above)
+TX_BLOCK = 64 << 10          # transmit slots are allocated 32 to a block
 RETIRE_MS = 1                 # the shortest the kernel's block timer takes
 RX_FRAME_LIMIT = 4096         # largest frame slot in a block (frames beyond are cut)
 TX_FRAME = 2048
@@ -153,31 +164,91 @@ def _rx_release(words, state, n_blocks, block_size):
     state[3] = 0
 
 
+# tpacket2_hdr (32 bytes): tp_status, tp_len, tp_snaplen (u32 words 0..2), tp_mac (u16 at
+# byte 12); the sockaddr_ll follows at byte 32.
+_H2_LEN, _H2_SNAP, _H2_MAC, _H2_PKTTYPE = 1, 2, 12, 32 + 10
+RX2_FRAME = 2048              # a TPACKET_V2 receive slot: a 1514-byte frame behind 80 bytes
+
+
+@njit
+def _rx2_take(ring, words, state, n_frames, rows, lens, pkttype, cap):
+    """TPACKET_V2: copy up to `cap` frames whose slot the kernel handed over (TP_STATUS_USER)
+    into rows 0..; state: [next slot, first slot to release, slots to release]."""
+    width = rows.shape[1]
+    if state[2] == 0:
+        state[1] = state[0]
+    m = 0
+    while m < cap:
+        f = state[0]
+        base = f * RX2_FRAME
+        w = base >> 2
+        if words[w] & TP_STATUS_USER == 0:
+            break
+        snap = np.int64(words[w + _H2_SNAP])
+        mac = base + (np.int64(ring[base + _H2_MAC]) | (np.int64(ring[base + _H2_MAC + 1]) << 8))
+        k = snap if snap < width else width
+        row = rows[m]
+        for j in range(k):
+            row[j] = ring[mac + j]
+        lens[m] = np.int64(words[w + _H2_LEN])
+        pkttype[m] = ring[base + _H2_PKTTYPE]
+        m += 1
+        state[0] = (f + 1) % n_frames
+        state[2] += 1
+    return m
+
+
+@njit
+def _rx2_release(words, state, n_frames):
+    f = state[1]
+    for _ in range(state[2]):
+        words[(f * RX2_FRAME) >> 2] = TP_STATUS_KERNEL
+        f = (f + 1) % n_frames
+    state[2] = 0
+
+
 class RxRing:
-    """A TPACKET_V3 receive ring on `sock` (an AF_PACKET socket not bound yet)."""
+    """A receive ring on `sock` (an AF_PACKET socket not bound yet): TPACKET_V3 blocks
+    (version 3) or TPACKET_V2 frame slots (version 2, see switch.io_raw for the choice)."""
 
     def __init__(self, sock: socket.socket, mib: int = DEFAULT_RX_MIB,
-                 block_size: int = BLOCK_SIZE):
+                 block_size: int = BLOCK_SIZE, version: int = 3):
         if mib * (1 << 20) < block_size:
             raise ValueError(f"receive ring of {mib} MiB is smaller than one {block_size}-byte "
                              f"block")
+        if version not in (2, 3):
+            raise ValueError(f"TPACKET version must be 2 or 3, got {version!r}")
+        self.version = version
         self.block_size = block_size
         self.n_blocks = (mib << 20) // block_size
-        _setsockopt(sock, PACKET_VERSION, TPACKET_V3, "TPACKET_V3")
-        # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
-        # sizeof_priv, feature_req_word
-        frames = block_size // RX_FRAME_LIMIT * self.n_blocks
-        req = np.array([block_size, self.n_blocks, RX_FRAME_LIMIT, frames, RETIRE_MS, 0, 0],
-                       np.uint32)
+        if version == 3:
+            _setsockopt(sock, PACKET_VERSION, TPACKET_V3, "TPACKET_V3")
+            # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
+            # sizeof_priv, feature_req_word
+            frames = block_size // RX_FRAME_LIMIT * self.n_blocks
+            req = np.array([block_size, self.n_blocks, RX_FRAME_LIMIT, frames, RETIRE_MS, 0,
+                            0], np.uint32)
+            self.state = np.zeros(5, np.int64)
+        else:
+            _setsockopt(sock, PACKET_VERSION, TPACKET_V2, "TPACKET_V2")
+            self.n_frames = block_size // RX2_FRAME * self.n_blocks
+            req = np.array([block_size, self.n_blocks, RX2_FRAME, self.n_frames], np.uint32)
+            self.state = np.zeros(3, np.int64)
         _setsockopt(sock, PACKET_RX_RING, req.tobytes(), "PACKET_RX_RING")
         self.map = _map(sock, block_size * self.n_blocks, "receive ring")
         self.ring = np.frombuffer(self.map, np.uint8)
         self.words = np.frombuffer(self.map, np.uint32)
-        self.state = np.zeros(5, np.int64)
         self.sock = sock
 
     def take(self, rows: np.ndarray, lens: np.ndarray, pkttype: np.ndarray, cap: int) -> int:
-        """Frames into rows (cut at the row width; lens = their real length); then release."""
+        """Frames into rows (cut at the row width; lens = their real length); then release
+        (a second compiled call: the copies are done before the kernel gets the memory)."""
+        if self.version == 2:
+            m = _rx2_take(self.ring, self.words, self.state, self.n_frames, rows, lens,
+                          pkttype, cap)
+            if self.state[2]:
+                _rx2_release(self.words, self.state, self.n_frames)
+            return m
         m = _rx_take(self.ring, self.words, self.state, self.n_blocks, self.block_size, rows,
                      lens, pkttype, cap)
         if self.state[3]:
@@ -247,7 +318,9 @@ class TxRing:
         try:
             _setsockopt(self.sock, PACKET_VERSION, TPACKET_V2, "TPACKET_V2")
             _setsockopt(self.sock, PACKET_LOSS, 1, "PACKET_LOSS")
-            req = np.array([TX_FRAME, frames, TX_FRAME, frames], np.uint32)   # tpacket_req
+            per_block = TX_BLOCK // TX_FRAME   # tpacket_req: slots packed in page blocks
+            frames = -(-frames // per_block) * per_block
+            req = np.array([TX_BLOCK, frames // per_block, TX_FRAME, frames], np.uint32)
             _setsockopt(self.sock, PACKET_TX_RING, req.tobytes(), "PACKET_TX_RING")
             self.map = _map(self.sock, TX_FRAME * frames, "transmit ring")
             try:

@@ -125,7 +125,7 @@ def _results(frames: list[bytes]) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("io", ["ring", "mmsg"])
+@pytest.mark.parametrize("io", ["ring-v3", "ring-v2", "mmsg"])
 def test_every_update_through_the_switch_and_every_result_back(lab, io):
     sw_ifaces, ns, hosts = lab
     socks = [_host_socket(ns, h) for h in hosts]

@@ -50,7 +50,7 @@ from nina.wire import (CAPACITY, FLAG_CM, UDP_PORT, Encoding, Header, MsgType,  
 TODAY_KPPS = "21-47"          # the interface-mode figure before this work
 WORKER_IP, SWITCH_IP = "10.91.0.{}", "10.91.0.254"
 VARIANTS = ((Encoding.INT32, False), (Encoding.NAT8, False), (Encoding.NAT8, True))
-DEFAULT_IOS = "ring-v3,ring-v2,mmsg"
+DEFAULT_IOS = "ring-v2,ring-v3,mmsg"   # the default I/O first (it gets the trace-on row)
 
 
 def kinds(ios: list[str]) -> list[tuple[str, str, bool]]:
@@ -204,7 +204,11 @@ class Target:
             if trace:
                 cmd += ["--trace", str(tmp / f"{tag}.trace")]
         from bench.switch import Server
-        self.server = Server(cmd, ready="listening on interfaces")
+        try:
+            self.server = Server(cmd, ready="listening on interfaces")
+        except BaseException:
+            self.veth.close()
+            raise
 
     def drain(self) -> None:
         from bench.switch import cpu_ns
@@ -243,9 +247,11 @@ class Target:
         self.cpus.append(cpu / (got / self.parts))
 
     def stop(self) -> dict:
-        out = self.server.stop()
-        self.veth.close()
-        if self.kind == "switch" and "COMPLETE" not in out:
+        try:
+            out = self.server.stop() if self.server.proc.poll() is None else ""
+        finally:
+            self.veth.close()
+        if self.kind == "switch" and self.rates and "COMPLETE" not in out:
             raise RuntimeError(f"the switch completed no round:\n{out}")
         return {"pps": max(self.rates, default=float("nan")),
                 "cpu": min(self.cpus, default=float("nan"))}
@@ -264,8 +270,15 @@ def run_group(n: int, enc: Encoding, cm: bool, args, tmp: Path) -> dict:
                 f" of {len(targets)} servers ({len(rows)} updates each)")
             for t in targets:
                 t.drain()
-    finally:
-        results = {(t.kind, t.io, t.trace): t.stop() for t in targets}
+    finally:   # every server stopped and every veth deleted, even after a failed drain
+        results, errors = {}, []
+        for t in targets:
+            try:
+                results[t.kind, t.io, t.trace] = t.stop()
+            except Exception as e:   # noqa: BLE001 (report after the others are stopped)
+                errors.append(e)
+        if errors:
+            raise errors[0]
     return results
 
 

@@ -15,7 +15,7 @@ Receive (`RxRing`), in one of two layouts:
   whole block over when it is full or RETIRE_MS after it opened. Denser (400 bytes an
   update instead of 2 KiB) and one wake-up per block, but a frame that does not fill a block
   waits for the block timer: bench/switch_ifaces.py measured a round trip of one update at
-  ~950 us on V3 against ~46 us on V2 (~85 us on recvmmsg), and the rack's clients are a
+  ~950 us on V3 against 46-105 us on V2 (the same as on recvmmsg), and the rack's clients are a
   closed loop (a result frees a slot for the next update), so V3 would cap a window at one
   round per millisecond. Under load (a drain) both rates are alike. Hence V2 by default;
   `nina switch --io ring-v3` selects V3.

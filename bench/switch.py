@@ -1,6 +1,9 @@
-"""Packet rate of the embedded switch on loopback UDP, next to a bare reflector.
+"""Packet rate of the embedded switch on loopback UDP and on raw interfaces, next to a bare
+reflector.
 
-    python bench/switch.py [--packets 20000] [--repeat 3] [--workers 2,4,8]
+    python bench/switch.py [--packets 20000] [--repeat 3] [--workers 2,4,8] [--modes local,ifaces]
+
+The interface-mode table (root: veth pairs) is bench/switch_ifaces.py's, described there.
 
 For INT32 and NAT8 at n workers, with traces off and on, a real `nina switch --mode local`
 process (default pool) aggregates the updates of n workers (n real UDP sockets in this
@@ -54,6 +57,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 
+from bench import switch_ifaces  # noqa: E402
 from nina.p4spec import POOL_SLOTS  # noqa: E402
 from nina.wire import (CAPACITY, FLAG_CM, UDP_PORT, Encoding, Header,  # noqa: E402
                        MsgType, headroom_shift, pack_packet, payload_layout, result_parts,
@@ -105,7 +109,8 @@ def serve_reflector(reply_bytes: int, replies: int) -> int:
 # ---------------------------------------------------------------- server processes
 
 class Server:
-    def __init__(self, cmd: list[str], cwd: Path = REPO, io: str = "gso"):
+    def __init__(self, cmd: list[str], cwd: Path = REPO, io: str = "gso",
+                 ready: str = "listening on udp"):
         env = dict(os.environ, PYTHONPATH=str(cwd), NINA_UDP_IO=io)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, cwd=cwd, env=env)
@@ -113,11 +118,15 @@ class Server:
         line = ""
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
-            if "listening on udp" in line or not line:
+            if ready in line or not line:
                 break
-        if "listening on udp" not in line:
+        if ready not in line:
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.addr = None
+        self.batching = None
+        if "listening on udp " not in line:
+            return   # interface mode (bench/switch_ifaces.py): no UDP address
         hostport = line.split("listening on udp ")[1].split(";")[0].strip()
         host, port = hostport.rsplit(":", 1)
         self.addr = (host, int(port))
@@ -508,6 +517,10 @@ def main() -> int:
     ap.add_argument("--replies", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--bmv2-perf", metavar="PATH",
                     help="also measure this simple_switch_grpc (BMv2's performance build)")
+    ap.add_argument("--modes", default="local,ifaces",
+                    help="tables to measure: local (loopback UDP), ifaces (raw veth "
+                         "interfaces, rings vs mmsg; root, bench/switch_ifaces.py)")
+    switch_ifaces.add_args(ap)
     args = ap.parse_args()
     if args.serve_reflector:
         return serve_reflector(args.reply_bytes, args.replies)
@@ -521,6 +534,12 @@ def main() -> int:
         ap.error(f"--bmv2-perf {args.bmv2_perf}: not an executable file")
     if any(not 1 <= n <= 32 for n in ns):
         ap.error("--workers values must be in 1..32")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"local", "ifaces"}:
+        ap.error(f"--modes wants a comma list of local, ifaces; got {args.modes!r}")
+    if "local" not in modes:
+        switch_ifaces.run(args)
+        return 0
     if os.geteuid() != 0:
         rmem = int(Path("/proc/sys/net/core/rmem_max").read_text())
         fit = 2 * rmem // 1400
@@ -578,6 +597,8 @@ def main() -> int:
           f"pool of {POOL_SLOTS} slots."
           + ("\nbefore: the switch of the checkout --before (traces off, one datagram per "
              "send), same run." if args.before else ""))
+    if "ifaces" in modes:
+        switch_ifaces.run(args)
     if args.no_bmv2:
         return 0
     from switch.bmv2_harness import bmv2_unavailable

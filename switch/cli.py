@@ -8,6 +8,7 @@ from nina import p4spec
 from nina.config import DEFAULT_SWITCH_IP
 from nina.wire import UDP_PORT
 from switch.io_udp import SOCKET_BUFFER
+from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, RING_VERSION, FRAMES_PER_MIB
 from nina.cli_types import grpc_address, positive_int
 
 DESCRIPTION = """\
@@ -59,6 +60,16 @@ def register(subparsers) -> None:
     p.add_argument("--socket-buffer", type=positive_int, default=SOCKET_BUFFER, metavar="BYTES",
                    help=f"local mode socket buffers (default {SOCKET_BUFFER >> 20} MiB; as root "
                         f"beyond net.core.rmem_max); bigger absorbs longer bursts")
+    p.add_argument("--io", choices=IO_KINDS, default="ring", dest="raw_io",
+                   help=f"ifaces mode I/O: ring = PACKET_MMAP rings (a receive ring, "
+                        f"TPACKET_V{RING_VERSION}, and a transmit ring per port; falls back to "
+                        f"mmsg, saying so, if the kernel refuses); ring-v2/ring-v3 = rings with "
+                        f"that receive version; mmsg = recvmmsg/sendmmsg on plain sockets "
+                        f"(default ring)")
+    p.add_argument("--ring-mib", type=positive_int, default=DEFAULT_RX_MIB, metavar="MIB",
+                   help=f"ifaces mode: receive ring per port in MiB (default {DEFAULT_RX_MIB}: "
+                        f"{DEFAULT_RX_MIB * FRAMES_PER_MIB} queued frames; mmsg: socket "
+                        f"buffers of about as many); bigger absorbs longer bursts")
     p.add_argument("--jobs", metavar="FILE", default=None,
                    help="install the jobs in this JSON file at start (no controller needed)")
     p.set_defaults(func=main)
@@ -77,13 +88,16 @@ def main(args: argparse.Namespace) -> int:
         return fail("--mode ifaces needs --ifaces IF1,IF2,...")
     if args.mode == "local" and ifaces:
         return fail("--ifaces is for --mode ifaces")
+    if args.ring_mib > 1024:
+        return fail(f"--ring-mib {args.ring_mib} is more than 1024 MiB per port")
     if args.pool_slots > 1 << 16:
         return fail(f"--pool-slots {args.pool_slots} exceeds the 16-bit slot space (65536)")
     try:
         jobs = load_jobs(args.jobs) if args.jobs else []
         return run_switch(args.mode, listen=args.listen, ifaces=ifaces, trace_path=args.trace,
                           pool_slots=args.pool_slots, seed=args.seed, grpc_addr=args.grpc,
-                          jobs=jobs, socket_buffer=args.socket_buffer)
+                          jobs=jobs, socket_buffer=args.socket_buffer, raw_io=args.raw_io,
+                          ring_mib=args.ring_mib)
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, P4Error) as e:

@@ -1,4 +1,4 @@
-"""Interface-mode I/O of the embedded switch: AF_PACKET raw sockets on named interfaces.
+"""Interface-mode I/O of the embedded switch: AF_PACKET sockets on named interfaces.
 
 Ports are numbered 1..N in the order the interfaces are given. NINA frames (IPv4/UDP to
 0xBEE0) go through the pipeline and every result copy is framed anew from the PacketOut
@@ -6,9 +6,15 @@ Ports are numbered 1..N in the order the interfaces are given. NINA frames (IPv4
 counted FORWARDED and sent unchanged out of the port the l2_forward table names.
 Needs root (CAP_NET_RAW).
 
-Frames move in batches: one recvmmsg per ready port takes what is queued (nina.mmsg), the NINA
-updates among them go through the compiled pipeline as one batch, and the result frames of a
-batch leave each port in one sendmmsg.
+Frames move in batches. By default every port has PACKET_MMAP rings (switch.packet_rings): a
+receive ring (TPACKET_V2; V3 on request) the kernel fills without a syscall per frame, copied
+into the pipeline's frame rows by a compiled loop, and a transmit ring that one send() per
+batch and port flushes. If the kernel refuses a ring every port falls back to a plain socket
+moved with recvmmsg/sendmmsg (nina.mmsg), one log line saying so (io="mmsg" asks for that
+from the start). Either way the NINA
+updates of a batch go through the compiled pipeline as one call, the results are framed by a
+compiled loop (switch.packets.frame_results) and each port's share leaves in one call, and
+forwarded frames are grouped per egress port the same way.
 """
 from __future__ import annotations
 
@@ -23,33 +29,105 @@ from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
 from nina.wire import UDP_PORT
 from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
 from switch.kernel import OUT_ROW
+from switch.packet_rings import RingUnavailable, RxRing, TxRing, ignore_outgoing
+from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, ring_version
 from switch.pipeline import BATCH, OUT_ROWS
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4          # our own transmissions, looped back to packet sockets
 FRAME_BUFFER = 2048          # a frame row; longer frames are cut (their length still counts)
 _PKTTYPE_AT = 10             # sockaddr_ll.sll_pkttype
+MMSG_BUFFER_PER_RING_MIB = 4 << 20   # plain sockets' buffer per MiB of --ring-mib: about as
+                                     # many queued frames (~1.5 KiB of buffer each) as a ring
+
+
+class _RingPort:
+    """A port on PACKET_MMAP rings: receive socket + ring, transmit socket + TX ring."""
+
+    def __init__(self, name: str, rx_mib: int, version: int):
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # bound below
+        self.rx = self.tx = None
+        self.kind = f"ring-v{version}"
+        try:
+            self.rx = RxRing(self.sock, rx_mib, version=version)
+            self.tx = TxRing(name)
+            self.own_filtered = ignore_outgoing(self.sock)
+            self.sock.bind((name, ETH_P_ALL))
+        except BaseException:
+            self.close()
+            raise
+        self.sock.setblocking(False)
+
+    def recv(self, rows, lens, pkttype) -> int:
+        return self.rx.take(rows, lens, pkttype, BATCH)
+
+    def send(self, frames, flen, index) -> tuple[int, int]:
+        k = len(index)
+        sent = self.tx.send(frames, flen, index, k)
+        return sent, k - sent
+
+    def drops(self) -> int:
+        return self.rx.drops() if self.rx is not None else 0
+
+    def close(self) -> None:
+        for part in (self.rx, self.tx):
+            if part is not None:
+                part.close()
+        self.sock.close()
+
+
+class _MsgPort:
+    """A port on one plain AF_PACKET socket moved with recvmmsg/sendmmsg."""
+    kind = "mmsg"
+
+    def __init__(self, name: str, ring_mib: int):
+        from switch.io_udp import set_buffers
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            set_buffers(self.sock, ring_mib * MMSG_BUFFER_PER_RING_MIB)
+            self.sock.bind((name, ETH_P_ALL))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.ring = MsgRing(BATCH, FRAME_BUFFER)
+        self.tx = MsgRing(BATCH, 0)
+
+    def recv(self, rows, lens, pkttype) -> int:
+        """Into the socket's own rows (rows is not used: the kernel copies there directly)."""
+        r = self.ring
+        m = r.recv(self.sock.fileno(), MSG_DONTWAIT | MSG_TRUNC)
+        if m:
+            lens[:m] = r.lengths[:m]
+            pkttype[:m] = r.name.view(np.uint8).reshape(r.n, -1)[:m, _PKTTYPE_AT]
+        return m
+
+    def send(self, frames, flen, index) -> tuple[int, int]:
+        return self.tx.send_rows(self.sock.fileno(), frames, flen[index], len(index),
+                                 index=index)
+
+    def drops(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class RawIO:
-    """Runs a pipeline behind raw sockets, one per switch port."""
+    """Runs a pipeline behind AF_PACKET sockets, one port per interface."""
 
-    def __init__(self, ifaces: list[str]):
+    def __init__(self, ifaces: list[str], io: str = "ring", ring_mib: int = DEFAULT_RX_MIB):
         if not ifaces:
             raise ValueError("interface mode needs at least one interface")
         if len(set(ifaces)) != len(ifaces):
             raise ValueError(f"interface listed twice in {','.join(ifaces)}")
+        if io not in IO_KINDS:
+            raise ValueError(f"raw I/O must be one of {', '.join(IO_KINDS)}, got {io!r}")
         self.ifaces = list(ifaces)
-        self.socks: dict[int, socket.socket] = {}
+        self.ports: dict[int, _RingPort | _MsgPort] = {}
+        self.fallback_reason: str | None = None
         try:
-            for port, name in enumerate(ifaces, start=1):
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                self.socks[port] = s
-                try:
-                    s.bind((name, 0))
-                except OSError as e:
-                    raise OSError(f"cannot open interface {name!r}: {e.strerror}") from None
-                s.setblocking(False)
+            self._open(io, ring_mib)
         except PermissionError:
             self.close()
             raise PermissionError("interface mode needs root (CAP_NET_RAW) for raw sockets") \
@@ -57,6 +135,7 @@ class RawIO:
         except OSError:
             self.close()
             raise
+        self.io = next(iter(self.ports.values())).kind
         self._wake_r, self._wake_w = os.pipe()
         self.rx_packets = 0
         self.tx_packets = 0
@@ -64,93 +143,144 @@ class RawIO:
         self.internal_errors = 0
         self._stop = False
 
+    def _open(self, io: str, ring_mib: int) -> None:
+        for port, name in enumerate(self.ifaces, start=1):
+            try:
+                if ring_version(io) and self.fallback_reason is None:
+                    try:
+                        self.ports[port] = _RingPort(name, ring_mib, ring_version(io))
+                        continue
+                    except RingUnavailable as e:
+                        self._fall_back(name, e.strerror, ring_mib)
+                self.ports[port] = _MsgPort(name, ring_mib)
+            except PermissionError:
+                raise
+            except OSError as e:
+                raise OSError(f"cannot open interface {name!r}: {e.strerror or e}") from None
+
+    def _fall_back(self, name: str, why: str, ring_mib: int) -> None:
+        """Every port to recvmmsg/sendmmsg (one kind of I/O per switch), said once."""
+        self.fallback_reason = f"{name}: {why}"
+        print(f"nina switch: PACKET_MMAP ring refused ({self.fallback_reason}); using "
+              f"recvmmsg/sendmmsg on every port", file=sys.stderr, flush=True)
+        for port in list(self.ports):
+            self.ports.pop(port).close()
+        for port, earlier in enumerate(self.ifaces, start=1):   # the ports before this one
+            if earlier == name:
+                break
+            self.ports[port] = _MsgPort(earlier, ring_mib)
+
+    @property
+    def socks(self) -> dict[int, socket.socket]:
+        """The receive socket of each port."""
+        return {p: pt.sock for p, pt in self.ports.items()}
+
     def describe(self) -> str:
+        how = f"PACKET_MMAP rings, TPACKET_{self.io[-2:].upper()} receive" \
+            if self.io.startswith("ring") else "recvmmsg/sendmmsg"
         return "interfaces " + ", ".join(f"{p}={n}" for p, n in
-                                         zip(self.socks, self.ifaces))
+                                         zip(self.ports, self.ifaces)) + f" ({how})"
+
+    @property
+    def rx_drops(self) -> int:
+        """Frames the kernel dropped for want of room in a receive ring (kept after close)."""
+        if self.ports:
+            self._drops = sum(pt.drops() for pt in self.ports.values())
+        return getattr(self, "_drops", 0)
 
     def run(self, pipeline) -> None:
         poller = select.poll()
         fd_port = {}
-        for port, s in self.socks.items():
-            poller.register(s.fileno(), select.POLLIN)
-            fd_port[s.fileno()] = port
+        for port, pt in self.ports.items():
+            poller.register(pt.sock.fileno(), select.POLLIN)
+            fd_port[pt.sock.fileno()] = port
         poller.register(self._wake_r, select.POLLIN)
-        ring = MsgRing(BATCH, FRAME_BUFFER)
+        self._rows = np.zeros((BATCH, FRAME_BUFFER), np.uint8)   # ring ports copy here
+        self._lens = np.zeros(BATCH, np.int64)
+        self._pkttype = np.zeros(BATCH, np.uint8)
         self._frows = FrameRows(BATCH)
         self._frames = np.zeros((OUT_ROWS, FRAME_HEAD + OUT_ROW), np.uint8)
         self._flen = np.zeros(OUT_ROWS, np.int64)
-        self._tx = MsgRing(BATCH, 0)
         self._port_of = np.zeros(BATCH, np.int64)
         while not self._stop:
             for fd, _ in poller.poll():
                 port = fd_port.get(fd)
                 if port is None:
                     continue   # the wake pipe: the loop condition ends it
+                pt = self.ports[port]
                 while not self._stop:
-                    m = ring.recv(fd, MSG_DONTWAIT | MSG_TRUNC)
+                    m = pt.recv(self._rows, self._lens, self._pkttype)
                     if not m:
                         break
+                    buf = pt.ring.buf if pt.kind == "mmsg" else self._rows
                     try:
-                        self._handle(pipeline, port, ring, m)
+                        self._handle(pipeline, port, buf, m)
                     except Exception as e:  # a pipeline bug must not take the switch down
                         self._internal_error(e)
 
-    def _handle(self, pipeline, port: int, ring: MsgRing, m: int) -> None:
-        """One batch of frames from `port`: the NINA updates through the pipeline in one call
-        (the frames' own rows, the payload at its offset), the rest one by one (rare)."""
-        pkttype = ring.name.view(np.uint8).reshape(ring.n, -1)[:m, _PKTTYPE_AT]
-        lens = ring.lengths[:m].astype(np.int64)
+    def _handle(self, pipeline, port: int, buf: np.ndarray, m: int) -> None:
+        """One batch of frames from `port` (rows of buf): the NINA updates through the
+        pipeline in one call (the frames' own rows, the payload at its offset), the rest
+        forwarded, grouped per egress port."""
+        lens = self._lens[:m]
         fr = self._frows
-        fr.classify(ring.buf, lens, m)
-        mine = pkttype != PACKET_OUTGOING
+        fr.classify(buf, lens, m)
+        mine = self._pkttype[:m] != PACKET_OUTGOING
         nina = mine & (fr.kind[:m] == K_NINA)
         self.rx_packets += int(mine.sum())
-        for i in np.flatnonzero(mine & ~nina).tolist():   # malformed NINA or other traffic
-            n = int(lens[i])
-            if fr.kind[i] == K_MALFORMED:
-                pipeline.drop_malformed(port, n)
-            else:
-                egress = pipeline.forward(port, int(fr.dst_mac[i]), n)
-                if egress is not None:
-                    self._send(egress, ring.buf[i, :min(n, FRAME_BUFFER)].tobytes())
+        other = np.flatnonzero(mine & ~nina)
+        if len(other):   # malformed NINA or other traffic
+            self._forward(pipeline, port, buf, lens, other)
         idx = np.flatnonzero(nina)
         if not len(idx):
             return
         self._port_of[:] = port
         if len(idx) == m:   # the usual batch: every frame an update, processed in place
-            pipeline.process_batch(ring.buf, fr.off, fr.plen, self._port_of, fr.src_ip,
+            pipeline.process_batch(buf, fr.off, fr.plen, self._port_of, fr.src_ip,
                                    fr.src_port, lens, m, self._send_results)
         else:
-            pipeline.process_batch(ring.buf[idx], fr.off[idx], fr.plen[idx], self._port_of,
+            pipeline.process_batch(buf[idx], fr.off[idx], fr.plen[idx], self._port_of,
                                    fr.src_ip[idx], fr.src_port[idx], lens[idx], len(idx),
                                    self._send_results)
 
+    def _forward(self, pipeline, port: int, buf: np.ndarray, lens: np.ndarray,
+                 which: np.ndarray) -> None:
+        fr = self._frows
+        egress: dict[int, list[int]] = {}
+        for i in which.tolist():
+            n = int(lens[i])
+            if fr.kind[i] == K_MALFORMED:
+                pipeline.drop_malformed(port, n)
+                continue
+            e = pipeline.forward(port, int(fr.dst_mac[i]), n)
+            if e is not None:
+                egress.setdefault(e, []).append(i)
+        if egress:
+            flen = np.minimum(lens, FRAME_BUFFER)
+            for e, rows in egress.items():
+                self._send_rows(e, buf, flen, np.array(rows, np.int64))
+
     def _send_results(self, out, out_len, out_rep, k, img) -> None:
-        """Frame a batch of results (compiled) and send each port's share in one sendmmsg."""
+        """Frame a batch of results (compiled) and send each port's share in one call."""
         frame_results(out, out_len, out_rep, k, img.replicas, self._frames, self._flen,
                       UDP_PORT)
         ports = img.replicas[out_rep[:k], 0]
-        for p in np.unique(ports).tolist():
-            sel = np.flatnonzero(ports == p)
-            s = self.socks.get(p)
-            if s is None:
-                self.tx_errors += len(sel)   # no such port on this switch
-                continue
-            sent, failed = self._tx.send_rows(s.fileno(), self._frames, self._flen[sel],
-                                              len(sel), index=sel)
-            self.tx_packets += sent
-            self.tx_errors += failed
-
-    def _send(self, port: int, frame: bytes) -> None:
-        s = self.socks.get(port)
-        if s is None:
-            self.tx_errors += 1   # no such port on this switch
+        first = ports[0]
+        if (ports == first).all():   # one egress port (a 1-port switch, or a bench)
+            self._send_rows(int(first), self._frames, self._flen, np.arange(k))
             return
-        try:
-            s.send(frame)
-            self.tx_packets += 1
-        except OSError:
-            self.tx_errors += 1
+        for p in np.unique(ports).tolist():
+            self._send_rows(p, self._frames, self._flen, np.flatnonzero(ports == p))
+
+    def _send_rows(self, port: int, frames: np.ndarray, flen: np.ndarray,
+                   index: np.ndarray) -> None:
+        pt = self.ports.get(port)
+        if pt is None:
+            self.tx_errors += len(index)   # no such port on this switch
+            return
+        sent, failed = pt.send(frames, flen, index)
+        self.tx_packets += sent
+        self.tx_errors += failed
 
     def _internal_error(self, e: Exception) -> None:
         self.internal_errors += 1
@@ -166,8 +296,10 @@ class RawIO:
             pass
 
     def close(self) -> None:
-        for s in self.socks.values():
-            s.close()
+        self._drops = self.rx_drops   # read the counters while the sockets exist
+        for pt in self.ports.values():
+            pt.close()
+        self.ports = {}
         for fd in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
             if fd is not None:
                 try:

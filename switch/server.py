@@ -90,7 +90,7 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
                trace_path: str | None = None, pool_slots: int | None = None,
                seed: int | None = None, grpc_addr: str | None = None,
                jobs: list[JobSpec] = (), socket_buffer: int | None = None,
-               out=sys.stdout) -> int:
+               raw_io: str = "ring", ring_mib: int | None = None, out=sys.stdout) -> int:
     """`nina switch`: serve until SIGINT/SIGTERM; returns the exit code."""
     from nina import p4spec
     from switch.trace_sink import TraceSink
@@ -115,7 +115,8 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
         io = UdpIO(host, port, socket_buffer or SOCKET_BUFFER)
     else:
         from switch.io_raw import RawIO
-        io = RawIO(list(ifaces))
+        from switch.raw_io_options import DEFAULT_RX_MIB
+        io = RawIO(list(ifaces), raw_io, ring_mib or DEFAULT_RX_MIB)
 
     trace = None
     try:
@@ -160,6 +161,9 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
         server.stop()
         print(f"nina switch: stopped after {io.rx_packets} packets in, "
               f"{io.tx_packets} out", file=out)
+        if getattr(io, "rx_drops", 0):
+            print(f"nina switch: {io.rx_drops} frames dropped by the kernel: receive ring "
+                  f"full (a bigger --ring-mib holds longer bursts)", file=out)
         print(format_counters(pipeline), file=out, flush=True)
         if trace is not None:
             print(f"nina switch: trace of {trace.records} records in {trace_path} "

@@ -25,9 +25,16 @@ def _setns(fd: int) -> None:
 @contextlib.contextmanager
 def in_netns(pid: int):
     """Run the body with this thread in the network namespace of process `pid`."""
+    with in_netns_path(f"/proc/{pid}/ns/net"):
+        yield
+
+
+@contextlib.contextmanager
+def in_netns_path(path: str):
+    """The same for a namespace file: /proc/PID/ns/net, or /run/netns/NAME (`ip netns add`)."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        target = os.open(path, os.O_RDONLY)
         try:
             _setns(target)
         finally:

@@ -58,16 +58,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 
 from bench import switch_ifaces  # noqa: E402
+from bench.switch_load import Server, cpu_ns, log, make_sequence  # noqa: E402
 from nina.p4spec import POOL_SLOTS  # noqa: E402
 from nina.wire import (CAPACITY, FLAG_CM, UDP_PORT, Encoding, Header,  # noqa: E402
                        MsgType, headroom_shift, pack_packet, payload_layout, result_parts,
-                       round_flags, round_of, ROUND_MOD)
+                       round_flags, round_of)
 
 SOCK_BUF = 128 << 20   # socket buffers: a whole drain must fit in the server's queue
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the reflector server
@@ -108,48 +105,6 @@ def serve_reflector(reply_bytes: int, replies: int) -> int:
 
 # ---------------------------------------------------------------- server processes
 
-class Server:
-    def __init__(self, cmd: list[str], cwd: Path = REPO, io: str = "gso",
-                 ready: str = "listening on udp"):
-        env = dict(os.environ, PYTHONPATH=str(cwd), NINA_UDP_IO=io)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, cwd=cwd, env=env)
-        deadline = time.monotonic() + 60
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if ready in line or not line:
-                break
-        if ready not in line:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
-        self.addr = None
-        self.batching = None
-        if "listening on udp " not in line:
-            return   # interface mode (bench/switch_ifaces.py): no UDP address
-        hostport = line.split("listening on udp ")[1].split(";")[0].strip()
-        host, port = hostport.rsplit(":", 1)
-        self.addr = (host, int(port))
-        self.batching = line.split("UDP batches ")[1].split()[0] if "UDP batches" in line \
-            else "recvmmsg/sendmmsg"   # a --before checkout from before GRO/GSO
-        if io == "gso" and self.batching != "gro/gso":
-            log(f"{cmd[-1]}: the kernel refused GRO/GSO, this server runs {self.batching}")
-
-    def peak_rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out
 
 
 # ---------------------------------------------------------------- the load generator
@@ -171,29 +126,8 @@ def make_workers(n: int, gso: bool) -> tuple[list[socket.socket], list, list]:
     return socks, rxs, txs
 
 
-def make_sequence(n: int, enc: Encoding, window: int, packets: int) -> list[tuple[int, bytes]]:
-    """(worker, update) for whole rounds over `window` slots; a multiple of ROUND_MOD rounds,
-    so the sequence can be replayed (round numbers wrap around and keep succeeding)."""
-    rng = np.random.default_rng(1)
-    cap = CAPACITY[enc]
-    m = 1 << headroom_shift(n)
-    rounds = max(1, -(-packets // (window * n * ROUND_MOD))) * ROUND_MOD
-    vals = {}
-    for w in range(n):
-        for slot in range(window):
-            for ver in (0, 1):
-                vals[w, slot, ver] = rng.integers(0, 256, cap).astype(np.uint8) \
-                    if enc == Encoding.NAT8 else rng.integers(-m, m + 1, cap).astype(np.int32)
-    return [(w, pack_packet(Header(job=1, worker=w, encoding=enc, flags=round_flags(r),
-                                   slot=slot, count=cap, exponent=120, offset=slot * cap),
-                            vals[w, slot, r % 2]))
-            for r in range(rounds) for slot in range(window) for w in range(n)]
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time of the process's main thread (the server loop), in ns."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
 
 
 def drain(server: "Server", t: "Target", addr, per_update: int) -> tuple[float, float]:

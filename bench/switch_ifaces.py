@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nina.config import SWITCH_MAC, mac_to_int  # noqa: E402
-from nina.wire import (CAPACITY, FLAG_CM, UDP_PORT, Encoding, Header, MsgType,  # noqa: E402
+from nina.wire import (FLAG_CM, UDP_PORT, Encoding, Header, MsgType,  # noqa: E402
                        pack_packet, payload_layout, result_parts, round_flags)
 
 TODAY_KPPS = "21-47"          # the issue's interface-mode figure before this work
@@ -160,7 +160,7 @@ class Veth:
 def _frames(n: int, enc: Encoding, window: int, packets: int, rounds_from: int = 0):
     """Frames of whole rounds over `window` slots from n workers behind one port, the round
     numbers starting at rounds_from (each drain continues where the last one stopped)."""
-    from bench.switch import make_sequence
+    from bench.switch_load import make_sequence
     from switch.packets import build_udp_frame
     smac = mac_to_int(SWITCH_MAC)
     dip = int.from_bytes(socket.inet_aton(SWITCH_IP), "big")
@@ -203,7 +203,7 @@ class Target:
                    self.veth.sw, "--jobs", str(jf), "--io", io, "--ring-mib", str(ring_mib)]
             if trace:
                 cmd += ["--trace", str(tmp / f"{tag}.trace")]
-        from bench.switch import Server
+        from bench.switch_load import Server
         try:
             self.server = Server(cmd, ready="listening on interfaces")
         except BaseException:
@@ -211,7 +211,7 @@ class Target:
             raise
 
     def drain(self) -> None:
-        from bench.switch import cpu_ns
+        from bench.switch_load import cpu_ns
         from nina.mmsg import MsgRing
         pid = self.server.proc.pid
         base = self.veth.received()
@@ -286,7 +286,7 @@ def run_group(n: int, enc: Encoding, cm: bool, args, tmp: Path) -> dict:
 
 def round_trip_us(io: str, tmp: Path, trips: int) -> float:
     """Median µs from sending one update to the result coming back, n = 1, window 1."""
-    from bench.switch import Server
+    from bench.switch_load import Server
     from switch.packets import build_udp_frame
     veth = Veth(f"{os.getpid() % 1000:03d}L")
     rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))

@@ -37,6 +37,7 @@ class AllReduceReport:
     retransmissions: int = 0
     counters: dict = field(default_factory=dict)
     parts: dict = field(default_factory=dict)     # nina.accounting parts, all workers and calls
+    worker_cpu: list[float] = field(default_factory=list)  # per call: CPU s of all workers
 
     def bits_line(self) -> str:
         """Bits per element each way, everything sent and payload alone, and the priming
@@ -100,13 +101,15 @@ def run_allreduce(rack, size: int = 100_000, encoding: str = "nat8", cm: bool = 
     per_call = [max(out.per_worker[w][c]["seconds"] for w in out.per_worker)
                 for c in range(calls)]
     retx = sum(st["retransmissions"] for calls_ in out.per_worker.values() for st in calls_)
+    cpu = [sum(out.per_worker[w][c].get("cpu_seconds", 0.0) for w in out.per_worker)
+           for c in range(calls)]
     from nina import accounting
     parts: dict = {}
     for calls_ in out.per_worker.values():
         for st in calls_:
             accounting.add(parts, accounting.from_call_stats(st, enc, cm))
     return AllReduceReport(job_id, rack.n_workers, size, encoding, cm, calls, loss, per_call,
-                           wall, problems, run_dir, retx, out.counters, parts)
+                           wall, problems, run_dir, retx, out.counters, parts, cpu)
 
 
 def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -85,6 +85,7 @@ class CallStats:
     retransmissions: int = 0
     ignored: int = 0          # duplicate, stale or foreign results
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the worker process's CPU time in the call (all its threads)
 
     def add(self, other: "CallStats") -> None:
         for f in self.__dataclass_fields__:
@@ -173,7 +174,7 @@ class AllReduceClient:
             raise
 
     def _run(self, x, n, chunks, shape, record) -> Result:
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         k, W, win, tr = self.k, self.window, self.win, self.transport
         stats = CallStats(elements=n, chunks=chunks)
         c0 = (tr.counters.packets_out, tr.counters.bytes_out, tr.counters.packets_in,
@@ -235,6 +236,7 @@ class AllReduceClient:
         stats.packets_out, stats.bytes_out = c1.packets_out - c0[0], c1.bytes_out - c0[1]
         stats.packets_in, stats.bytes_in = c1.packets_in - c0[2], c1.bytes_in - c0[3]
         stats.seconds = time.monotonic() - t0
+        stats.cpu_seconds = time.process_time() - cpu0
         self.total.add(stats)
         self.calls += 1
         values = out.ravel()[:n].reshape(shape)

@@ -106,7 +106,7 @@ def _row(out, sub: str, target, key, higher, status: str = "ok", error: str = ""
     st, sb = steps_to_target(out.records, target, key, higher)
     return {**out.summary, "status": status, "error": error, "steps_to_target": st,
             "bytes_to_target": sb, "seconds": round(out.seconds, 1),
-            "startup_s": round(out.startup_seconds, 1), "train_s": round(out.train_seconds, 1),
+            "startup_s": round(out.startup_seconds, 3), "train_s": round(out.train_seconds, 3),
             "folder": sub, "switch_counters": out.counters}
 
 

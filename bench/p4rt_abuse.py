@@ -36,7 +36,7 @@ import grpc  # noqa: E402
 from p4.v1 import p4runtime_pb2_grpc  # noqa: E402
 
 from nina.config import JobSpec, WorkerAddr  # noqa: E402
-from nina.procs import free_port  # noqa: E402
+from nina.procs import free_port, memory_bytes  # noqa: E402
 from nina.wire import Encoding, Header, MsgType, pack_packet, round_flags  # noqa: E402
 
 P4INFO = REPO / "p4" / "build" / "nina.p4info.txtpb"
@@ -47,10 +47,8 @@ def log(msg: str) -> None:
 
 
 def vm_hwm(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident set of a process, MiB (NaN once it is gone)."""
+    return memory_bytes(pid).get("peak", float("nan")) / (1 << 20)
 
 
 def register_ids() -> dict[str, int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nina.procs import memory_bytes
 from nina.wire import CAPACITY, ROUND_MOD, Encoding, Header, headroom_shift, pack_packet, round_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,11 +51,7 @@ class Server:
             log(f"{cmd[-1]}: the kernel refused GRO/GSO, this server runs {self.batching}")
 
     def peak_rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return memory_bytes(self.proc.pid).get("peak", float("nan")) / (1 << 20)
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGINT)

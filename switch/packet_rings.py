@@ -155,12 +155,21 @@ def _rx_take(ring, words, state, n_blocks, block_size, rows, lens, pkttype, cap)
 
 
 @njit
+def _set_status(words, first, count, n, stride, offset, status):
+    """Write `status` into the status word (`offset` words into each) of `count` ring entries
+    of `stride` bytes from entry `first` on, wrapping at `n`: how a block or slot changes hands
+    between the kernel and us, on every ring."""
+    e = first
+    for _ in range(count):
+        words[((e * stride) >> 2) + offset] = status
+        e = (e + 1) % n
+
+
+@njit
 def _rx_release(words, state, n_blocks, block_size):
     """Hand the blocks _rx_take finished back to the kernel."""
-    b = state[4]
-    for _ in range(state[3]):
-        words[((b * block_size) >> 2) + _BLK_STATUS] = TP_STATUS_KERNEL
-        b = (b + 1) % n_blocks
+    _set_status(words, state[4], state[3], n_blocks, block_size, _BLK_STATUS,
+                TP_STATUS_KERNEL)
     state[3] = 0
 
 
@@ -200,10 +209,8 @@ def _rx2_take(ring, words, state, n_frames, rows, lens, pkttype, cap):
 
 @njit
 def _rx2_release(words, state, n_frames):
-    f = state[1]
-    for _ in range(state[2]):
-        words[(f * RX2_FRAME) >> 2] = TP_STATUS_KERNEL
-        f = (f + 1) % n_frames
+    """Hand the slots _rx2_take copied back to the kernel."""
+    _set_status(words, state[1], state[2], n_frames, RX2_FRAME, 0, TP_STATUS_KERNEL)
     state[2] = 0
 
 
@@ -303,10 +310,8 @@ def _tx_put(ring, words, state, n_frames, frames, flen, index, k):
 
 @njit
 def _tx_commit(words, state, n_frames):
-    s = state[1]
-    for _ in range(state[2]):
-        words[(s * TX_FRAME) >> 2] = TP_STATUS_SEND_REQUEST
-        s = (s + 1) % n_frames
+    """Mark the slots _tx_put filled for the kernel to send."""
+    _set_status(words, state[1], state[2], n_frames, TX_FRAME, 0, TP_STATUS_SEND_REQUEST)
     state[2] = 0
 
 

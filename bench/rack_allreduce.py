@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from bench.allreduce_net import Net  # noqa: E402
 from nina.accounting import link_bound_seconds  # noqa: E402
+from nina.procs import cpu_seconds  # noqa: E402
 from nina.wire import Encoding  # noqa: E402
 
 TCP_PAYLOAD, TCP_FRAME = 1448, 1514        # MSS with timestamps; Ethernet frame of a full segment
@@ -54,18 +55,6 @@ def ring_bound_seconds(n: int, elements: int, bw_mbit: float) -> float:
     return payload * TCP_FRAME / TCP_PAYLOAD * 8 / (bw_mbit * 1e6)
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process so far (None when it is not known)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def switch_pid(net: Net) -> int | None:
     if net.rack is not None and net.rack.switch_alive():
         return net.rack.switch.proc.pid
@@ -77,9 +66,9 @@ def measure(net: Net, n: int, bw: float, size: int, calls: int, window: int | No
     pid = switch_pid(net)
     for label, enc, cm in METHODS:
         log(f"{bw:g} Mbit/s, {n} workers: {label} of {size} elements, {calls} calls")
-        c0 = cpu_seconds(pid)
+        c0 = cpu_seconds(pid) if pid is not None else None
         t, retx, exact = net.allreduce(size, enc, cm, calls=calls, window=window)
-        c1 = cpu_seconds(pid)
+        c1 = cpu_seconds(pid) if pid is not None else None
         # the switch's CPU over the whole job (start-up and rendezvous idle) per call's time
         sw = (c1 - c0) / calls if c0 is not None and c1 is not None else None
         rows.append(dict(method=label, time=t, retx=retx, check="exact" if exact else "WRONG",

@@ -1,6 +1,6 @@
 """Process helpers shared by the switch handles, the job runner, the worker and the rack: a free
 port, stopping a process we started (by Popen or PID), children that die with their parent, how
-a process ended, the tail of a log, the checkout's root, a process's memory. One copy of each."""
+a process ended, the tail of a log, the checkout's root, a process's memory and CPU time. One copy of each."""
 from __future__ import annotations
 
 import os
@@ -90,6 +90,16 @@ def how_it_ended(returncode: int) -> str:
             name = ""
         return f"was killed by signal {-returncode}{name}"
     return f"exited with code {returncode}"
+
+
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """User + system CPU seconds a process has used (None where /proc does not tell)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_bytes(pid: int | str = "self") -> dict[str, int]:

@@ -17,6 +17,8 @@ import os
 import tempfile
 import time
 
+from nina.procs import is_zombie
+
 RECORD_NAME = "rack.json"
 
 # The controller of the process that owns a switch (a rack, the job runner's own switch) is
@@ -51,14 +53,6 @@ def unpublish(pid: int | None = None) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def running() -> list[dict]:
     """Records of the racks running now, newest first (stale index entries are removed)."""
     out = []
@@ -73,7 +67,7 @@ def running() -> list[dict]:
             pid = int(rec["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if _alive(pid):
+        if not is_zombie(pid):   # a live process (gone ones count as zombies)
             out.append(rec)
         else:
             try:

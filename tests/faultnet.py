@@ -29,6 +29,7 @@ from dataclasses import asdict, replace
 
 from nina.config import JobSpec
 from nina.decisions import Decision
+from nina.procs import cpu_seconds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -257,9 +258,7 @@ class SwitchProcess:
 
     def cpu_ticks(self) -> int:
         """CPU time (clock ticks) the switch process has used: it grows only while it works."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return round((cpu_seconds(self.proc.pid) or 0.0) * os.sysconf("SC_CLK_TCK"))
 
     def wait_busy(self, ticks: int = 10, timeout: float = 60.0) -> bool:
         """Wait until the switch has used `ticks` more CPU ticks (it is handling traffic)."""

@@ -319,6 +319,8 @@ def run_allreduce(n_workers: int, switch, *, size: int, encoding: Encoding, cm: 
                        "rounding": rounding}, None)
         coord.wait_ready(timeout=120.0)
         coord.barrier("start")
+        for c in range(1, calls):   # the workers' barrier before each later call
+            coord.barrier(f"call {c}", timeout=max(120.0, 10.0 * calls))
         done = coord.wait_done(timeout=max(120.0, 10.0 * calls), more=more_jobs)
         out.per_worker = {w: done[w].get("calls") for w in range(n_workers)}
     except JobAborted as e:

@@ -101,15 +101,30 @@ class LinkShape:
         return ", ".join(parts)
 
 
+HTB_BURST_SECONDS = 1e-3    # an HTB class's bucket: this much line time...
+HTB_MIN_BURST = 16 << 10    # ...and at least this many bytes (about ten full frames)
+
+
+def htb_burst_bytes(bw_mbit: float) -> int:
+    """The token bucket of a shaped link. With HTB's default bucket (about one frame) every
+    frame throttles the class, and each throttle re-arms the qdisc's hrtimer: in a VM that is a
+    timer reprogramming per frame, which halved the rack's all-reduce rate (issue 12). A bucket
+    of 1 ms of line time throttles once per ~ten frames; the link still never carries more than
+    rate x T + bucket bytes in any T (1 ms of extra line time at most, after an idle spell)."""
+    return max(HTB_MIN_BURST, int(bw_mbit * 1e6 / 8 * HTB_BURST_SECONDS))
+
+
 def htb_commands(dev: str, bw_mbit: float, minor: int = 1, qdisc: bool = True,
                  default: int = 1) -> list[list[str]]:
     """tc commands for an HTB class 5:<minor> of bw_mbit on dev (with the root qdisc, whose
     unclassified traffic goes to 5:<default>; a missing default class: unshaped). An explicit
-    quantum (one MTU frame) keeps HTB quiet at high rates."""
+    quantum (one MTU frame) keeps HTB quiet at high rates; the bucket is htb_burst_bytes."""
     cmds = [["tc", "qdisc", "add", "dev", dev, "root", "handle", "5:", "htb",
              "default", str(default)]] if qdisc else []
+    burst = str(htb_burst_bytes(bw_mbit))
     return cmds + [["tc", "class", "add", "dev", dev, "parent", "5:", "classid", f"5:{minor}",
-                    "htb", "rate", f"{bw_mbit}mbit", "quantum", "1514"]]
+                    "htb", "rate", f"{bw_mbit}mbit", "quantum", "1514", "burst", burst,
+                    "cburst", burst]]
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -260,6 +275,11 @@ class Impairments:
         lines = ["set -e",
                  "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                  "net.ipv6.conf.default.disable_ipv6=1",
+                 # br_netfilter, where loaded, defaults every namespace to calling iptables
+                 # for bridged frames: the full netfilter path per frame, a sixth of the
+                 # switch's CPU in the rack. Only the bridge's own flag (delay) asks for it.
+                 "for f in iptables ip6tables arptables; do sysctl -qw "
+                 "net.bridge.bridge-nf-call-$f=0 2>/dev/null || true; done",
                  f"ip link add name {BRIDGE} type bridge stp_state 0 nf_call_iptables {call_ipt}"]
         for dev in (h.link_host_intf, h.link_switch_intf):
             lines += [f"ethtool -K {dev} {' '.join(OFFLOADS_OFF)} >/dev/null 2>&1 || true",

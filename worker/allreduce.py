@@ -26,7 +26,8 @@ what happens per batch: timers, retransmissions, the RTT estimate, errors.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -84,6 +85,8 @@ class CallStats:
     priming_packets: int = 0
     retransmissions: int = 0
     ignored: int = 0          # duplicate, stale or foreign results
+    receives: int = 0         # receive calls that returned datagrams (packets_in / receives:
+                              # the mean batch, which the per-call overheads are spread over)
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # the worker process's CPU time in the call (all its threads)
 
@@ -101,7 +104,14 @@ class Result:
     stats: CallStats
     exponents: np.ndarray | None = None    # agreed exponent byte per chunk
     sent: np.ndarray | None = None         # (chunks, k) wire elements this worker sent (codes/ints)
-    contribution: np.ndarray | None = None  # what this worker's sent elements mean, as floats
+    meaning: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    @cached_property
+    def contribution(self) -> np.ndarray | None:
+        """What this worker's sent elements mean, as floats (record=True calls). Decoded on
+        first use: a tensor-sized int64 pass that only error feedback needs, and that a job
+        recording for its exact check would otherwise pay after every call."""
+        return None if self.meaning is None else self.meaning()
 
 
 class AllReduceClient:
@@ -210,6 +220,7 @@ class AllReduceClient:
             wait = min(0.05, max(0.0, float(win.deadline.min()) - now))
             m = tr.recv_rows(wait)
             if m:
+                stats.receives += 1
                 now = time.monotonic()
                 wn.accept(rx.rows, rx.lengths, m, now, self._rto(), *state, *calls, out,
                           sent8, sent32, self._state, win.send_list, win.out, win.rtt)
@@ -244,7 +255,7 @@ class AllReduceClient:
         if record:
             sent = sent8 if nat8 else sent32
             res.exponents, res.sent = agreed, sent
-            res.contribution = self.codec.meaning(sent, agreed).ravel()[:n].reshape(shape)
+            res.meaning = lambda: self.codec.meaning(sent, agreed).ravel()[:n].reshape(shape)
         return res
 
     def _raise(self, err: int, c: int, own_exp, agreed) -> None:

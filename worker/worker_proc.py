@@ -99,6 +99,10 @@ def _allreduce_task(link, client, task, wid) -> dict:
     saved = {}
     for c in range(task["calls"]):
         x = task_tensor(task["size"], task.get("seed", 0), wid, c)
+        # every call starts together (as the start barrier starts the first): a call's time
+        # is the all-reduce's, not a wait for workers still checking or making their input
+        if c:
+            link.barrier(f"call {c}")
         # the call's own memory: the peak resident set above what the process held with its
         # input in hand (inputs, imports and earlier calls' garbage excluded)
         measured = reset_peak_memory()

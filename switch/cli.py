@@ -8,7 +8,8 @@ from nina import p4spec
 from nina.config import DEFAULT_SWITCH_IP
 from nina.wire import UDP_PORT
 from switch.io_udp import SOCKET_BUFFER
-from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, RING_VERSION, FRAMES_PER_MIB
+from switch.raw_io_options import (DEFAULT_RX_MIB, FRAMES_PER_MIB, IO_KINDS, MAX_TX_SEGMENTS,
+                                   RING_VERSION)
 from nina.cli_types import grpc_address, positive_int
 
 DESCRIPTION = """\
@@ -70,6 +71,12 @@ def register(subparsers) -> None:
                    help=f"ifaces mode: receive ring per port in MiB (default {DEFAULT_RX_MIB}: "
                         f"{DEFAULT_RX_MIB * FRAMES_PER_MIB} queued frames; mmsg: socket "
                         f"buffers of about as many); bigger absorbs longer bursts")
+    p.add_argument("--tx-gso", type=positive_int, default=1, metavar="N",
+                   help=f"ifaces mode on rings: results to one worker leave in GSO frames of up "
+                        f"to N datagrams (1..{MAX_TX_SEGMENTS}; PACKET_VNET_HDR), which the kernel "
+                        f"cuts into datagrams wherever a device cannot carry them whole (a veth "
+                        f"with tx-udp-segmentation passes them on: a receiver with UDP_GRO takes "
+                        f"N results per wake-up). Default 1: a frame per result")
     p.add_argument("--jobs", metavar="FILE", default=None,
                    help="install the jobs in this JSON file at start (no controller needed)")
     p.set_defaults(func=main)
@@ -90,6 +97,10 @@ def main(args: argparse.Namespace) -> int:
         return fail("--ifaces is for --mode ifaces")
     if args.ring_mib > 1024:
         return fail(f"--ring-mib {args.ring_mib} is more than 1024 MiB per port")
+    if args.tx_gso > MAX_TX_SEGMENTS:
+        return fail(f"--tx-gso {args.tx_gso} is more than {MAX_TX_SEGMENTS} datagrams per frame")
+    if args.tx_gso > 1 and args.mode != "ifaces":
+        return fail("--tx-gso is for --mode ifaces")
     if args.pool_slots > 1 << 16:
         return fail(f"--pool-slots {args.pool_slots} exceeds the 16-bit slot space (65536)")
     try:
@@ -97,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         return run_switch(args.mode, listen=args.listen, ifaces=ifaces, trace_path=args.trace,
                           pool_slots=args.pool_slots, seed=args.seed, grpc_addr=args.grpc,
                           jobs=jobs, socket_buffer=args.socket_buffer, raw_io=args.raw_io,
-                          ring_mib=args.ring_mib)
+                          ring_mib=args.ring_mib, tx_segments=args.tx_gso)
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, P4Error) as e:

@@ -14,7 +14,10 @@ moved with recvmmsg/sendmmsg (nina.mmsg), one log line saying so (io="mmsg" asks
 from the start). Either way the NINA
 updates of a batch go through the compiled pipeline as one call, the results are framed by a
 compiled loop (switch.packets.frame_results) and each port's share leaves in one call, and
-forwarded frames are grouped per egress port the same way.
+forwarded frames are grouped per egress port the same way. On rings one batch takes from
+every ready port (a slot's updates come from every worker's port: a batch per port would
+complete fewer slots per send), and with tx_segments > 1 (`--tx-gso`) a port's results to
+one worker leave as GSO frames of up to that many datagrams (switch.packet_rings.TxRing).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from nina.wire import UDP_PORT
 from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
 from switch.kernel import OUT_ROW
 from switch.packet_rings import RingUnavailable, RxRing, TxRing, ignore_outgoing
-from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, ring_version
+from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, MAX_TX_SEGMENTS, ring_version
 from switch.pipeline import BATCH, OUT_ROWS
 
 ETH_P_ALL = 0x0003
@@ -44,13 +47,13 @@ MMSG_BUFFER_PER_RING_MIB = 4 << 20   # plain sockets' buffer per MiB of --ring-m
 class _RingPort:
     """A port on PACKET_MMAP rings: receive socket + ring, transmit socket + TX ring."""
 
-    def __init__(self, name: str, rx_mib: int, version: int):
+    def __init__(self, name: str, rx_mib: int, version: int, tx_segments: int = 1):
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # bound below
         self.rx = self.tx = None
         self.kind = f"ring-v{version}"
         try:
             self.rx = RxRing(self.sock, rx_mib, version=version)
-            self.tx = TxRing(name)
+            self.tx = TxRing(name, segments=tx_segments)
             self.own_filtered = ignore_outgoing(self.sock)
             self.sock.bind((name, ETH_P_ALL))
         except BaseException:
@@ -59,11 +62,12 @@ class _RingPort:
         self.sock.setblocking(False)
 
     def recv(self, rows, lens, pkttype) -> int:
-        return self.rx.take(rows, lens, pkttype, BATCH)
+        """Frames into rows 0.. (as many as rows has, at most)."""
+        return self.rx.take(rows, lens, pkttype, len(rows))
 
-    def send(self, frames, flen, index) -> tuple[int, int]:
+    def send(self, frames, flen, index, group: bool = False) -> tuple[int, int]:
         k = len(index)
-        sent = self.tx.send(frames, flen, index, k)
+        sent = self.tx.send(frames, flen, index, k, group)
         return sent, k - sent
 
     def drops(self) -> int:
@@ -102,7 +106,7 @@ class _MsgPort:
             pkttype[:m] = r.name.view(np.uint8).reshape(r.n, -1)[:m, _PKTTYPE_AT]
         return m
 
-    def send(self, frames, flen, index) -> tuple[int, int]:
+    def send(self, frames, flen, index, group: bool = False) -> tuple[int, int]:
         return self.tx.send_rows(self.sock.fileno(), frames, flen[index], len(index),
                                  index=index)
 
@@ -116,14 +120,19 @@ class _MsgPort:
 class RawIO:
     """Runs a pipeline behind AF_PACKET sockets, one port per interface."""
 
-    def __init__(self, ifaces: list[str], io: str = "ring", ring_mib: int = DEFAULT_RX_MIB):
+    def __init__(self, ifaces: list[str], io: str = "ring", ring_mib: int = DEFAULT_RX_MIB,
+                 tx_segments: int = 1):
         if not ifaces:
             raise ValueError("interface mode needs at least one interface")
         if len(set(ifaces)) != len(ifaces):
             raise ValueError(f"interface listed twice in {','.join(ifaces)}")
         if io not in IO_KINDS:
             raise ValueError(f"raw I/O must be one of {', '.join(IO_KINDS)}, got {io!r}")
+        if not 1 <= tx_segments <= MAX_TX_SEGMENTS:
+            raise ValueError(f"results per GSO frame must be 1..{MAX_TX_SEGMENTS}, got "
+                             f"{tx_segments}")
         self.ifaces = list(ifaces)
+        self.tx_segments = tx_segments
         self.ports: dict[int, _RingPort | _MsgPort] = {}
         self.fallback_reason: str | None = None
         try:
@@ -148,7 +157,8 @@ class RawIO:
             try:
                 if ring_version(io) and self.fallback_reason is None:
                     try:
-                        self.ports[port] = _RingPort(name, ring_mib, ring_version(io))
+                        self.ports[port] = _RingPort(name, ring_mib, ring_version(io),
+                                                     self.tx_segments)
                         continue
                     except RingUnavailable as e:
                         self._fall_back(name, e.strerror, ring_mib)
@@ -202,26 +212,52 @@ class RawIO:
         self._frames = np.zeros((OUT_ROWS, FRAME_HEAD + OUT_ROW), np.uint8)
         self._flen = np.zeros(OUT_ROWS, np.int64)
         self._port_of = np.zeros(BATCH, np.int64)
+        rings = self.io.startswith("ring")
         while not self._stop:
-            for fd, _ in poller.poll():
-                port = fd_port.get(fd)
-                if port is None:
-                    continue   # the wake pipe: the loop condition ends it
+            ready = [fd_port[fd] for fd, _ in poller.poll() if fd in fd_port]
+            if rings:
+                self._drain_together(pipeline, ready)
+                continue
+            for port in ready:
                 pt = self.ports[port]
                 while not self._stop:
                     m = pt.recv(self._rows, self._lens, self._pkttype)
                     if not m:
                         break
-                    buf = pt.ring.buf if pt.kind == "mmsg" else self._rows
-                    try:
-                        self._handle(pipeline, port, buf, m)
-                    except Exception as e:  # a pipeline bug must not take the switch down
-                        self._internal_error(e)
+                    self._port_of[:m] = port
+                    self._handle_safely(pipeline, pt.ring.buf, m)
 
-    def _handle(self, pipeline, port: int, buf: np.ndarray, m: int) -> None:
-        """One batch of frames from `port` (rows of buf): the NINA updates through the
-        pipeline in one call (the frames' own rows, the payload at its offset), the rest
-        forwarded, grouped per egress port."""
+    def _drain_together(self, pipeline, ready: list[int]) -> None:
+        """Ring ports: one batch from every ready port's ring, as one pipeline call, until
+        all are empty. The results of a batch then leave per egress port in one send (one
+        GSO frame per worker and flow with --tx-gso): updates of one slot arrive from every
+        worker's port, and handled port by port each batch would complete fewer slots."""
+        while ready and not self._stop:
+            m, still = 0, []
+            for i, port in enumerate(ready):
+                if m == BATCH:   # the batch is full: the ports not read yet come next time
+                    still += ready[i:]
+                    break
+                got = self.ports[port].recv(self._rows[m:], self._lens[m:], self._pkttype[m:])
+                if got:
+                    self._port_of[m:m + got] = port
+                    m += got
+                    still.append(port)
+            if not m:
+                return
+            self._handle_safely(pipeline, self._rows, m)
+            ready = still
+
+    def _handle_safely(self, pipeline, buf: np.ndarray, m: int) -> None:
+        try:
+            self._handle(pipeline, buf, m)
+        except Exception as e:  # a pipeline bug must not take the switch down
+            self._internal_error(e)
+
+    def _handle(self, pipeline, buf: np.ndarray, m: int) -> None:
+        """One batch of frames (rows of buf; row i came in on port _port_of[i]): the NINA
+        updates through the pipeline in one call (the frames' own rows, the payload at its
+        offset), the rest forwarded, grouped per egress port."""
         lens = self._lens[:m]
         fr = self._frows
         fr.classify(buf, lens, m)
@@ -230,24 +266,23 @@ class RawIO:
         self.rx_packets += int(mine.sum())
         other = np.flatnonzero(mine & ~nina)
         if len(other):   # malformed NINA or other traffic
-            self._forward(pipeline, port, buf, lens, other)
+            self._forward(pipeline, buf, lens, other)
         idx = np.flatnonzero(nina)
         if not len(idx):
             return
-        self._port_of[:] = port
         if len(idx) == m:   # the usual batch: every frame an update, processed in place
             pipeline.process_batch(buf, fr.off, fr.plen, self._port_of, fr.src_ip,
                                    fr.src_port, lens, m, self._send_results)
         else:
-            pipeline.process_batch(buf[idx], fr.off[idx], fr.plen[idx], self._port_of,
+            pipeline.process_batch(buf[idx], fr.off[idx], fr.plen[idx], self._port_of[idx],
                                    fr.src_ip[idx], fr.src_port[idx], lens[idx], len(idx),
                                    self._send_results)
 
-    def _forward(self, pipeline, port: int, buf: np.ndarray, lens: np.ndarray,
-                 which: np.ndarray) -> None:
+    def _forward(self, pipeline, buf: np.ndarray, lens: np.ndarray, which: np.ndarray) -> None:
         fr = self._frows
         egress: dict[int, list[int]] = {}
         for i in which.tolist():
+            port = int(self._port_of[i])
             n = int(lens[i])
             if fr.kind[i] == K_MALFORMED:
                 pipeline.drop_malformed(port, n)
@@ -267,18 +302,20 @@ class RawIO:
         ports = img.replicas[out_rep[:k], 0]
         first = ports[0]
         if (ports == first).all():   # one egress port (a 1-port switch, or a bench)
-            self._send_rows(int(first), self._frames, self._flen, np.arange(k))
+            self._send_rows(int(first), self._frames, self._flen, np.arange(k), True)
             return
         for p in np.unique(ports).tolist():
-            self._send_rows(p, self._frames, self._flen, np.flatnonzero(ports == p))
+            self._send_rows(p, self._frames, self._flen, np.flatnonzero(ports == p), True)
 
     def _send_rows(self, port: int, frames: np.ndarray, flen: np.ndarray,
-                   index: np.ndarray) -> None:
+                   index: np.ndarray, results: bool = False) -> None:
+        """frames[index] out of `port`; results (frames this switch built, one UDP flow per
+        worker) may leave as GSO frames of up to tx_segments datagrams."""
         pt = self.ports.get(port)
         if pt is None:
             self.tx_errors += len(index)   # no such port on this switch
             return
-        sent, failed = pt.send(frames, flen, index)
+        sent, failed = pt.send(frames, flen, index, results)
         self.tx_packets += sent
         self.tx_errors += failed
 

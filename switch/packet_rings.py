@@ -31,7 +31,13 @@ TP_STATUS_SEND_REQUEST; `kick` is the one send() that makes the kernel transmit 
 requested slot, through the interface's qdisc (the rack shapes switch ports with HTB, so no
 PACKET_QDISC_BYPASS). A slot becomes free again when the kernel has freed the frame's buffer,
 i.e. after the qdisc let it out; PACKET_LOSS makes the kernel skip a malformed frame instead of
-stopping the ring.
+stopping the ring. A ring made with segments > 1 has PACKET_VNET_HDR and TX_GSO_FRAME slots:
+each frame there starts with a virtio_net_hdr, and `send(group=True)` puts up to `segments`
+consecutive frames of one UDP flow and length into one slot as a GSO frame
+(switch.packets.put_vnet_frame). The kernel cuts it into datagrams at the first device that
+cannot carry it whole (software GSO, checksums completed), so every receiver gets datagrams;
+veths with tx-udp-segmentation carry it whole to a UDP_GRO socket, which takes it in one
+receive. Every qdisc on the way counts its datagrams' bytes and headers (qdisc_pkt_len).
 
 Ring sizing (per switch port; the kernel allocates it, unswappable, when the ring is set up):
 - receive: DEFAULT_RX_MIB (4 MiB). TPACKET_V2: 2048 slots of 2 KiB (a 1514-byte frame behind
@@ -62,11 +68,13 @@ import struct
 import numpy as np
 
 from nina.jit import njit
+from nina.wire import IPV4_MIN_LEN, UDP_LEN
+from switch.packets import FRAME_HEAD, VNET_HDR_LEN, put_vnet_frame, same_udp_flow
 from switch.raw_io_options import DEFAULT_RX_MIB
 
 SOL_PACKET = 263
 PACKET_RX_RING, PACKET_STATISTICS, PACKET_VERSION, PACKET_TX_RING = 5, 6, 10, 13
-PACKET_LOSS, PACKET_IGNORE_OUTGOING = 14, 23
+PACKET_LOSS, PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING = 14, 15, 23
 TPACKET_V2, TPACKET_V3 = 1, 2
 TP_STATUS_KERNEL, TP_STATUS_USER = 0, 1
 TP_STATUS_AVAILABLE, TP_STATUS_SEND_REQUEST, TP_STATUS_SENDING, TP_STATUS_WRONG_FORMAT = \
@@ -90,6 +98,7 @@ RETIRE_MS = 1                 # the shortest the kernel's block timer takes
 RX_FRAME_LIMIT = 4096         # largest frame slot in a block (frames beyond are cut)
 TX_FRAME = 2048
 TX_FRAMES = 2048
+TX_GSO_FRAME = 8192          # a slot of a GSO ring: a frame of up to 15 full-size datagrams
 TX_SNDBUF = 32 << 20
 TX_WAIT_US = 50_000          # a kick waiting for a full ring gives up after this
 
@@ -280,54 +289,78 @@ class RxRing:
 # ---------------------------------------------------------------- transmit (TPACKET_V2)
 
 @njit
-def _tx_put(ring, words, state, n_frames, frames, flen, index, k):
-    """Copy frames[index[i]][:flen[index[i]]] into the next free slots, in ring order; returns
-    how many fit (stops at the first slot the kernel still holds). Statuses are left to
-    _tx_commit. state: [next slot, first slot to commit, slots to commit]."""
+def _tx_put(ring, words, state, n_frames, frame_size, frames, flen, index, k, vnet, max_segs):
+    """Copy frames[index[i]][:flen[index[i]]] into the next free slots of `frame_size` bytes,
+    in ring order; returns how many frames are in (stops at the first slot the kernel still
+    holds). vnet: the socket has PACKET_VNET_HDR, so each slot starts with a virtio_net_hdr,
+    and up to max_segs consecutive frames of one UDP flow and length share a slot as one GSO
+    frame (switch.packets.put_vnet_frame). Statuses are left to _tx_commit.
+    state: [next slot, first slot to commit, slots to commit]."""
     i = 0
     if state[2] == 0:
         state[1] = state[0]
+    room = frame_size - TX_DATA_AT
     while i < k:
         s = state[0]
-        w = (s * TX_FRAME) >> 2
+        w = (s * frame_size) >> 2
         st = words[w]
         if st != TP_STATUS_AVAILABLE and st != TP_STATUS_WRONG_FORMAT:
             break
         r = index[i]
         n = flen[r]
-        if n > TX_FRAME - TX_DATA_AT:
-            n = TX_FRAME - TX_DATA_AT
-        base = s * TX_FRAME + TX_DATA_AT
-        src = frames[r]
-        for j in range(n):
-            ring[base + j] = src[j]
-        words[w + 1] = n
+        base = s * frame_size + TX_DATA_AT
+        g = 1
+        if vnet:
+            # a UDP frame (one that agrees with itself) may open a group
+            if max_segs > 1 and n > FRAME_HEAD and same_udp_flow(frames[r], frames[r]):
+                pay = n - FRAME_HEAD
+                cap = min(max_segs, k - i, (room - VNET_HDR_LEN - FRAME_HEAD) // pay,
+                          (0xFFFF - IPV4_MIN_LEN - UDP_LEN) // pay)
+                while g < cap and flen[index[i + g]] == n and \
+                        same_udp_flow(frames[r], frames[index[i + g]]):
+                    g += 1
+            words[w + 1] = put_vnet_frame(ring, base, frames, flen, index, i, g, room)
+        else:
+            if n > room:
+                n = room
+            src = frames[r]
+            for j in range(n):
+                ring[base + j] = src[j]
+            words[w + 1] = n
         state[0] = (s + 1) % n_frames
         state[2] += 1
-        i += 1
+        i += g
     return i
 
 
 @njit
-def _tx_commit(words, state, n_frames):
+def _tx_commit(words, state, n_frames, frame_size):
     """Mark the slots _tx_put filled for the kernel to send."""
-    _set_status(words, state[1], state[2], n_frames, TX_FRAME, 0, TP_STATUS_SEND_REQUEST)
+    _set_status(words, state[1], state[2], n_frames, frame_size, 0, TP_STATUS_SEND_REQUEST)
     state[2] = 0
 
 
 class TxRing:
     """A transmit ring on its own AF_PACKET socket bound to `iface` with protocol 0."""
 
-    def __init__(self, iface: str, frames: int = TX_FRAMES):
+    def __init__(self, iface: str, frames: int = TX_FRAMES, segments: int = 1):
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        # segments > 1: frames carry a virtio_net_hdr (set before the ring, as the kernel
+        # requires), in slots big enough for a GSO frame of that many datagrams
+        self.segments = segments
+        self.frame_size = TX_FRAME if segments == 1 else TX_GSO_FRAME
+        if segments > 1:
+            frames = max(1, frames * TX_FRAME // TX_GSO_FRAME)   # the same ring memory
         try:
             _setsockopt(self.sock, PACKET_VERSION, TPACKET_V2, "TPACKET_V2")
             _setsockopt(self.sock, PACKET_LOSS, 1, "PACKET_LOSS")
-            per_block = TX_BLOCK // TX_FRAME   # tpacket_req: slots packed in page blocks
+            if segments > 1:
+                _setsockopt(self.sock, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
+            per_block = TX_BLOCK // self.frame_size   # tpacket_req: slots packed in blocks
             frames = -(-frames // per_block) * per_block
-            req = np.array([TX_BLOCK, frames // per_block, TX_FRAME, frames], np.uint32)
+            req = np.array([TX_BLOCK, frames // per_block, self.frame_size, frames], np.uint32)
             _setsockopt(self.sock, PACKET_TX_RING, req.tobytes(), "PACKET_TX_RING")
-            self.map = _map(self.sock, TX_FRAME * frames, "transmit ring")
+            self.map = _map(self.sock, self.frame_size * frames, "transmit ring")
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, TX_SNDBUF)
             except OSError:
@@ -346,17 +379,24 @@ class TxRing:
         self.fd = self.sock.fileno()
         self.kick_errors = 0
 
-    def send(self, frames: np.ndarray, flen: np.ndarray, index: np.ndarray, k: int) -> int:
+    def send(self, frames: np.ndarray, flen: np.ndarray, index: np.ndarray, k: int,
+             group: bool = False) -> int:
         """Queue frames[index[:k]] and start their transmission; returns how many were
-        queued (the rest found the ring full, even after waiting once for it to drain)."""
-        done = _tx_put(self.ring, self.words, self.state, self.n_frames, frames, flen, index, k)
-        _tx_commit(self.words, self.state, self.n_frames)
+        queued (the rest found the ring full, even after waiting once for it to drain).
+        group: consecutive frames of one UDP flow and length may leave as one GSO frame
+        (on a ring made with segments > 1; the kernel cuts it where a device cannot carry
+        it, so every receiver still gets datagrams)."""
+        vnet = self.segments > 1
+        segs = self.segments if group else 1
+        done = _tx_put(self.ring, self.words, self.state, self.n_frames, self.frame_size,
+                       frames, flen, index, k, vnet, segs)
+        _tx_commit(self.words, self.state, self.n_frames, self.frame_size)
         self.kick()
         if done < k:   # ring full: let the kernel finish what it holds, then try once more
             self.kick(wait=True)
-            more = _tx_put(self.ring, self.words, self.state, self.n_frames, frames, flen,
-                           index[done:k], k - done)
-            _tx_commit(self.words, self.state, self.n_frames)
+            more = _tx_put(self.ring, self.words, self.state, self.n_frames, self.frame_size,
+                           frames, flen, index[done:k], k - done, vnet, segs)
+            _tx_commit(self.words, self.state, self.n_frames, self.frame_size)
             self.kick()
             done += more
         return done
@@ -408,8 +448,9 @@ def _warm() -> None:
     _rx2_take(ring, words, state, 1, rows, lens, kinds, 1)
     _rx2_release(words, state, 1)
     words[0] = TP_STATUS_SENDING   # a slot the kernel holds: _tx_put stops there
-    _tx_put(ring, words, state, 1, rows, lens, lens, 1)
-    _tx_commit(words, state, 1)
+    for vnet in (False, True):
+        _tx_put(ring, words, state, 1, TX_FRAME, rows, lens, lens, 1, vnet, 16)
+    _tx_commit(words, state, 1, TX_FRAME)
 
 
 _warm()

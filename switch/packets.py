@@ -123,6 +123,78 @@ def frame_results(out, out_len, out_rep, k, replicas, frames, frame_len, src_por
         frame_len[i] = u + ulen
 
 
+# A PACKET_VNET_HDR socket's frames start with a struct virtio_net_hdr (little-endian: flags,
+# gso_type, hdr_len, gso_size, csum_start, csum_offset), which can ask the kernel to cut the
+# frame into UDP datagrams of gso_size payload bytes (GSO) wherever a device cannot carry it.
+VNET_HDR_LEN = 10
+_VNET_NEEDS_CSUM, _VNET_GSO_UDP_L4 = 1, 5
+_PER_SEGMENT = (ETH_LEN + 2, ETH_LEN + 3, ETH_LEN + 4, ETH_LEN + 5, ETH_LEN + 10, ETH_LEN + 11,
+                FRAME_HEAD - 4, FRAME_HEAD - 3, FRAME_HEAD - 2, FRAME_HEAD - 1)  # lengths, id, sums
+
+
+@njit
+def same_udp_flow(a, b):
+    """Frames a and b are IPv4 (no options)/UDP frames whose headers agree in every byte a
+    GSO segment takes from the first one (all but lengths, IP id and checksums)."""
+    if a[12] != 0x08 or a[13] != 0 or a[ETH_LEN] != 0x45 or a[ETH_LEN + 9] != IPPROTO_UDP:
+        return False
+    for j in range(FRAME_HEAD):
+        if a[j] != b[j]:
+            skip = False
+            for q in _PER_SEGMENT:
+                if j == q:
+                    skip = True
+            if not skip:
+                return False
+    return True
+
+
+@njit
+def put_vnet_frame(dst, at, frames, flen, index, i, g, room):
+    """Write at dst[at:] a virtio_net_hdr and a frame for frames[index[i..i+g-1]]; returns the
+    bytes written (at most `room`: the caller sizes g to fit). g == 1: the frame as it is
+    (cut to fit), behind an empty header. g > 1 (same_udp_flow
+    frames of one length): one frame with the first one's headers and all g UDP payloads, its
+    IP and UDP lengths for the whole, and a header asking for UDP GSO into g datagrams; the
+    UDP checksum field holds the pseudo-header sum (CHECKSUM_PARTIAL), which the kernel
+    completes per datagram when it cuts them (or the receiver trusts, if none has to)."""
+    r = index[i]
+    n = np.int64(flen[r])
+    for j in range(VNET_HDR_LEN):
+        dst[at + j] = 0
+    f0 = frames[r]
+    o = at + VNET_HDR_LEN
+    if g == 1:
+        n = min(n, room - VNET_HDR_LEN)
+        for j in range(n):
+            dst[o + j] = f0[j]
+        return VNET_HDR_LEN + n
+    pay = n - FRAME_HEAD
+    dst[at] = _VNET_NEEDS_CSUM
+    dst[at + 1] = _VNET_GSO_UDP_L4
+    for v, q in ((FRAME_HEAD, 2), (pay, 4), (ETH_LEN + IPV4_MIN_LEN, 6), (6, 8)):
+        dst[at + q] = v & 0xFF
+        dst[at + q + 1] = v >> 8
+    for j in range(FRAME_HEAD):
+        dst[o + j] = f0[j]
+    ulen = UDP_LEN + g * pay
+    ip = o + ETH_LEN
+    _be(dst, ip + 2, IPV4_MIN_LEN + ulen, 2)
+    _be(dst, ip + 10, 0, 2)
+    _be(dst, ip + 10, ~_csum_fold(_csum_add(dst, ip, ip + IPV4_MIN_LEN, 0)) & 0xFFFF, 2)
+    u = ip + IPV4_MIN_LEN
+    _be(dst, u + 4, ulen, 2)
+    sip = _csum_add(dst, ip + 12, ip + 20, 0)   # source and destination addresses
+    _be(dst, u + 6, _csum_fold(sip + IPPROTO_UDP + ulen), 2)
+    p = u + UDP_LEN
+    for s in range(g):
+        f = frames[index[i + s]]
+        for j in range(pay):
+            dst[p + j] = f[FRAME_HEAD + j]
+        p += pay
+    return p - at
+
+
 @njit
 def classify_frames(buf, lens, m, nina_port, kind, dst_mac, src_ip, dst_ip, src_port, dst_port,
                     off, plen):

@@ -12,3 +12,5 @@ FRAMES_PER_MIB = 512          # frames a MiB of (TPACKET_V2) receive ring holds:
 def ring_version(io: str) -> int | None:
     """The TPACKET version of the receive ring of I/O kind `io` (None: no ring)."""
     return {"ring": RING_VERSION, "ring-v2": 2, "ring-v3": 3}.get(io)
+MAX_TX_SEGMENTS = 15          # results per GSO frame at most (packet_rings.TX_GSO_FRAME holds
+                              # 15 of the largest, 528-byte, datagrams)

@@ -90,7 +90,8 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
                trace_path: str | None = None, pool_slots: int | None = None,
                seed: int | None = None, grpc_addr: str | None = None,
                jobs: list[JobSpec] = (), socket_buffer: int | None = None,
-               raw_io: str = "ring", ring_mib: int | None = None, out=sys.stdout) -> int:
+               raw_io: str = "ring", ring_mib: int | None = None, tx_segments: int = 1,
+               out=sys.stdout) -> int:
     """`nina switch`: serve until SIGINT/SIGTERM; returns the exit code."""
     from nina import p4spec
     from switch.trace_sink import TraceSink
@@ -116,7 +117,7 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
     else:
         from switch.io_raw import RawIO
         from switch.raw_io_options import DEFAULT_RX_MIB
-        io = RawIO(list(ifaces), raw_io, ring_mib or DEFAULT_RX_MIB)
+        io = RawIO(list(ifaces), raw_io, ring_mib or DEFAULT_RX_MIB, tx_segments)
 
     trace = None
     try:

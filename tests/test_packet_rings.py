@@ -72,7 +72,7 @@ def _host_socket(ns: str, iface: str) -> socket.socket:
     return s
 
 
-def _switch(sw_ifaces, n_slots, io="ring"):
+def _switch(sw_ifaces, n_slots, io="ring", tx_segments=1):
     from switch.io_raw import RawIO
     from switch.pipeline import Pipeline
     from switch.server import SwitchServer
@@ -84,7 +84,8 @@ def _switch(sw_ifaces, n_slots, io="ring"):
     firsts = pipeline.install_job(spec)
     for w in spec.workers:
         pipeline.tables.insert(p4spec.L2_FORWARD.name, (mac_to_int(w.mac),), (w.port,))
-    return SwitchServer(pipeline, RawIO(sw_ifaces, io)).start(), spec, firsts
+    return SwitchServer(pipeline, RawIO(sw_ifaces, io, tx_segments=tx_segments)).start(), \
+        spec, firsts
 
 
 def _receive(socks, want: int, timeout: float = 20.0) -> list[list[bytes]]:
@@ -125,6 +126,44 @@ def _results(frames: list[bytes]) -> list[bytes]:
     return out
 
 
+def _send_updates(socks, spec, firsts) -> None:
+    """Every slot's update from each worker's host end, a window of 256 per send."""
+    codes = [np.full(256, 3, np.uint8), np.full(256, 0x80 | 1, np.uint8)]
+    smac = mac_to_int(SWITCH_MAC)
+    from switch.packets import build_udp_frame
+    for w, s in enumerate(socks):
+        ip = int.from_bytes(socket.inet_aton(f"10.78.0.{w + 1}"), "big")
+        dip = int.from_bytes(socket.inet_aton(SWITCH_IP), "big")
+        frames = [build_udp_frame(smac, mac_to_int(spec.workers[w].mac), ip, dip,
+                                  42000 + w, UDP_PORT,
+                                  pack_packet(Header(job=5, worker=w, slot=slot, count=256,
+                                                     exponent=100, offset=256 * slot,
+                                                     flags=round_flags(firsts[slot])),
+                                              codes[w]))
+                  for slot in range(N_SLOTS)]
+        rows = np.frombuffer(b"".join(frames), np.uint8).reshape(N_SLOTS, -1)
+        tx = MsgRing(256, 0)
+        sent = 0
+        while sent < N_SLOTS:   # a burst of a whole window per worker, as a client sends
+            k = min(256, N_SLOTS - sent)
+            ok, failed = tx.send_rows(s.fileno(), rows[sent:sent + k], rows.shape[1], k)
+            assert failed == 0
+            sent += ok
+
+
+def _check_results(res: list[bytes], w: int, S: int) -> None:
+    """Worker w's results: all 2 per slot, each the sum the two workers' codes make."""
+    assert len(res) == 2 * N_SLOTS, f"worker {w}: {len(res)} results"
+    offsets = set()
+    for data in res:
+        h = Header.unpack(data)
+        assert (h.job, h.worker) == (5, w)
+        vals = np.frombuffer(data[16:], ">i4")
+        assert (vals == (1 << (S - 3)) - (1 << (S - 1))).all()
+        offsets.add(h.offset)
+    assert offsets == {256 * s + 128 * part for s in range(N_SLOTS) for part in (0, 1)}
+
+
 @pytest.mark.parametrize("io", ["ring-v3", "ring-v2", "mmsg"])
 def test_every_update_through_the_switch_and_every_result_back(lab, io):
     sw_ifaces, ns, hosts = lab
@@ -132,42 +171,12 @@ def test_every_update_through_the_switch_and_every_result_back(lab, io):
     server, spec, firsts = _switch(sw_ifaces, N_SLOTS, io)
     try:
         assert server.io.io == io
-        codes = [np.full(256, 3, np.uint8), np.full(256, 0x80 | 1, np.uint8)]
-        smac = mac_to_int(SWITCH_MAC)
-        from switch.packets import build_udp_frame
-        for w, s in enumerate(socks):
-            ip = int.from_bytes(socket.inet_aton(f"10.78.0.{w + 1}"), "big")
-            dip = int.from_bytes(socket.inet_aton(SWITCH_IP), "big")
-            frames = [build_udp_frame(smac, mac_to_int(spec.workers[w].mac), ip, dip,
-                                      42000 + w, UDP_PORT,
-                                      pack_packet(Header(job=5, worker=w, slot=slot, count=256,
-                                                         exponent=100, offset=256 * slot,
-                                                         flags=round_flags(firsts[slot])),
-                                                  codes[w]))
-                      for slot in range(N_SLOTS)]
-            rows = np.frombuffer(b"".join(frames), np.uint8).reshape(N_SLOTS, -1)
-            tx = MsgRing(256, 0)
-            sent = 0
-            while sent < N_SLOTS:   # a burst of a whole window per worker, as a client sends
-                k = min(256, N_SLOTS - sent)
-                ok, failed = tx.send_rows(s.fileno(), rows[sent:sent + k], rows.shape[1], k)
-                assert failed == 0
-                sent += ok
+        _send_updates(socks, spec, firsts)
         got = _receive(socks, 2 * N_SLOTS)
         pipeline = server.pipeline
         assert int(pipeline.counters_packets[Decision.COMPLETE]) == N_SLOTS
-        S = spec.shift
         for w in range(2):
-            res = _results(got[w])
-            assert len(res) == 2 * N_SLOTS, f"worker {w}: {len(res)} results"
-            offsets = set()
-            for data in res:
-                h = Header.unpack(data)
-                assert (h.job, h.worker) == (5, w)
-                vals = np.frombuffer(data[16:], ">i4")
-                assert (vals == (1 << (S - 3)) - (1 << (S - 1))).all()
-                offsets.add(h.offset)
-            assert offsets == {256 * s + 128 * part for s in range(N_SLOTS) for part in (0, 1)}
+            _check_results(_results(got[w]), w, spec.shift)
         assert server.io.tx_errors == 0 and server.io.rx_drops == 0
         assert server.io.rx_packets == 2 * N_SLOTS   # our own transmissions are not counted
     finally:
@@ -210,3 +219,48 @@ def test_a_refused_ring_falls_back_to_mmsg_in_one_line(lab, monkeypatch, capfd):
         io.close()
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "PACKET_MMAP ring refused" in err[0] and sw_ifaces[0] in err[0]
+
+
+def test_gso_results_reach_a_gro_socket_whole_and_others_cut(lab):
+    """--tx-gso: worker 0's switch port passes GSO frames (as the rack's bandwidth-only links
+    do), so its UDP_GRO socket takes many results per receive buffer; worker 1's port has
+    offloads off, so the kernel cuts there and its host end sees ordinary frames, each with
+    both checksums right. Either way every result arrives, once."""
+    from nina.udp_batch import BatchRx
+    from topology.mininet_rack import GSO_PASS, OFFLOADS_OFF
+    from topology.netns import in_netns_path
+    sw_ifaces, ns, hosts = lab
+    _sh("ethtool", "-K", sw_ifaces[0], *GSO_PASS)
+    _sh("ethtool", "-K", sw_ifaces[1], *OFFLOADS_OFF)
+    ex = ("ip", "netns", "exec", ns)
+    _sh(*ex, "ip", "link", "set", hosts[0], "address", "02:00:00:00:78:01")
+    _sh(*ex, "ip", "addr", "add", "10.78.0.1/24", "dev", hosts[0])
+    socks = [_host_socket(ns, h) for h in hosts]
+    with in_netns_path(f"/run/netns/{ns}"):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        udp.bind(("10.78.0.1", 42000))
+    rx = BatchRx(udp, 4096, 2048, msgs=64, gro=True)
+    assert rx.gro, "the kernel refused UDP_GRO"
+    server, spec, firsts = _switch(sw_ifaces, N_SLOTS, "ring-v2", tx_segments=15)
+    try:
+        _send_updates(socks, spec, firsts)
+        res0, deadline = [], time.monotonic() + 20.0
+        while len(res0) < 2 * N_SLOTS and time.monotonic() < deadline:
+            if select.select([udp], [], [], 0.5)[0]:
+                m = rx.recv(MSG_DONTWAIT)
+                while m:
+                    res0 += [rx.rows[i, :rx.lengths[i]].tobytes() for i in range(m)]
+                    m = rx.more()
+        got1 = _receive(socks[1:], 2 * N_SLOTS)[0]
+        _check_results(res0, 0, spec.shift)
+        assert rx.messages * 4 <= len(res0), \
+            f"{len(res0)} results in {rx.messages} receive buffers: no GSO frames got through"
+        assert all(len(f) <= 1514 for f in got1)
+        _check_results(_results(got1), 1, spec.shift)
+        assert server.io.tx_errors == 0 and server.io.tx_packets == 4 * N_SLOTS
+    finally:
+        server.stop()
+        udp.close()
+        for s in socks:
+            s.close()

@@ -196,3 +196,69 @@ def test_raw_interfaces_aggregate_and_forward(rack):
         assert pipeline.counters_packets[Decision.COMPLETE] == 1
     finally:
         server.stop()
+
+
+# ---- GSO frames of results (--tx-gso): what the kernel is asked to cut --------------------
+
+def _gso_frame(frames: list[bytes]) -> bytes:
+    from switch.packets import put_vnet_frame
+    rows = np.zeros((len(frames), max(map(len, frames))), np.uint8)
+    for i, f in enumerate(frames):
+        rows[i, :len(f)] = np.frombuffer(f, np.uint8)
+    flen = np.array([len(f) for f in frames], np.int64)
+    dst = np.zeros(8192, np.uint8)
+    n = put_vnet_frame(dst, 0, rows, flen, np.arange(len(frames)), 0, len(frames), 8192)
+    return dst[:n].tobytes()
+
+
+def _cut(gso: bytes) -> list[bytes]:
+    """Cut a GSO frame as the kernel does (UDP_L4): the header once per datagram with its
+    own lengths; checksums recomputed here by scapy, independently of the code under test."""
+    flags, gtype, hdr_len, gsize, cstart, coff = struct.unpack("<BBHHHH", gso[:10])
+    frame = gso[10:]
+    head, data = frame[:hdr_len], frame[hdr_len:]
+    out = []
+    for o in range(0, len(data), gsize):
+        pkt = Ether(head + data[o:o + gsize])
+        del pkt[IP].len, pkt[IP].chksum, pkt[UDP].len, pkt[UDP].chksum
+        out.append(raw(Ether(raw(pkt))))
+    return out
+
+
+def _result_frame(dport: int, payload: bytes, dmac: int = 0x020000007801) -> bytes:
+    return build_udp_frame(dmac, mac_to_int(SWITCH_MAC), 0x0A4E00FE, 0x0A4E0001, UDP_PORT,
+                           dport, payload)
+
+
+def test_a_gso_frame_asks_for_udp_segments_that_cut_back_into_the_frames():
+    frames = [_result_frame(42000, bytes([i]) * 272) for i in range(5)]
+    gso = _gso_frame(frames)
+    flags, gtype, hdr_len, gsize, cstart, coff = struct.unpack("<BBHHHH", gso[:10])
+    assert (flags, gtype, hdr_len, gsize, cstart, coff) == (1, 5, 42, 272, 34, 6)
+    pkt = Ether(gso[10:])
+    assert pkt[IP].len == 20 + 8 + 5 * 272 and pkt[UDP].len == 8 + 5 * 272
+    ip = bytes(gso[10 + 14:10 + 34])
+    assert ones_complement_sum(ip) == 0xFFFF, "the IPv4 header checksum of the whole frame"
+    # CHECKSUM_PARTIAL: the UDP field holds the pseudo-header sum the kernel completes
+    pseudo = struct.pack("!IIBBH", 0x0A4E00FE, 0x0A4E0001, 0, 17, 8 + 5 * 272)
+    assert pkt[UDP].chksum == ones_complement_sum(pseudo)
+    cut = _cut(gso)
+    assert [c[:18] + c[20:24] + c[26:] for c in cut] == \
+        [f[:18] + f[20:24] + f[26:] for f in frames]   # all but the IP id and its checksum
+
+
+def test_one_frame_goes_whole_behind_an_empty_header():
+    f = _result_frame(42000, b"\x07" * 100)
+    gso = _gso_frame([f])
+    assert gso == bytes(10) + f
+
+
+def test_only_frames_of_one_flow_share_a_gso_frame():
+    from switch.packets import same_udp_flow
+    a = np.frombuffer(_result_frame(42000, b"\1" * 64), np.uint8)
+    assert same_udp_flow(a, np.frombuffer(_result_frame(42000, b"\2" * 64), np.uint8))
+    assert not same_udp_flow(a, np.frombuffer(_result_frame(42001, b"\1" * 64), np.uint8))
+    assert not same_udp_flow(a, np.frombuffer(_result_frame(42000, b"\1" * 64, dmac=5),
+                                              np.uint8))
+    arp = np.frombuffer(raw(Ether() / ARP()).ljust(64, b"\0"), np.uint8)
+    assert not same_udp_flow(arp, arp)

@@ -35,7 +35,9 @@ from topology.runenv import clean_leftovers, default_run_dir
 
 from nina.p4build import BMV2_JSON_PATH, P4INFO_PATH  # noqa: F401 (tests read them here)
 
-OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
+OFFLOADS_OFF = impair.OFFLOADS_OFF
+GSO_PASS = ["tx", "on", "sg", "on", "gso", "on", "tx-udp-segmentation", "on"]
+RESULTS_PER_GSO = 15          # the switch's --tx-gso on links that only shape bandwidth
 # BMv2 runs this program at a few hundred updates/s and queues everything (the coordination TCP
 # too) in one FIFO: 32 slots per worker in flight build seconds of queue when the CPU is shared,
 # the clients' retransmissions pile onto it and heartbeats time out. 8 keeps the queue short.
@@ -70,6 +72,12 @@ class MininetRack(RackBase):
         self.switch_kind = switch_kind
         if switch_kind == "bmv2":
             self.default_window = BMV2_WINDOW
+        # Results leave the embedded switch as GSO frames that stay whole down to the worker's
+        # UDP_GRO socket, one wake-up and one trip through the kernel for up to RESULTS_PER_GSO
+        # results, on links whose shaping counts bytes only (HTB accounts a GSO frame's every
+        # datagram and header). A link node that drops, duplicates or delays frames gets them
+        # one by one (the switch port cuts them): its loss must hit datagrams, not bursts.
+        self.tx_gso = RESULTS_PER_GSO if switch_kind == "embedded" and not shape.impaired else 1
         self.trace = trace
         self.pcap = pcap
         self.switch_cls = switch_cls
@@ -142,6 +150,7 @@ class MininetRack(RackBase):
         switch = partial(cls, kind=self.switch_kind, grpc_addr=self.grpc_addr,
                          run_dir=self.run_dir, trace=self.trace,
                          thrift_port=free_port(), on_spawn=self.state.add_pid,
+                         tx_gso=self.tx_gso,
                          monitor_intf=self.monitor.switch_intf if self.monitor else None)
         self.net = Mininet(topo=make_topo(self.n_workers), switch=switch,
                            controller=None, link=Link,
@@ -162,6 +171,8 @@ class MininetRack(RackBase):
                 self.state.add_pid(self.monitor.start_capture(), self.monitor.cmd)
             self.net.start()  # runs NinaSwitch.start: the switch process, waits for its gRPC
             self.impairments.apply(self.net, self.plans[:-1], self.run_dir)
+            if self.tx_gso > 1:
+                self._pass_gso_downlinks()
         except (RuntimeError, MonitorError) as e:
             raise RackError(str(e)) from None
         finally:
@@ -246,6 +257,19 @@ class MininetRack(RackBase):
             if r.returncode and "Could not change any" in r.stderr:
                 raise RackError(f"ethtool on {h.switch_intf}: {r.stderr.strip()}")
             _run(["sysctl", "-qw", f"net.ipv6.conf.{h.switch_intf}.disable_ipv6=1"])
+
+    def _pass_gso_downlinks(self) -> None:
+        """Let the switch's GSO frames through the devices that transmit them towards a worker
+        (the switch port and the link node's port facing the host) without being cut; the
+        uplink devices keep checksum offload off, so the switch reads full checksums."""
+        flags = " ".join(GSO_PASS)
+        for h in self.plans[:-1]:
+            r = _run(["ethtool", "-K", h.switch_intf] + GSO_PASS)
+            out = self.net.get(h.link_node).cmd(
+                f"ethtool -K {h.link_host_intf} {flags} >/dev/null 2>&1; echo $?")
+            if r.returncode or out.strip() != "0":
+                raise RackError(f"ethtool: cannot turn on {flags} on {h.switch_intf} or "
+                                f"{h.link_host_intf}: {r.stderr.strip()}")
 
     def _static_arp(self) -> None:
         peers = [(h.ip, h.mac) for h in self.plans] + [(SWITCH_RACK_IP, SWITCH_MAC)]

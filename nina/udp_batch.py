@@ -15,7 +15,11 @@ Two classes serve the switch's loopback I/O (switch/io_udp.py) and the worker's 
   sendmsg with UDP_SEGMENT, all of them in one sendmmsg. The grouping is compiled (nina.jit),
   and the iovecs point into the caller's rows, so nothing is copied and no Python runs per
   packet. Only loopback destinations (127/8) get segmented sends: a packet socket on a
-  veth (the raw-interface switch, BMv2, tcpdump) would see one oversized frame.
+  veth (the raw-interface switch, BMv2, tcpdump) would see one oversized frame. Unless
+  NINA_UDP_SEGMENT_TO=any: the Mininet rack says so to its hosts when a device on every
+  path cuts segmented sends before anything reads frames (its bandwidth-only links: the
+  link node's port towards the switch, offloads off), so one window is one skb through the
+  host's stack, its shaper and the link node's bridge.
 - BatchRx.recv: one recvmmsg of whole GRO buffers (64 KiB each), split back into one row per
   datagram (compiled), with each datagram's length and source, in chunks of `rows`.
 
@@ -46,6 +50,8 @@ MAX_PAYLOAD = 0xFFFF - 20 - 8  # bytes of one UDP/IPv4 datagram, hence of one se
 GRO_BUFFER = 1 << 16          # a receive buffer holds any datagram or GRO buffer whole
 ENV = "NINA_UDP_IO"
 MODES = ("gso", "mmsg")
+SEGMENT_ENV = "NINA_UDP_SEGMENT_TO"   # where segmented sends may go: loopback (default) or any
+SEGMENT_TARGETS = ("loopback", "any")
 _CMSG_LEN_U16 = 16 + 2        # CMSG_LEN(sizeof(u16)): the kernel wants exactly this
 _CTRL_WORDS = 3               # CMSG_SPACE(sizeof(u16)) = 24 bytes per send
 _AF_INET = int(socket.AF_INET)
@@ -66,6 +72,16 @@ def io_mode() -> str:
         raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected 'gso' (GRO/GSO batches, the "
                          f"default) or 'mmsg' (recvmmsg/sendmmsg only)")
     return v
+
+
+def segment_any() -> bool:
+    """Whether $NINA_UDP_SEGMENT_TO lets segmented sends go to any destination (a bad value
+    is an error)."""
+    v = os.environ.get(SEGMENT_ENV, "").strip().lower() or "loopback"
+    if v not in SEGMENT_TARGETS:
+        raise ValueError(f"{SEGMENT_ENV}={os.environ[SEGMENT_ENV]!r}: expected 'loopback' "
+                         f"(segmented sends to 127/8 only, the default) or 'any'")
+    return v == "any"
 
 
 def _say_once(key: str, msg: str) -> None:
@@ -97,11 +113,12 @@ def gso_available(sock: socket.socket) -> bool:
 # ---- compiled halves: grouping a send batch, splitting a receive batch -------------------
 
 @njit
-def plan_sends(k, addr, length, ip, port, named, gso, max_segs, hdr, iov, name, ctrl,
-               name_base, iov_base, ctrl_base, npk, first, order):
+def plan_sends(k, addr, length, ip, port, named, gso, any_dest, max_segs, hdr, iov, name,
+               ctrl, name_base, iov_base, ctrl_base, npk, first, order):
     """Group packets 0..k-1 (buffer address, length, destination) into messages: hdr rows
     (MMSGHDR as 8 words), their iovecs (one per packet, in message order), names and UDP_SEGMENT
-    control words. A message is a run to one loopback destination of packets of one size,
+    control words. A message is a run to one loopback destination (any_dest: to one
+    destination) of packets of one size,
     the last maybe shorter, at most max_segs of them and MAX_PAYLOAD bytes; with gso off (or
     another destination) a packet is a message of its own. order[t] is the packet behind
     iovec t, npk/first each message's packet count and first iovec. Returns the messages."""
@@ -119,7 +136,7 @@ def plan_sends(k, addr, length, ip, port, named, gso, max_segs, hdr, iov, name, 
         seg = np.int64(length[p])
         dst = keys[p] >> 16
         j = i + 1
-        if gso and named and seg > 0 and (np.int64(ip[p]) >> 24) == 127:
+        if gso and named and seg > 0 and (any_dest or (np.int64(ip[p]) >> 24) == 127):
             total = seg
             while j < k and j - i < max_segs:
                 q = srt[j]
@@ -218,6 +235,7 @@ class BatchTx:
         if gso is None:
             gso = io_mode() == "gso"
         self.gso = bool(gso) and gso_available(sock)
+        self.any_dest = self.gso and segment_any()
         self.max_segs = MAX_SEGMENTS
         self.messages = 0     # sendmsg payloads handed to the kernel (a group counts once)
         self.hdr = np.zeros(n, MMSGHDR)
@@ -259,7 +277,7 @@ class BatchTx:
 
     def _send(self, k: int, named: bool) -> tuple[int, int]:
         nmsg = plan_sends(k, self._addr, self._len, self._ip, self._port, named, self.gso,
-                          self.max_segs, self._hw, self._iw, self.name, self.ctrl,
+                          self.any_dest, self.max_segs, self._hw, self._iw, self.name, self.ctrl,
                           np.uint64(self.name.ctypes.data), np.uint64(self.iov.ctypes.data),
                           np.uint64(self.ctrl.ctypes.data), self.npk, self.first, self.order)
         fd, hdr0 = self.sock.fileno(), self.hdr.ctypes.data

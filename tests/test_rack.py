@@ -149,6 +149,8 @@ def test_mininet_rack_allreduce_exact_through_the_switch(tmp_path):
         assert shutil.which("ping"), "no ping: iputils-ping is in the Makefile's APT_PACKAGES"
         ok, tried = rack.pingall()
         assert (ok, tried) == (20, 20)            # plain forwarding by MAC between all hosts
+        # clean links: the switch's results and the workers' windows move as GSO frames
+        assert rack.switch.command()[-2:] == ["--tx-gso", "15"]
         rep = run_allreduce(rack, size=100_000, encoding="nat8", log=print)
         print(rep.summary())
         assert rep.exact, rep.problems
@@ -200,6 +202,8 @@ def test_lossy_rack_after_a_crash_still_exact_and_leaves_nothing(tmp_path):
     rack = MininetRack(4, LinkShape(loss_pct=5), run_dir=str(tmp_path / "lossy"), log=print)
     with rack:
         pids = _rack_pids(rack)
+        # lossy links drop datagrams one by one: nothing moves as GSO frames there
+        assert rack.tx_gso == 1 and "--tx-gso" not in rack.switch.command()
         rep = run_allreduce(rack, size=20_000, encoding="nat8", log=print)
         print(rep.summary())
         assert rep.exact, rep.problems

@@ -126,17 +126,20 @@ def test_rows_picked_by_index_and_datagrams_longer_than_a_row_keep_their_length(
         b.close()
 
 
-def test_only_loopback_destinations_get_segmented_sends():
+@pytest.mark.parametrize("any_dest", [False, True])
+def test_only_loopback_destinations_get_segmented_sends(any_dest):
     """A packet socket on a veth (raw-interface switch, BMv2) would see one oversized frame:
-    the grouping (compiled, checked here without sending) segments for 127/8 only."""
+    the grouping (compiled, checked here without sending) segments for 127/8 only, unless
+    NINA_UDP_SEGMENT_TO=any (any_dest) says the path cuts segmented sends."""
     tx = ub.BatchTx(_sock(), 64, gso=True)
     k = 40
     tx._addr[:k] = np.arange(k, dtype=np.uint64) * 64 + 4096
     tx._len[:k] = 272
     tx._port[:k] = 5000
-    for ip, msgs in ((0x0A000001, k), (LOOPBACK, 1), (0x7F000002, 1)):
+    for ip, msgs in ((0x0A000001, 1 if any_dest else k), (LOOPBACK, 1), (0x7F000002, 1)):
         tx._ip[:k] = ip
-        n = ub.plan_sends(k, tx._addr, tx._len, tx._ip, tx._port, True, True, tx.max_segs,
+        n = ub.plan_sends(k, tx._addr, tx._len, tx._ip, tx._port, True, True, any_dest,
+                          tx.max_segs,
                           tx._hw, tx._iw, tx.name, tx.ctrl, np.uint64(0), np.uint64(0),
                           np.uint64(0), tx.npk, tx.first, tx.order)
         assert n == msgs and tx.npk[:n].sum() == k
@@ -297,3 +300,13 @@ def test_the_switch_and_the_clients_move_an_allreduce_in_gro_gso_batches(gso_ker
         for t in ts:
             t.close()
         sw.stop()
+
+
+def test_a_bad_segment_target_is_an_error_that_names_the_choices(monkeypatch):
+    monkeypatch.setenv(ub.SEGMENT_ENV, "everywhere")
+    with pytest.raises(ValueError, match="'loopback'.*'any'"):
+        ub.segment_any()
+    monkeypatch.setenv(ub.SEGMENT_ENV, "ANY")
+    assert ub.segment_any()
+    monkeypatch.delenv(ub.SEGMENT_ENV)
+    assert not ub.segment_any()

@@ -108,8 +108,12 @@ class MininetRack(RackBase):
         return self.plans[wid].host_intf
 
     def _spawn(self, node: str, cmd: list[str], log) -> subprocess.Popen:
+        env = None
+        if self.tx_gso > 1:   # the uplinks cut segmented sends too (_pass_gso_downlinks)
+            from nina.udp_batch import SEGMENT_ENV
+            env = {**os.environ, SEGMENT_ENV: "any"}
         return self.net.get(node).popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=REPO)
+                                        stdin=subprocess.DEVNULL, cwd=REPO, env=env)
 
     def switch_alive(self) -> bool:
         return self.switch is not None and self.switch.alive()
@@ -259,17 +263,22 @@ class MininetRack(RackBase):
             _run(["sysctl", "-qw", f"net.ipv6.conf.{h.switch_intf}.disable_ipv6=1"])
 
     def _pass_gso_downlinks(self) -> None:
-        """Let the switch's GSO frames through the devices that transmit them towards a worker
-        (the switch port and the link node's port facing the host) without being cut; the
-        uplink devices keep checksum offload off, so the switch reads full checksums."""
+        """Let GSO frames through without being cut: the switch's towards a worker (the
+        switch port and the link node's port facing the host), and a worker's segmented
+        sends out of its host (its interface; the worker's processes get
+        NINA_UDP_SEGMENT_TO=any). The link node's port towards the switch keeps offloads
+        off: there the kernel cuts the worker's sends into datagrams and completes their
+        checksums, so the switch's receive ring sees ordinary frames."""
         flags = " ".join(GSO_PASS)
         for h in self.plans[:-1]:
             r = _run(["ethtool", "-K", h.switch_intf] + GSO_PASS)
             out = self.net.get(h.link_node).cmd(
                 f"ethtool -K {h.link_host_intf} {flags} >/dev/null 2>&1; echo $?")
-            if r.returncode or out.strip() != "0":
-                raise RackError(f"ethtool: cannot turn on {flags} on {h.switch_intf} or "
-                                f"{h.link_host_intf}: {r.stderr.strip()}")
+            out += self.net.get(h.name).cmd(
+                f"ethtool -K {h.host_intf} {flags} >/dev/null 2>&1; echo $?")
+            if r.returncode or out.split() != ["0", "0"]:
+                raise RackError(f"ethtool: cannot turn on {flags} on {h.switch_intf}, "
+                                f"{h.link_host_intf} or {h.host_intf}: {r.stderr.strip()}")
 
     def _static_arp(self) -> None:
         peers = [(h.ip, h.mac) for h in self.plans] + [(SWITCH_RACK_IP, SWITCH_MAC)]

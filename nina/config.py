@@ -14,6 +14,9 @@ DEFAULT_SWITCH_IP = "127.0.0.1"        # local mode: the switch's UDP socket
 SWITCH_MAC = "02:00:00:00:00:fe"       # the rack's switch: source of results
 SWITCH_RACK_IP = "10.0.0.254"
 DEFAULT_WINDOW = 32                    # slots in flight per worker
+# what a rack's --window defaults to (topology.mininet_rack sets the Mininet rack's)
+WINDOW_HELP = (f"slots in flight per worker (default: the rack's; {2 * DEFAULT_WINDOW} on the "
+               f"Mininet rack's embedded switch, {DEFAULT_WINDOW} on the local rack, 8 on BMv2)")
 
 
 def mac_to_int(mac: str) -> int:

@@ -21,7 +21,7 @@ from functools import partial
 
 from dataclasses import replace
 
-from nina.config import SWITCH_MAC, SWITCH_RACK_IP
+from nina.config import DEFAULT_WINDOW, SWITCH_MAC, SWITCH_RACK_IP
 from nina.rackinfo import OWNER_ELECTION_ID
 from nina.wire import UDP_PORT
 from topology import impair
@@ -42,6 +42,11 @@ RESULTS_PER_GSO = 15          # the switch's --tx-gso on links that only shape b
 # too) in one FIFO: 32 slots per worker in flight build seconds of queue when the CPU is shared,
 # the clients' retransmissions pile onto it and heartbeats time out. 8 keeps the queue short.
 BMV2_WINDOW = 8
+# The embedded switch's rack: a window must outlast a round trip, which on shaped links
+# includes every process's wait for one of the machine's shared cores. 32 slots of NAT8+C_M
+# updates are 0.8 ms of a 100 Mbit/s link; 64 (every slot of the job's range) kept the link
+# busy: 4 workers 0.59 -> 0.51 s (link-bound 0.41), 8 workers 1.39 -> 0.94 s (bench/REPORT.md).
+EMBEDDED_WINDOW = 2 * DEFAULT_WINDOW
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -70,8 +75,7 @@ class MininetRack(RackBase):
         self.plans = rack_plan(n_workers)
         self.shape = shape
         self.switch_kind = switch_kind
-        if switch_kind == "bmv2":
-            self.default_window = BMV2_WINDOW
+        self.default_window = BMV2_WINDOW if switch_kind == "bmv2" else EMBEDDED_WINDOW
         # Results leave the embedded switch as GSO frames that stay whole down to the worker's
         # UDP_GRO socket, one wake-up and one trip through the kernel for up to RESULTS_PER_GSO
         # results, on links whose shaping counts bytes only (HTB accounts a GSO frame's every

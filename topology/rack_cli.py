@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from nina.config import DEFAULT_WINDOW
+from nina.config import WINDOW_HELP
 from nina.cli_types import (nonnegative, nonnegative_int, percentage, positive_float,
                             positive_int, worker_count)
 from topology.modes import add_mode_arg
@@ -155,7 +155,7 @@ def _allreduce_parser() -> _Parser:
                    help="switch loss simulator: drop each update with this probability")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=positive_int, default=None,
-                   help=f"slots in flight per worker (default {DEFAULT_WINDOW}; 8 on BMv2)")
+                   help=WINDOW_HELP)
     p.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds a slot may stay incomplete (default 10)")
     return p

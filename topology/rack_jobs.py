@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from nina.cli_types import positive_float, positive_int, probability
-from nina.config import DEFAULT_WINDOW
+from nina.config import WINDOW_HELP
 from nina.wire import Encoding
 
 ENCODINGS = {"nat8": Encoding.NAT8, "int32": Encoding.INT32}
@@ -122,7 +122,7 @@ def train_parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--loss", type=probability, default=0.0,
                    help="switch loss simulator probability (the links have their own loss)")
     p.add_argument("--window", type=positive_int, default=None,
-                   help=f"slots in flight per worker (default {DEFAULT_WINDOW}; 8 on BMv2)")
+                   help=WINDOW_HELP)
     p.add_argument("--timeout", type=positive_float, default=10.0)
     return p
 

@@ -20,6 +20,7 @@ the coordinator).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import sys
@@ -72,6 +73,10 @@ def run(link, welcome: dict, blob: bytes | None, udp, gather, gossip_net=None) -
         comm = make_communicator(cfg, path, wid, n, client=client, gather=gather,
                                  gossip_net=gossip_net)
         trainer = Trainer(cfg, wid, n, comm, params)
+    # What is built so far (imports, the client, the model and data) lives for the job: keep
+    # it out of the cyclic collector, whose full passes over the ~10^5 objects numba, numpy
+    # and torch leave stalled a worker for tens of ms mid-call, past the 50 ms RTO floor
+    gc.freeze()
     link.send({"t": "ready"})
     link.barrier("start")
     if trainer is None:

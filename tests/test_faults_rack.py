@@ -45,4 +45,5 @@ def test_mininet_rack_with_lossy_duplicating_reordering_links_is_exact(tmp_path,
             after = {k: v[0] for k, v in rack.controller.read_counters().items()}
             d = _delta(after, before)
             e = Encoding.NAT8 if enc == "nat8" else Encoding.INT32
-            assert sum(d.get(x, 0) for x in CONTRIB) == N * rounds(size, e, 1)
+            assert sum(d.get(x, 0) for x in CONTRIB) == N * rounds(size, e, 1,
+                                                                    rack.default_window)

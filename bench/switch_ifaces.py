@@ -78,7 +78,8 @@ def unavailable() -> str | None:
 
 # ---------------------------------------------------------------- the reflector server
 
-def serve_reflector(iface: str, io: str, ring_mib: int, reply_bytes: int, replies: int) -> int:
+def serve_reflector(iface: str, io: str, ring_mib: int, reply_bytes: int, replies: int,
+                    tx_segments: int = 1) -> int:
     """switch.io_raw.RawIO on `iface` with a pipeline that only answers: `replies` frames of
     `reply_bytes` UDP payload per update to its sender, out of the port it came in."""
     from switch.io_raw import RawIO
@@ -116,7 +117,7 @@ def serve_reflector(iface: str, io: str, ring_mib: int, reply_bytes: int, replie
         def forward(self, port, dst_mac, n):
             return None
 
-    raw = RawIO([iface], io, ring_mib)
+    raw = RawIO([iface], io, ring_mib, tx_segments)
     signal.signal(signal.SIGINT, lambda *_: raw.stop())
     signal.signal(signal.SIGTERM, lambda *_: raw.stop())
     print(f"reflector listening on {raw.describe()}", flush=True)
@@ -132,9 +133,11 @@ def _ip(*cmd: str) -> None:
 
 
 class Veth:
-    """A veth pair nb<tag>s (switch end) / nb<tag>h (host end), up, no addresses, no IPv6."""
+    """A veth pair nb<tag>s (switch end) / nb<tag>h (host end), up, no addresses, no IPv6.
+    count_bytes (results sent as GSO frames, which reach the host end whole): results are
+    counted from the host end's byte counter, each GSO frame one 42-byte header."""
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, count_bytes: int = 0):
         self.sw, self.host = f"nb{tag}s", f"nb{tag}h"
         subprocess.run(["ip", "link", "del", self.sw], capture_output=True, timeout=20)
         _ip("link", "add", self.sw, "type", "veth", "peer", "name", self.host)
@@ -147,10 +150,23 @@ class Veth:
         set_buffers(self.tx, 64 << 20)
         self.tx.bind((self.host, 0))
         self._counter = f"/sys/class/net/{self.host}/statistics/rx_packets"
+        self._bytes = f"/sys/class/net/{self.host}/statistics/rx_bytes"
+        self.result_bytes = count_bytes   # UDP payload of one result (0: count frames)
+        if count_bytes:
+            from topology.mininet_rack import GSO_PASS
+            subprocess.run(["ethtool", "-K", self.sw, *GSO_PASS], check=True,
+                           capture_output=True, timeout=20)
 
     def received(self) -> int:
+        """Results that reached the host end so far."""
         with open(self._counter) as f:
-            return int(f.read())
+            frames = int(f.read())
+        if not self.result_bytes:
+            return frames
+        from nina.wire import ETH_LEN, IPV4_MIN_LEN, UDP_LEN
+        with open(self._bytes) as f:
+            head = ETH_LEN + IPV4_MIN_LEN + UDP_LEN   # once per frame, GSO frame or not
+            return (int(f.read()) - head * frames) // self.result_bytes
 
     def close(self) -> None:
         self.tx.close()
@@ -178,7 +194,8 @@ class Target:
     def __init__(self, kind: str, io: str, trace: bool, n: int, enc: Encoding, cm: bool,
                  args, tmp: Path, tag: str, rows: np.ndarray):
         self.kind, self.io, self.trace, self.n, self.enc, self.cm = kind, io, trace, n, enc, cm
-        self.veth = Veth(tag)
+        reply = 16 + payload_layout(MsgType.RESULT, enc, FLAG_CM if cm else 0).nbytes
+        self.veth = Veth(tag, reply if args.tx_gso > 1 else 0)
         self.rows = rows
         self.parts = result_parts(enc, FLAG_CM if cm else 0)
         self.rates: list[float] = []
@@ -188,9 +205,8 @@ class Target:
         per = 2048 if io == "ring-v2" else 400
         ring_mib = max(4, -(-len(rows) * per * 5 // 4 // (1 << 20)))
         if kind == "reflector":
-            reply = 16 + payload_layout(MsgType.RESULT, enc, FLAG_CM if cm else 0).nbytes
             cmd = [sys.executable, __file__, "--serve-reflector", self.veth.sw, io,
-                   str(ring_mib), str(reply), str(self.parts)]
+                   str(ring_mib), str(reply), str(self.parts), str(args.tx_gso)]
         else:
             jobs = [{"job_id": 1, "n_workers": n, "encoding": enc.name, "cm": cm,
                      "slot_count": args.window, "switch_ip": SWITCH_IP,
@@ -200,7 +216,8 @@ class Target:
             jf = tmp / f"{tag}.json"
             jf.write_text(json.dumps(jobs))
             cmd = [sys.executable, "-m", "nina.cli", "switch", "--mode", "ifaces", "--ifaces",
-                   self.veth.sw, "--jobs", str(jf), "--io", io, "--ring-mib", str(ring_mib)]
+                   self.veth.sw, "--jobs", str(jf), "--io", io, "--ring-mib", str(ring_mib),
+                   "--tx-gso", str(args.tx_gso)]
             if trace:
                 cmd += ["--trace", str(tmp / f"{tag}.trace")]
         from bench.switch_load import Server
@@ -342,7 +359,9 @@ def run(args) -> int:
                 rows.append((enc, cm, n, run_group(n, enc, cm, args, Path(tmpdir))))
         lat = {io: round_trip_us(io, Path(tmpdir), args.trips) for io in args.ios}
     print(f"\nembedded switch, interface mode: veth drains of {args.packets} updates (best of "
-          f"{args.repeat}), n workers behind one port, window {args.window}; "
+          f"{args.repeat}), n workers behind one port, window {args.window}"
+          + (f", results in GSO frames of up to {args.tx_gso}" if args.tx_gso > 1 else "")
+          + f"; "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
     base = "mmsg" if "mmsg" in args.ios else None
     hdr = (f"{'enc':<10}{'n':>3}{'io':>9}{'trace':>6}{'kpps':>8}{'refl kpps':>10}{'ratio':>7}"
@@ -380,6 +399,11 @@ def run(args) -> int:
 def add_args(ap) -> None:
     ap.add_argument("--trips", type=int, default=200,
                     help="interface mode: round trips of the latency line")
+    ap.add_argument("--tx-gso", type=int, default=1, metavar="N",
+                    help="interface mode: switch and reflector send results as GSO frames of up "
+                         "to N datagrams (nina switch --tx-gso; the rack's clean links pass 15), "
+                         "which reach the host end whole: results are then counted from its "
+                         "byte counter (default 1: a frame per result)")
     ap.add_argument("--ifaces-io", default=DEFAULT_IOS,
                     help=f"interface mode: the I/O kinds to compare, the first also with traces "
                          f"on (default {DEFAULT_IOS})")
@@ -388,8 +412,8 @@ def add_args(ap) -> None:
 def main() -> int:
     import argparse
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-reflector":
-        iface, io, mib, reply, replies = sys.argv[2:7]
-        return serve_reflector(iface, io, int(mib), int(reply), int(replies))
+        iface, io, mib, reply, replies, segs = sys.argv[2:8]
+        return serve_reflector(iface, io, int(mib), int(reply), int(replies), int(segs))
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packets", type=int, default=20000, help="updates per drain")

@@ -31,7 +31,7 @@ import numpy as np
 from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
 from nina.wire import UDP_PORT
 from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
-from switch.kernel import OUT_ROW
+from switch.kernel import OUT_ROW, R_DIP, R_DPORT, R_PORT
 from switch.packet_rings import RingUnavailable, RxRing, TxRing, ignore_outgoing
 from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, MAX_TX_SEGMENTS, ring_version
 from switch.pipeline import BATCH, OUT_ROWS
@@ -299,13 +299,21 @@ class RawIO:
         """Frame a batch of results (compiled) and send each port's share in one call."""
         frame_results(out, out_len, out_rep, k, img.replicas, self._frames, self._flen,
                       UDP_PORT)
-        ports = img.replicas[out_rep[:k], 0]
+        rep = img.replicas[out_rep[:k]]
+        ports = rep[:, R_PORT]
+        if self.tx_segments > 1:
+            # results leave slot by slot, worker after worker; a GSO frame takes a run of one
+            # worker's, so each worker's results go together (their own order kept)
+            order = np.argsort((rep[:, R_DIP] << 16) | rep[:, R_DPORT], kind="stable")
+        else:
+            order = np.arange(k)
         first = ports[0]
         if (ports == first).all():   # one egress port (a 1-port switch, or a bench)
-            self._send_rows(int(first), self._frames, self._flen, np.arange(k), True)
+            self._send_rows(int(first), self._frames, self._flen, order, True)
             return
+        po = ports[order]
         for p in np.unique(ports).tolist():
-            self._send_rows(p, self._frames, self._flen, np.flatnonzero(ports == p), True)
+            self._send_rows(p, self._frames, self._flen, order[po == p], True)
 
     def _send_rows(self, port: int, frames: np.ndarray, flen: np.ndarray,
                    index: np.ndarray, results: bool = False) -> None:

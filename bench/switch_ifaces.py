@@ -346,6 +346,10 @@ def round_trip_us(io: str, tmp: Path, trips: int) -> float:
 # ---------------------------------------------------------------- the tables
 
 def run(args) -> int:
+    from switch.raw_io_options import MAX_TX_SEGMENTS
+    if not 1 <= args.tx_gso <= MAX_TX_SEGMENTS:
+        print(f"error: --tx-gso must be 1..{MAX_TX_SEGMENTS}, got {args.tx_gso}", file=sys.stderr)
+        return 2
     why = unavailable()
     if why:
         print(f"\ninterface-mode table skipped: {why}")

@@ -69,7 +69,8 @@ import numpy as np
 
 from nina.jit import njit
 from nina.wire import IPV4_MIN_LEN, UDP_LEN
-from switch.packets import FRAME_HEAD, VNET_HDR_LEN, put_vnet_frame, same_udp_flow
+from switch.packets import (FRAME_HEAD, VNET_HDR_LEN, plain_udp_frame, put_vnet_frame,
+                            same_udp_flow)
 from switch.raw_io_options import DEFAULT_RX_MIB
 
 SOL_PACKET = 263
@@ -311,8 +312,7 @@ def _tx_put(ring, words, state, n_frames, frame_size, frames, flen, index, k, vn
         base = s * frame_size + TX_DATA_AT
         g = 1
         if vnet:
-            # a UDP frame (one that agrees with itself) may open a group
-            if max_segs > 1 and n > FRAME_HEAD and same_udp_flow(frames[r], frames[r]):
+            if max_segs > 1 and n > FRAME_HEAD and plain_udp_frame(frames[r]):
                 pay = n - FRAME_HEAD
                 cap = min(max_segs, k - i, (room - VNET_HDR_LEN - FRAME_HEAD) // pay,
                           (0xFFFF - IPV4_MIN_LEN - UDP_LEN) // pay)

@@ -128,24 +128,28 @@ def frame_results(out, out_len, out_rep, k, replicas, frames, frame_len, src_por
 # frame into UDP datagrams of gso_size payload bytes (GSO) wherever a device cannot carry it.
 VNET_HDR_LEN = 10
 _VNET_NEEDS_CSUM, _VNET_GSO_UDP_L4 = 1, 5
-_PER_SEGMENT = (ETH_LEN + 2, ETH_LEN + 3, ETH_LEN + 4, ETH_LEN + 5, ETH_LEN + 10, ETH_LEN + 11,
-                FRAME_HEAD - 4, FRAME_HEAD - 3, FRAME_HEAD - 2, FRAME_HEAD - 1)  # lengths, id, sums
+# header bytes each GSO segment gets anew: IP total length and id, IP checksum, UDP length
+# and checksum (a read-only global: numba compiles it in as a constant)
+_PER_SEGMENT = np.zeros(FRAME_HEAD, np.bool_)
+_PER_SEGMENT[[ETH_LEN + 2, ETH_LEN + 3, ETH_LEN + 4, ETH_LEN + 5, ETH_LEN + 10, ETH_LEN + 11,
+              FRAME_HEAD - 4, FRAME_HEAD - 3, FRAME_HEAD - 2, FRAME_HEAD - 1]] = True
+
+
+@njit
+def plain_udp_frame(a):
+    """Frame a is IPv4 without options carrying UDP (what a GSO frame's first may be)."""
+    return a[12] == 0x08 and a[13] == 0 and a[ETH_LEN] == 0x45 and a[ETH_LEN + 9] == IPPROTO_UDP
 
 
 @njit
 def same_udp_flow(a, b):
-    """Frames a and b are IPv4 (no options)/UDP frames whose headers agree in every byte a
-    GSO segment takes from the first one (all but lengths, IP id and checksums)."""
-    if a[12] != 0x08 or a[13] != 0 or a[ETH_LEN] != 0x45 or a[ETH_LEN + 9] != IPPROTO_UDP:
+    """Frames a and b are plain_udp_frame frames whose headers agree in every byte a GSO
+    segment takes from the first one (all but lengths, IP id and checksums)."""
+    if not plain_udp_frame(a):
         return False
-    for j in range(FRAME_HEAD):
-        if a[j] != b[j]:
-            skip = False
-            for q in _PER_SEGMENT:
-                if j == q:
-                    skip = True
-            if not skip:
-                return False
+    for j in range(FRAME_HEAD):   # equal format bytes make b a plain UDP frame too
+        if a[j] != b[j] and not _PER_SEGMENT[j]:
+            return False
     return True
 
 

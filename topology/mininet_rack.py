@@ -113,7 +113,7 @@ class MininetRack(RackBase):
 
     def _spawn(self, node: str, cmd: list[str], log) -> subprocess.Popen:
         env = None
-        if self.tx_gso > 1:   # the uplinks cut segmented sends too (_pass_gso_downlinks)
+        if self.tx_gso > 1:   # the uplinks cut segmented sends too (_pass_gso)
             from nina.udp_batch import SEGMENT_ENV
             env = {**os.environ, SEGMENT_ENV: "any"}
         return self.net.get(node).popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -180,7 +180,7 @@ class MininetRack(RackBase):
             self.net.start()  # runs NinaSwitch.start: the switch process, waits for its gRPC
             self.impairments.apply(self.net, self.plans[:-1], self.run_dir)
             if self.tx_gso > 1:
-                self._pass_gso_downlinks()
+                self._pass_gso()
         except (RuntimeError, MonitorError) as e:
             raise RackError(str(e)) from None
         finally:
@@ -266,7 +266,7 @@ class MininetRack(RackBase):
                 raise RackError(f"ethtool on {h.switch_intf}: {r.stderr.strip()}")
             _run(["sysctl", "-qw", f"net.ipv6.conf.{h.switch_intf}.disable_ipv6=1"])
 
-    def _pass_gso_downlinks(self) -> None:
+    def _pass_gso(self) -> None:
         """Let GSO frames through without being cut: the switch's towards a worker (the
         switch port and the link node's port facing the host), and a worker's segmented
         sends out of its host (its interface; the worker's processes get

@@ -48,23 +48,21 @@ def njit(fn):
     return _numba.njit(cache=True, nogil=True)(fn)
 
 
-# ---- threads: element kernels written once with prange, compiled serial and parallel --------
-
-if _numba is not None:
-    prange = _numba.prange
-else:
-    prange = range
-
+# ---- threads: element kernels over block ranges, compiled once, split over Python threads ---
 
 def njit_threaded(fn):
-    """fn (a loop over fixed-size blocks with prange) compiled twice from the same source:
-    serial, and parallel over numba's thread pool. `threaded(pair)` picks the one for the
-    current thread setting. Blocks are the unit of work and each block's result depends only
-    on its own elements, so the output is the same for every thread count."""
-    if _numba is None:
-        return fn, fn
-    return (_numba.njit(cache=True, nogil=True)(fn),
-            _numba.njit(cache=True, nogil=True, parallel=True)(fn))
+    """fn(b0, b1, *arrays): a loop over blocks b0..b1-1, each block's result depending only on
+    its own elements. Compiled once (serial, vectorised, GIL released); `threaded(kernel,
+    blocks)` hands each of the setting's threads a contiguous range of blocks of that same
+    code, so the output is the same for every thread count.
+
+    Not numba's parallel=True: in its parfor bodies the block index comes from a schedule
+    LLVM cannot prove non-negative, so every element access kept numba's wraparound check and
+    the loops lost their vectorisation (one thread ran 2.3x slower than this serial code, two
+    slower than one); and numba's disk cache gave both compilations of a function one key, so
+    the 'parallel' one loaded the serial code. For the same reason a kernel's block loop starts
+    at 0 and skips the blocks below b0."""
+    return njit(fn)
 
 
 def _threads_from_env() -> int:
@@ -79,11 +77,17 @@ def _threads_from_env() -> int:
 
 
 _THREADS = _threads_from_env()
+_POOL = None   # the helper threads (threads() - 1 of them), made on first use
 
 
 def max_threads() -> int:
-    """Threads numba's pool can run (its NUMBA_NUM_THREADS, by default the machine's cores)."""
-    return int(_numba.config.NUMBA_NUM_THREADS) if COMPILED else 1
+    """Threads the element kernels can use: the cores this process may run on."""
+    if not COMPILED:
+        return 1
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def set_threads(n: int) -> None:
@@ -98,17 +102,33 @@ def set_threads(n: int) -> None:
 
 
 def threads() -> int:
-    """The thread count in force: the setting, at most what the pool has."""
+    """The thread count in force: the setting, at most what the machine has."""
     return min(_THREADS, max_threads())
 
 
-def threaded(pair, blocks: int):
-    """The compiled kernel of an njit_threaded pair to run `blocks` blocks now."""
-    n = threads()
-    if n == 1 or blocks < 2 or not COMPILED:
-        return pair[0]
-    _numba.set_num_threads(min(n, blocks))
-    return pair[1]
+def _pool():
+    global _POOL
+    want = max_threads() - 1
+    if _POOL is None or _POOL._max_workers < want:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=max(want, 1), thread_name_prefix="nina-kernel")
+    return _POOL
+
+
+def threaded(kernel, blocks: int):
+    """A callable running the njit_threaded `kernel` over blocks 0..blocks-1 with the thread
+    setting now in force: the caller's thread takes the last range, pool threads the others."""
+    n = min(threads(), blocks)
+    if n <= 1:
+        return lambda *args: kernel(0, blocks, *args)
+
+    def run(*args):
+        cut = [blocks * k // n for k in range(n + 1)]
+        helpers = [_pool().submit(kernel, cut[k], cut[k + 1], *args) for k in range(n - 1)]
+        kernel(cut[n - 1], cut[n], *args)
+        for h in helpers:
+            h.result()
+    return run
 
 
 # ---- the compiled code's random source: xorshift64* over a one-word state ----------------
@@ -226,6 +246,21 @@ def index_key(k0, k1, i):
 def draw32(kb, i):
     """Uniform 32-bit word (uint32) of element index i (int64) under its index_key kb."""
     return mix32(np.uint32(np.uint32(np.uint32(np.int64(i) & 0xFFFFFFFF) * _G) + kb))
+
+
+@njit
+def draw_base(kb, lo):
+    """The mixer input of index lo under index_key kb, (lo * G + kb) mod 2^32: a block's
+    start, for draw32_from."""
+    return np.uint32(np.uint32(np.uint32(np.int64(lo) & 0xFFFFFFFF) * _G) + kb)
+
+
+@njit
+def draw32_from(base, j):
+    """draw32(kb, lo + j) for base = draw_base(kb, lo), the same word. In a loop over j from 0
+    its input is a 32-bit vector induction (base + j G); draw32's int64 index is truncated
+    lane by lane instead, which took a quarter of the natural encode's time."""
+    return mix32(np.uint32(base + np.uint32(np.uint32(np.int64(j) & 0xFFFFFFFF) * _G)))
 
 
 @njit

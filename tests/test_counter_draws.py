@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nina import jit
-from nina.jit import counter_key, draw32, index_key, mix32
+from nina.jit import counter_key, draw32, draw32_from, draw_base, index_key, mix32
 from worker.compress import get_compressor
 from worker.compress.errors import CompressorInputError, NonFiniteError
 from worker.compress.natural import BLOCK, Nat8
@@ -52,6 +52,22 @@ def test_compiled_draws_are_the_documented_formula():
     # the mixer is a bijection: 2^16 distinct inputs give 2^16 distinct outputs
     assert np.unique(numpy_draws(0, np.arange(1 << 16))).size == 1 << 16
     assert int(mix32(np.uint32(5))) == int(numpy_draws(5, np.array([0]))[0])
+
+
+@jit.njit
+def _draws_from(kb, lo, n, out):
+    base = draw_base(kb, lo)
+    for j in range(n):
+        out[j] = draw32_from(base, j)
+
+
+def test_block_form_of_the_draws_is_the_same_word():
+    # the encode loops draw from a block's base: the same words as draw32 of lo + j
+    for lo in (0, 1, BLOCK, 12345 * BLOCK, (1 << 32) - 100, (1 << 32) + 7):
+        kb = index_key(KEY[0], KEY[1], lo)
+        got = np.empty(300, np.uint32)
+        _draws_from(kb, lo, got.size, got)
+        np.testing.assert_array_equal(got, draws(got.size, lo=lo))
 
 
 def test_index_key_is_k0_below_2_32_and_differs_above():
@@ -138,6 +154,30 @@ def test_same_seed_same_bytes_for_every_thread_count(spec):
     finally:
         jit.set_threads(before)
     assert out[1] == out[2]
+
+
+@pytest.mark.skipif(jit.max_threads() < 2 or not jit.COMPILED, reason="needs 2 threads")
+def test_threads_split_the_blocks_into_ranges_run_at_once():
+    import threading
+    calls, met = [], threading.Barrier(2, timeout=10)
+
+    def kernel(b0, b1, tag):   # each range's thread waits for the other: they overlap
+        met.wait()
+        calls.append((b0, b1, tag, threading.current_thread().name))
+    before = jit.threads()
+    try:
+        jit.set_threads(2)
+        jit.threaded(kernel, 5)("x")
+    finally:
+        jit.set_threads(before)
+    assert sorted(c[:3] for c in calls) == [(0, 2, "x"), (2, 5, "x")]
+    assert len({c[3] for c in calls}) == 2
+    jit.set_threads(1)
+    try:
+        jit.threaded(lambda b0, b1: calls.append((b0, b1)), 5)()   # one thread: one range
+    finally:
+        jit.set_threads(before)
+    assert calls[-1] == (0, 5)
 
 
 def test_set_threads_refuses_bad_counts():

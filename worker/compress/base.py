@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nina.jit import njit_threaded, prange, threaded
+from nina.jit import njit_threaded, threaded
 
 from .errors import CompressedFormatError, CompressorInputError, NonFiniteError
 from .spec import format_spec
@@ -105,9 +105,11 @@ INF_BITS = 0x7F800000   # abs bit patterns >= this: inf or NaN
 _SCAN_BLOCK = 1 << 16
 
 
-def _abs_max_bits(u, block_max):
+def _abs_max_bits(b0, b1, u, block_max):
     n = u.size
-    for b in prange(block_max.size):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         m = np.uint32(0)
         lo = b * _SCAN_BLOCK
         for j in range(min(_SCAN_BLOCK, n - lo)):   # from 0: range(lo, hi) would not vectorise

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nina.jit import counter_key, draw32, draw64, index_key, njit, njit_threaded, prange, threaded
+from nina.jit import (counter_key, draw32, draw32_from, draw64, draw_base, index_key, njit,
+                      njit_threaded, threaded)
 
 from .base import INF_BITS, Compressor, Reader, new_payload, non_finite_error
 
@@ -55,6 +56,13 @@ def code9_at(u, i, kb):
 
 
 @njit
+def code9_from(u, lo, j, base):
+    """code9_at(u, lo + j, kb) for base = draw_base(kb, lo): the form the block loops use
+    (see nina.jit.draw32_from)."""
+    return natural_code9(u[lo + j], np.uint32(draw32_from(base, j) >> np.uint32(32 - _MANTISSA_BITS)))
+
+
+@njit
 def reround_low(c, min_field, r64):
     """A code whose power 2^e has exponent field e in [1, min_field): 2^min w.p. 2^(e-min),
     else 0 (the top min-e bits of the 64-bit draw r64 all zero); keeps the mean (exact to
@@ -74,18 +82,20 @@ def _has_low(low, min_field):
 # ---- the element kernels: a pass per block of BLOCK elements, vectorised; the rare powers
 # below min_field (never for nat9; for nat only far below the max) get a scalar second pass
 
-def _codes_lut(u, key, min_field, lut, out):
+def _codes_lut(b0, b1, u, key, min_field, lut, out):
     n = u.size
-    for b in prange((n + BLOCK - 1) // BLOCK):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         lo = b * BLOCK
         cnt = min(BLOCK, n - lo)   # (a loop from 0: numba's range(lo, hi) does not vectorise)
         kb = index_key(key[0], key[1], lo)   # blocks never straddle a multiple of 2^32
+        base = draw_base(kb, lo)
         low = np.uint32(0xFFFFFFFF)
         for j in range(cnt):
-            i = lo + j
-            c = code9_at(u, i, kb)
+            c = code9_from(u, lo, j, base)
             low = min(low, np.uint32((c & np.uint32(0xFF)) - np.uint32(1)))
-            out[i] = lut[c]
+            out[lo + j] = lut[c]
         if _has_low(low, min_field):
             for i in range(lo, lo + cnt):
                 c = code9_at(u, i, kb)
@@ -111,11 +121,13 @@ def reference_of_bits(top):
     return 0 if top == 0 else min((np.int64(top) >> _MANTISSA_BITS) + 1, _MAX_FIELD)
 
 
-def _nat8_blocks(u, key, out, block_top):
+def _nat8_blocks(b0, b1, u, key, out, block_top):
     """nat's first pass: each block's codes against the block's own reference (its max is
     found first, from memory; the block, 256 KiB, is then encoded from the cache)."""
     n = u.size
-    for b in prange((n + BLOCK - 1) // BLOCK):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         lo = b * BLOCK
         cnt = min(BLOCK, n - lo)   # (a loop from 0: numba's range(lo, hi) does not vectorise)
         top = np.uint32(0)
@@ -127,12 +139,12 @@ def _nat8_blocks(u, key, out, block_top):
         ref = np.uint32(reference_of_bits(top))
         min_field = max(np.int64(ref) - 126, 1)
         kb = index_key(key[0], key[1], lo)   # blocks never straddle a multiple of 2^32
+        base = draw_base(kb, lo)
         low = np.uint32(0xFFFFFFFF)
         for j in range(cnt):
-            i = lo + j
-            c = code9_at(u, i, kb)
+            c = code9_from(u, lo, j, base)
             low = min(low, np.uint32((c & np.uint32(0xFF)) - np.uint32(1)))
-            out[i] = nat8_byte(c, ref)
+            out[lo + j] = nat8_byte(c, ref)
         if _has_low(low, min_field):
             for i in range(lo, lo + cnt):
                 c = code9_at(u, i, kb)
@@ -141,14 +153,16 @@ def _nat8_blocks(u, key, out, block_top):
                     out[i] = nat8_byte(reround_low(c, min_field, draw64(key, i, 0)), ref)
 
 
-def _nat8_rebase(out, key, block_top, ref, min_field):
+def _nat8_rebase(b0, b1, out, key, block_top, ref, min_field):
     """nat's second pass, over the codes only: a block whose reference was below the
     tensor's moves its offsets up by the difference. An offset pushed past 126 (a power below
     the tensor's smallest, 2^(min_field-127)) is re-rounded to it or to 0 with an independent
     draw (stream 1): 2^e -> 2^m_b -> 2^m has probability 2^(e-m_b) 2^(m_b-m) = 2^(e-m), the
     one-pass rule, so the tensor stays unbiased."""
     n = out.size
-    for b in prange((n + BLOCK - 1) // BLOCK):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         shift = np.int64(ref) - reference_of_bits(block_top[b])
         if shift == 0:
             continue
@@ -176,18 +190,21 @@ def _nat8_rebase(out, key, block_top, ref, min_field):
                                             np.uint32(ref))
 
 
-def _nat9_encode(u, key, signs, exps, block_max):
+def _nat9_encode(b0, b1, u, key, signs, exps, block_max):
     n = u.size
-    for b in prange((n + BLOCK - 1) // BLOCK):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         lo = b * BLOCK
         cnt = min(BLOCK, n - lo)
         hi = lo + cnt
         kb = index_key(key[0], key[1], lo)
+        base = draw_base(kb, lo)
         top = np.uint32(0)   # max |x| bits: the finiteness check, in the same pass
         for j in range(cnt):   # exponent 255 (2^127 rounded up) saturates to 254
-            i = lo + j
-            top = max(top, np.uint32(u[i] & np.uint32(0x7FFFFFFF)))
-            exps[i] = np.uint8(min(code9_at(u, i, kb) & np.uint32(0xFF), np.uint32(254)))
+            top = max(top, np.uint32(u[lo + j] & np.uint32(0x7FFFFFFF)))
+            exps[lo + j] = np.uint8(min(code9_from(u, lo, j, base) & np.uint32(0xFF),
+                                        np.uint32(254)))
         block_max[b] = top
         for jj in range(cnt >> 3):   # sign plane, MSB first (np.packbits order)
             j = (lo >> 3) + jj
@@ -216,17 +233,21 @@ def nat8_value_bits(code, ref):
     return np.uint32(mag | np.uint32((c >> 7) << 31))
 
 
-def _nat8_decode(codes, ref, out):
+def _nat8_decode(b0, b1, codes, ref, out):
     n = codes.size
-    for b in prange((n + BLOCK - 1) // BLOCK):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         lo = b * BLOCK
         for j in range(min(BLOCK, n - lo)):
             out[lo + j] = nat8_value_bits(codes[lo + j], ref)
 
 
-def _nat9_decode(signs, exps, out):
+def _nat9_decode(b0, b1, signs, exps, out):
     n = exps.size
-    for b in prange((n + BLOCK - 1) // BLOCK):
+    for b in range(b1):   # from 0, so the element indices are provably >= 0 (see njit_threaded)
+        if b < b0:
+            continue
         lo = b * BLOCK
         cnt = min(BLOCK, n - lo)
         hi = lo + cnt

@@ -13,14 +13,17 @@ matters through its length). Outputs are written as whole packets into rows of `
 rewrite) they go to. Trace records go into `trace` (TRACE_DTYPE), one per packet.
 
 Numbers in the loops are kept int64 (numba promotes mixed unsigned/signed arithmetic to
-float otherwise); the random source is nina.jit's xorshift64* over a state per pipeline.
+float otherwise); the random source is nina.jit's xorshift64* over a state per pipeline
+(the loss draws, and a key per C_M result, whose elements take counter-based draws under it).
+Element loops index row views from 0 (`acc[idx]`, the payload's slice): numba checks every
+index that might be negative, and that check kept these loops from vectorising.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from nina.decisions import Decision
-from nina.jit import njit, rand_u32, rd16, rd32, top_bit, wr16, wr32
+from nina.jit import draw32_from, draw_base, njit, rand_u32, rd16, rd32, top_bit, wr16, wr32
 from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_LEN, NAT8_MAG,
                        NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD, VERSION,
                        Encoding, MsgType)
@@ -100,25 +103,30 @@ def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offs
     same powers of two. Returns the new n_out."""
     cm = jobs[jx, J_CM]
     parts = jobs[jx, J_PARTS]
+    sums = acc[idx]   # (row views: indices from 0 compile without numba's negative-index
+    #                   check per element, so the element loops vectorise)
     # the payload, big-endian, once: int32 sums (NAT8 parts of 128, INT32 64) or C_M codes
     if enc == _INT32:
         for i in range(_CAP_INT32):
-            wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
+            wr32(body, 4 * i, np.int64(sums[i]) & 0xFFFFFFFF)
         nbody = 4 * _CAP_INT32
     elif cm:
+        # a counter-based draw per element under one key from the pipeline's stream (as the
+        # workers' C_nat, nina.jit.draw32): the loop has no chain through a generator state
+        base = draw_base(rand_u32(rng), 0)
         for i in range(_CAP_NAT8):
-            c = cm_code(np.int64(acc[idx, i]), rand_u32(rng))
+            c = cm_code(np.int64(sums[i]), np.int64(draw32_from(base, i)))
             body[i] = c
             if completing:
                 m = 0 if c == _ZERO else np.int64(1) << (c & _MAG)
                 v = -m if c & _SIGN else m
                 if v >= 2147483648:   # 2^31 cannot be stored: int32 wraps as numpy's copy does
                     v -= 4294967296
-                acc[idx, i] = v
+                sums[i] = v
         nbody = _CAP_NAT8
     else:
         for i in range(_CAP_NAT8):
-            wr32(body, 4 * i, np.int64(acc[idx, i]) & 0xFFFFFFFF)
+            wr32(body, 4 * i, np.int64(sums[i]) & 0xFFFFFFFF)
         nbody = 4 * _CAP_NAT8
     rflags = (flags & _ROUND_FLAGS) | (_FLAG_CM if cm else 0)
     exp = np.int64(max_exp[idx])
@@ -149,9 +157,9 @@ def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offs
         wr16(o, 8, slot)
         wr16(o, 10, pcount)
         wr32(o, 12, poffset)
-        src = p * part_bytes
+        part = body[p * part_bytes:(p + 1) * part_bytes]
         for i in range(part_bytes):
-            o[_HLEN + i] = body[src + i]
+            o[_HLEN + i] = part[i]
         out_len[n_out] = _HLEN + part_bytes
         out_rep[n_out] = r
         n_out += 1
@@ -237,7 +245,8 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
         bm = np.int64(bitmap[idx])
         cnt = np.int64(counts[idx])
         rd = np.int64(rounds[idx])
-        pay = o0 + _HLEN
+        pay = b[o0 + _HLEN:o0 + _ULEN]   # the elements (a view; see _result)
+        sums = acc[idx]
         if bm & bit:
             # 2. w already contributed to (slot, v): a retransmission of this round is answered
             # when complete, else consumed; a packet of another round is stale. Never add twice.
@@ -262,11 +271,12 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                 rounds[idx] = rnd
                 offsets[idx] = offset
                 if enc == _NAT8:
+                    lut = luts[jx]
                     for e in range(_CAP_NAT8):
-                        acc[idx, e] = luts[jx, b[pay + e]]
+                        sums[e] = lut[pay[e]]
                 else:
                     for e in range(_CAP_INT32):
-                        acc[idx, e] = np.int32(np.uint32(rd32(b, pay + 4 * e)))
+                        sums[e] = np.int32(np.uint32(rd32(pay, 4 * e)))
                 decision = D_FIRST
             else:
                 c = (cnt + 1) & 0xFF
@@ -274,11 +284,12 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                 if exp > max_exp[idx]:
                     max_exp[idx] = exp
                 if enc == _NAT8:
+                    lut = luts[jx]
                     for e in range(_CAP_NAT8):
-                        acc[idx, e] += luts[jx, b[pay + e]]
+                        sums[e] += lut[pay[e]]
                 else:
                     for e in range(_CAP_INT32):
-                        acc[idx, e] += np.int32(np.uint32(rd32(b, pay + 4 * e)))
+                        sums[e] += np.int32(np.uint32(rd32(pay, 4 * e)))
                 decision = D_AGGREGATE
             counts[idx] = c
             if c == n:

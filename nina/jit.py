@@ -273,6 +273,19 @@ def draw64(key, i, stream):
     return (np.uint64(hi) << np.uint64(32)) | np.uint64(lo)
 
 
+# ---- bytes between packet buffers ----------------------------------------------------------
+
+@njit
+def copy_bytes(dst, d0, src, s0, n):
+    """dst[d0:d0 + n] = src[s0:s0 + n] (d0, s0 >= 0; cut to what both hold). A loop over
+    views indexed from 0: indexed as dst[d0 + j], numba checks each index for a negative
+    value (d0 might be one), and that check per byte kept the copy from vectorising."""
+    d = dst[d0:d0 + n]
+    s = src[s0:s0 + n]
+    for j in range(min(d.size, s.size)):
+        d[j] = s[j]
+
+
 # ---- big-endian fields in a uint8 row (the wire format is big-endian): one copy for the
 # switch kernel and the workers' window, which both read and write packets in place ----------
 

@@ -67,7 +67,7 @@ import struct
 
 import numpy as np
 
-from nina.jit import njit
+from nina.jit import copy_bytes, njit
 from nina.wire import IPV4_MIN_LEN, UDP_LEN
 from switch.packets import (FRAME_HEAD, VNET_HDR_LEN, plain_udp_frame, put_vnet_frame,
                             same_udp_flow)
@@ -147,9 +147,7 @@ def _rx_take(ring, words, state, n_blocks, block_size, rows, lens, pkttype, cap)
             snap = np.int64(words[wp + _H3_SNAP])
             mac = p + (np.int64(ring[p + _H3_MAC]) | (np.int64(ring[p + _H3_MAC + 1]) << 8))
             k = snap if snap < width else width
-            row = rows[m]
-            for j in range(k):
-                row[j] = ring[mac + j]
+            copy_bytes(rows[m], 0, ring, mac, k)
             lens[m] = np.int64(words[wp + _H3_LEN])
             pkttype[m] = ring[p + _H3_PKTTYPE]
             m += 1
@@ -206,9 +204,7 @@ def _rx2_take(ring, words, state, n_frames, rows, lens, pkttype, cap):
         snap = np.int64(words[w + _H2_SNAP])
         mac = base + (np.int64(ring[base + _H2_MAC]) | (np.int64(ring[base + _H2_MAC + 1]) << 8))
         k = snap if snap < width else width
-        row = rows[m]
-        for j in range(k):
-            row[j] = ring[mac + j]
+        copy_bytes(rows[m], 0, ring, mac, k)
         lens[m] = np.int64(words[w + _H2_LEN])
         pkttype[m] = ring[base + _H2_PKTTYPE]
         m += 1
@@ -323,9 +319,7 @@ def _tx_put(ring, words, state, n_frames, frame_size, frames, flen, index, k, vn
         else:
             if n > room:
                 n = room
-            src = frames[r]
-            for j in range(n):
-                ring[base + j] = src[j]
+            copy_bytes(ring, base, frames[r], 0, n)
             words[w + 1] = n
         state[0] = (s + 1) % n_frames
         state[2] += 1

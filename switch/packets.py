@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nina.jit import njit
+from nina.jit import copy_bytes, njit
 from nina.wire import ETH_LEN, IPV4_MIN_LEN, UDP_LEN, UDP_PORT
 
 ETHERTYPE_IPV4 = 0x0800
@@ -63,12 +63,12 @@ FRAME_HEAD = ETH_LEN + IPV4_MIN_LEN + UDP_LEN   # the frame around a result's UD
 @njit
 def _csum_add(b, lo, hi, total):
     """Add bytes b[lo:hi] as big-endian 16-bit words (odd length: zero-padded)."""
-    i = lo
-    while i + 1 < hi:
-        total += (np.int64(b[i]) << 8) | np.int64(b[i + 1])
-        i += 2
-    if i < hi:
-        total += np.int64(b[i]) << 8
+    v = b[lo:hi]   # a view indexed from 0: the loop vectorises (see nina.jit.copy_bytes)
+    n = v.size
+    for k in range(n >> 1):
+        total += (np.int64(v[2 * k]) << 8) | np.int64(v[2 * k + 1])
+    if n & 1:
+        total += np.int64(v[n - 1]) << 8
     return total
 
 
@@ -115,8 +115,7 @@ def frame_results(out, out_len, out_rep, k, replicas, frames, frame_len, src_por
         _be(f, u + 2, dport, 2)
         _be(f, u + 4, ulen, 2)
         _be(f, u + 6, 0, 2)
-        for j in range(plen):
-            f[u + UDP_LEN + j] = out[i, j]
+        copy_bytes(f, u + UDP_LEN, out[i], 0, plen)
         pseudo = (sip >> 16) + (sip & 0xFFFF) + (dip >> 16) + (dip & 0xFFFF) + IPPROTO_UDP + ulen
         c = ~_csum_fold(_csum_add(f, u, u + ulen, pseudo)) & 0xFFFF
         _be(f, u + 6, c if c else 0xFFFF, 2)
@@ -170,8 +169,7 @@ def put_vnet_frame(dst, at, frames, flen, index, i, g, room):
     o = at + VNET_HDR_LEN
     if g == 1:
         n = min(n, room - VNET_HDR_LEN)
-        for j in range(n):
-            dst[o + j] = f0[j]
+        copy_bytes(dst, o, f0, 0, n)
         return VNET_HDR_LEN + n
     pay = n - FRAME_HEAD
     dst[at] = _VNET_NEEDS_CSUM
@@ -192,9 +190,7 @@ def put_vnet_frame(dst, at, frames, flen, index, i, g, room):
     _be(dst, u + 6, _csum_fold(sip + IPPROTO_UDP + ulen), 2)
     p = u + UDP_LEN
     for s in range(g):
-        f = frames[index[i + s]]
-        for j in range(pay):
-            dst[p + j] = f[FRAME_HEAD + j]
+        copy_bytes(dst, p, frames[index[i + s]], FRAME_HEAD, pay)
         p += pay
     return p - at
 

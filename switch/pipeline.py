@@ -216,12 +216,18 @@ class Pipeline:
         rx_len[i] bytes, from rx_port/rx_ip/rx_udp, frame_len[i] bytes on the wire) through the
         pipeline; `send` gets the results in batches (at least once per call if any)."""
         start = 0
-        tr = self._trace_buf
         while start < n:
             img = self.image
             m = min(n - start, KERNEL_BATCH)
             end = start + m
-            tracing = self.trace is not None
+            sink = self.trace
+            tracing = sink is not None
+            # the records go straight into the sink's buffer (a copy per batch cost more
+            # than the records); a sink without room for a whole batch gets them copied
+            tr = sink.reserve(m) if tracing else None
+            direct = tr is not None
+            if not direct:
+                tr = self._trace_buf
             done, n_out = K.process_batch(
                 rx[start:end], rx_off[start:end], rx_len[start:end], rx_port[start:end],
                 rx_ip[start:end], rx_udp[start:end], frame_len[start:end], m,
@@ -231,7 +237,10 @@ class Pipeline:
                 self.out, self.out_len, self.out_rep, self._body, tr, tracing,
                 time.time_ns())
             if tracing and done:
-                self.trace.write(tr[:done])
+                if direct:
+                    sink.commit(done)
+                else:
+                    sink.write(tr[:done])
             if n_out:
                 send(self.out, self.out_len, self.out_rep, n_out, img)
             start += done

@@ -73,6 +73,22 @@ class _Batcher:
             if self._n == self.batch:
                 self.flush()
 
+    def reserve(self, m: int) -> np.ndarray | None:
+        """Room for m records in the buffer, as a view to fill in place (then `commit` how
+        many were written); None if the buffer cannot hold m at all (use `write`)."""
+        if m > self.batch:
+            return None
+        if self.batch - self._n < m:
+            self.flush()
+        return self._arr[self._n:self._n + m] if self.batch - self._n >= m else None
+
+    def commit(self, k: int) -> None:
+        """The first k records of the last `reserve` view were written."""
+        self._n += k
+        self.records += k
+        if self._n == self.batch:
+            self.flush()
+
     def _take(self) -> np.ndarray:
         recs = self._arr[:self._n].copy()
         self._n = 0
@@ -96,7 +112,8 @@ class TraceSink(_Batcher):
         self._index_at = time.monotonic()
 
     def flush(self) -> None:
-        if self._writer is None:
+        if self._writer is None:   # closed (the switch is stopping): nowhere to go
+            self._n = 0
             return
         if self._n:   # written out before the buffer is reused: no copy
             self._writer.write(self._arr[:self._n])

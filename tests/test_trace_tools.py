@@ -129,8 +129,9 @@ def test_names_job_filter_priming_all_gather_and_truncation(tmp_path, capsys):
 
 def test_sink_keeps_every_record_across_batches_strided_input_and_emits(tmp_path):
     """TraceSink copies records as bytes into its buffer and writes the buffer out: records
-    handed over in pieces that straddle its batches, a strided view among them, and single
-    emits in between must all come back in order, field for field."""
+    handed over in pieces that straddle its batches, a strided view among them, single emits
+    and records filled in place (reserve/commit) must all come back in order, field for
+    field."""
     from switch.trace_sink import TraceSink
     rng = np.random.default_rng(5)
     recs = np.zeros(1000, TRACE_DTYPE)
@@ -144,6 +145,11 @@ def test_sink_keeps_every_record_across_batches_strided_input_and_emits(tmp_path
     sink.emit(7, 1, 2, 3, 4, 5, 1, 9, 2, 3, 77, 256)
     sink.write(recs[100:700:2])            # strided: every other record
     sink.write(recs[700:])
+    assert sink.reserve(65) is None               # more than a batch: the caller writes
+    for lo in range(0, 200, 50):                  # filled in place, as the pipeline does
+        view = sink.reserve(50)
+        view[:40] = recs[lo:lo + 40]              # 40 of the 50 reserved written
+        sink.commit(40)
     sink.close()
     got = trace_file.read_all(path)
     one = np.zeros(1, TRACE_DTYPE)
@@ -151,5 +157,6 @@ def test_sink_keeps_every_record_across_batches_strided_input_and_emits(tmp_path
                         "exponent", "count", "bitmap", "offset", "elements"),
                        (7, 1, 2, 3, 4, 5, 1, 9, 2, 3, 77, 256)):
         one[name] = v
-    want = np.concatenate([recs[:100], one, recs[100:700:2], recs[700:]])
+    want = np.concatenate([recs[:100], one, recs[100:700:2], recs[700:]] +
+                          [recs[lo:lo + 40] for lo in range(0, 200, 50)])
     assert got.tobytes() == want.tobytes()

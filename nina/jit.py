@@ -108,10 +108,10 @@ def threads() -> int:
 
 def _pool():
     global _POOL
-    want = max_threads() - 1
-    if _POOL is None or _POOL._max_workers < want:
+    if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=max(want, 1), thread_name_prefix="nina-kernel")
+        _POOL = ThreadPoolExecutor(max_workers=max(max_threads() - 1, 1),
+                                   thread_name_prefix="nina-kernel")
     return _POOL
 
 
@@ -243,16 +243,16 @@ def index_key(k0, k1, i):
 
 
 @njit
-def draw32(kb, i):
-    """Uniform 32-bit word (uint32) of element index i (int64) under its index_key kb."""
-    return mix32(np.uint32(np.uint32(np.uint32(np.int64(i) & 0xFFFFFFFF) * _G) + kb))
+def draw_base(kb, lo):
+    """The mixer input of index lo under index_key kb, (lo * G + kb) mod 2^32: draw32's, and
+    a block's start for draw32_from."""
+    return np.uint32(np.uint32(np.uint32(np.int64(lo) & 0xFFFFFFFF) * _G) + kb)
 
 
 @njit
-def draw_base(kb, lo):
-    """The mixer input of index lo under index_key kb, (lo * G + kb) mod 2^32: a block's
-    start, for draw32_from."""
-    return np.uint32(np.uint32(np.uint32(np.int64(lo) & 0xFFFFFFFF) * _G) + kb)
+def draw32(kb, i):
+    """Uniform 32-bit word (uint32) of element index i (int64) under its index_key kb."""
+    return mix32(draw_base(kb, i))
 
 
 @njit

@@ -115,9 +115,7 @@ class TraceSink(_Batcher):
         if self._writer is None:   # closed (the switch is stopping): nowhere to go
             self._n = 0
             return
-        if self._n:   # written out before the buffer is reused: no copy
-            self._writer.write(self._arr[:self._n])
-            self._n = 0
+        self._write_out()
         now = time.monotonic()
         if now - self._index_at > 1.0:
             self._writer.flush()
@@ -126,10 +124,15 @@ class TraceSink(_Batcher):
     def close(self) -> None:
         if self._writer is None:
             return
-        if self._n:
-            self._writer.write(self._take())
+        self._write_out()
         self._writer.close()
         self._writer = None
+
+    def _write_out(self) -> None:
+        """The buffered records to the file, before the buffer is reused: no copy."""
+        if self._n:
+            self._writer.write(self._arr[:self._n])
+            self._n = 0
 
 
 class MemoryTrace(_Batcher):

@@ -9,7 +9,7 @@ from nina.config import DEFAULT_SWITCH_IP
 from nina.wire import UDP_PORT
 from switch.io_udp import SOCKET_BUFFER
 from switch.raw_io_options import (DEFAULT_RX_MIB, FRAMES_PER_MIB, IO_KINDS, MAX_TX_SEGMENTS,
-                                   RING_VERSION)
+                                   RING_VERSION, ring_version)
 from nina.cli_types import grpc_address, positive_int
 
 DESCRIPTION = """\
@@ -77,6 +77,12 @@ def register(subparsers) -> None:
                         f"cuts into datagrams wherever a device cannot carry them whole (a veth "
                         f"with tx-udp-segmentation passes them on: a receiver with UDP_GRO takes "
                         f"N results per wake-up). Default 1: a frame per result")
+    p.add_argument("--rx-gso", action="store_true",
+                   help="ifaces mode on TPACKET_V2 rings: take UDP GSO frames whole "
+                        "(PACKET_VNET_HDR, 68 KiB receive slots) and cut them into datagrams "
+                        "here, so a host's segmented send costs the link one frame; frames whose "
+                        "checksum the sender left to an offload get it completed if forwarded. "
+                        "For links whose devices pass GSO (the Mininet rack's clean links)")
     p.add_argument("--jobs", metavar="FILE", default=None,
                    help="install the jobs in this JSON file at start (no controller needed)")
     p.set_defaults(func=main)
@@ -101,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"--tx-gso {args.tx_gso} is more than {MAX_TX_SEGMENTS} datagrams per frame")
     if args.tx_gso > 1 and args.mode != "ifaces":
         return fail("--tx-gso is for --mode ifaces")
+    if args.rx_gso and (args.mode != "ifaces" or ring_version(args.raw_io) != 2):
+        return fail("--rx-gso is for --mode ifaces with --io ring or ring-v2")
     if args.pool_slots > 1 << 16:
         return fail(f"--pool-slots {args.pool_slots} exceeds the 16-bit slot space (65536)")
     try:
@@ -108,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
         return run_switch(args.mode, listen=args.listen, ifaces=ifaces, trace_path=args.trace,
                           pool_slots=args.pool_slots, seed=args.seed, grpc_addr=args.grpc,
                           jobs=jobs, socket_buffer=args.socket_buffer, raw_io=args.raw_io,
-                          ring_mib=args.ring_mib, tx_segments=args.tx_gso)
+                          ring_mib=args.ring_mib, tx_segments=args.tx_gso,
+                          rx_gso=args.rx_gso)
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, P4Error) as e:

@@ -18,6 +18,10 @@ forwarded frames are grouped per egress port the same way. On rings one batch ta
 every ready port (a slot's updates come from every worker's port: a batch per port would
 complete fewer slots per send), and with tx_segments > 1 (`--tx-gso`) a port's results to
 one worker leave as GSO frames of up to that many datagrams (switch.packet_rings.TxRing).
+With rx_gso (`--rx-gso`, TPACKET_V2 rings) the receive rings take UDP GSO frames whole (a
+workers' segmented send crosses the link in one piece when every device passes GSO) and cut
+them into a row per datagram; frames whose checksum the sender left to an offload (every frame
+from a host whose interface has TX checksumming on) get it completed if they are forwarded.
 """
 from __future__ import annotations
 
@@ -30,9 +34,11 @@ import numpy as np
 
 from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
 from nina.wire import UDP_PORT
-from switch.packets import FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, frame_results
+from switch.packets import (FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, complete_checksums,
+                            frame_results)
 from switch.kernel import OUT_ROW, R_DIP, R_DPORT, R_PORT
-from switch.packet_rings import RingUnavailable, RxRing, TxRing, ignore_outgoing
+from switch.packet_rings import (RX_SMALL_LIMIT, RingUnavailable, RxRing, TxRing,
+                                 ignore_outgoing, length_filter)
 from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, MAX_TX_SEGMENTS, ring_version
 from switch.pipeline import BATCH, OUT_ROWS
 
@@ -45,25 +51,48 @@ MMSG_BUFFER_PER_RING_MIB = 4 << 20   # plain sockets' buffer per MiB of --ring-m
 
 
 class _RingPort:
-    """A port on PACKET_MMAP rings: receive socket + ring, transmit socket + TX ring."""
+    """A port on PACKET_MMAP rings: receive socket + ring, transmit socket + TX ring; with
+    rx_gso a second receive socket + ring of GSO-sized slots for the frames too long for the
+    first one's (switch.packet_rings.RX_SMALL_LIMIT), each socket filtered by length."""
 
-    def __init__(self, name: str, rx_mib: int, version: int, tx_segments: int = 1):
+    def __init__(self, name: str, rx_mib: int, version: int, tx_segments: int = 1,
+                 rx_gso: bool = False):
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # bound below
-        self.rx = self.tx = None
+        self.big_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) if rx_gso \
+            else None
+        self.rx = self.big = self.tx = None
         self.kind = f"ring-v{version}"
         try:
-            self.rx = RxRing(self.sock, rx_mib, version=version)
+            self.rx = RxRing(self.sock, rx_mib, version=version, gso=rx_gso)
+            if rx_gso:
+                self.big = RxRing(self.big_sock, rx_mib, version=version, gso=True, big=True)
+                length_filter(self.sock, RX_SMALL_LIMIT, longer=False)
+                length_filter(self.big_sock, RX_SMALL_LIMIT, longer=True)
             self.tx = TxRing(name, segments=tx_segments)
             self.own_filtered = ignore_outgoing(self.sock)
             self.sock.bind((name, ETH_P_ALL))
+            if rx_gso:
+                self.own_filtered &= ignore_outgoing(self.big_sock)
+                self.big_sock.bind((name, ETH_P_ALL))
         except BaseException:
             self.close()
             raise
         self.sock.setblocking(False)
 
-    def recv(self, rows, lens, pkttype) -> int:
-        """Frames into rows 0.. (as many as rows has, at most)."""
-        return self.rx.take(rows, lens, pkttype, len(rows))
+    @property
+    def rx_socks(self) -> list[socket.socket]:
+        return [self.sock] + ([self.big_sock] if self.big_sock is not None else [])
+
+    def recv(self, rows, lens, pkttype, csum) -> int:
+        """Frames into rows 0.. (as many as rows has, at most); csum: see RxRing.take."""
+        m = self.rx.take(rows, lens, pkttype, len(rows), csum)
+        if self.big is not None and m < len(rows):
+            m += self.big.take(rows[m:], lens[m:], pkttype[m:], len(rows) - m, csum[m:])
+        return m
+
+    @property
+    def rings(self) -> list[RxRing]:
+        return [r for r in (self.rx, self.big) if r is not None]
 
     def send(self, frames, flen, index, group: bool = False) -> tuple[int, int]:
         k = len(index)
@@ -71,18 +100,24 @@ class _RingPort:
         return sent, k - sent
 
     def drops(self) -> int:
-        return self.rx.drops() if self.rx is not None else 0
+        return sum(r.drops() for r in self.rings)
 
     def close(self) -> None:
-        for part in (self.rx, self.tx):
+        for part in (self.rx, self.big, self.tx):
             if part is not None:
                 part.close()
         self.sock.close()
+        if self.big_sock is not None:
+            self.big_sock.close()
 
 
 class _MsgPort:
     """A port on one plain AF_PACKET socket moved with recvmmsg/sendmmsg."""
     kind = "mmsg"
+
+    @property
+    def rx_socks(self) -> list[socket.socket]:
+        return [self.sock]
 
     def __init__(self, name: str, ring_mib: int):
         from switch.io_udp import set_buffers
@@ -97,8 +132,9 @@ class _MsgPort:
         self.ring = MsgRing(BATCH, FRAME_BUFFER)
         self.tx = MsgRing(BATCH, 0)
 
-    def recv(self, rows, lens, pkttype) -> int:
-        """Into the socket's own rows (rows is not used: the kernel copies there directly)."""
+    def recv(self, rows, lens, pkttype, csum) -> int:
+        """Into the socket's own rows (rows is not used: the kernel copies there directly;
+        a plain socket's frames come with their checksums complete: csum is not touched)."""
         r = self.ring
         m = r.recv(self.sock.fileno(), MSG_DONTWAIT | MSG_TRUNC)
         if m:
@@ -121,7 +157,7 @@ class RawIO:
     """Runs a pipeline behind AF_PACKET sockets, one port per interface."""
 
     def __init__(self, ifaces: list[str], io: str = "ring", ring_mib: int = DEFAULT_RX_MIB,
-                 tx_segments: int = 1):
+                 tx_segments: int = 1, rx_gso: bool = False):
         if not ifaces:
             raise ValueError("interface mode needs at least one interface")
         if len(set(ifaces)) != len(ifaces):
@@ -131,8 +167,12 @@ class RawIO:
         if not 1 <= tx_segments <= MAX_TX_SEGMENTS:
             raise ValueError(f"results per GSO frame must be 1..{MAX_TX_SEGMENTS}, got "
                              f"{tx_segments}")
+        if rx_gso and ring_version(io) != 2:
+            raise ValueError("GSO frames taken whole (rx_gso) need TPACKET_V2 receive rings "
+                             "(io ring-v2)")
         self.ifaces = list(ifaces)
         self.tx_segments = tx_segments
+        self.rx_gso = rx_gso
         self.ports: dict[int, _RingPort | _MsgPort] = {}
         self.fallback_reason: str | None = None
         try:
@@ -158,9 +198,12 @@ class RawIO:
                 if ring_version(io) and self.fallback_reason is None:
                     try:
                         self.ports[port] = _RingPort(name, ring_mib, ring_version(io),
-                                                     self.tx_segments)
+                                                     self.tx_segments, self.rx_gso)
                         continue
                     except RingUnavailable as e:
+                        if self.rx_gso:   # a plain socket would cut GSO frames at 2 KiB
+                            raise OSError(f"a receive ring that takes GSO frames whole was "
+                                          f"refused ({e.strerror})") from None
                         self._fall_back(name, e.strerror, ring_mib)
                 self.ports[port] = _MsgPort(name, ring_mib)
             except PermissionError:
@@ -188,6 +231,8 @@ class RawIO:
     def describe(self) -> str:
         how = f"PACKET_MMAP rings, TPACKET_{self.io[-2:].upper()} receive" \
             if self.io.startswith("ring") else "recvmmsg/sendmmsg"
+        if self.io.startswith("ring") and self.rx_gso:
+            how += " taking GSO frames whole"
         return "interfaces " + ", ".join(f"{p}={n}" for p, n in
                                          zip(self.ports, self.ifaces)) + f" ({how})"
 
@@ -198,30 +243,41 @@ class RawIO:
             self._drops = sum(pt.drops() for pt in self.ports.values())
         return getattr(self, "_drops", 0)
 
+    @property
+    def rx_gso_frames(self) -> tuple[int, int]:
+        """(GSO frames received whole and cut, GSO frames dropped as uncuttable); kept after
+        close."""
+        rings = [r for pt in self.ports.values() if isinstance(pt, _RingPort) for r in pt.rings]
+        if rings:
+            self._gso = (sum(r.gso_frames for r in rings), sum(r.bad_gso_frames for r in rings))
+        return getattr(self, "_gso", (0, 0))
+
     def run(self, pipeline) -> None:
         poller = select.poll()
         fd_port = {}
         for port, pt in self.ports.items():
-            poller.register(pt.sock.fileno(), select.POLLIN)
-            fd_port[pt.sock.fileno()] = port
+            for sock in pt.rx_socks:
+                poller.register(sock.fileno(), select.POLLIN)
+                fd_port[sock.fileno()] = port
         poller.register(self._wake_r, select.POLLIN)
         self._rows = np.zeros((BATCH, FRAME_BUFFER), np.uint8)   # ring ports copy here
         self._lens = np.zeros(BATCH, np.int64)
         self._pkttype = np.zeros(BATCH, np.uint8)
+        self._csum = np.zeros(BATCH, np.int64)   # pending checksums (rx_gso rings)
         self._frows = FrameRows(BATCH)
         self._frames = np.zeros((OUT_ROWS, FRAME_HEAD + OUT_ROW), np.uint8)
         self._flen = np.zeros(OUT_ROWS, np.int64)
         self._port_of = np.zeros(BATCH, np.int64)
         rings = self.io.startswith("ring")
         while not self._stop:
-            ready = [fd_port[fd] for fd, _ in poller.poll() if fd in fd_port]
+            ready = list(dict.fromkeys(fd_port[fd] for fd, _ in poller.poll() if fd in fd_port))
             if rings:
                 self._drain_together(pipeline, ready)
                 continue
             for port in ready:
                 pt = self.ports[port]
                 while not self._stop:
-                    m = pt.recv(self._rows, self._lens, self._pkttype)
+                    m = pt.recv(self._rows, self._lens, self._pkttype, self._csum)
                     if not m:
                         break
                     self._port_of[:m] = port
@@ -238,7 +294,8 @@ class RawIO:
                 if m == BATCH:   # the batch is full: the ports not read yet come next time
                     still += ready[i:]
                     break
-                got = self.ports[port].recv(self._rows[m:], self._lens[m:], self._pkttype[m:])
+                got = self.ports[port].recv(self._rows[m:], self._lens[m:], self._pkttype[m:],
+                                            self._csum[m:])
                 if got:
                     self._port_of[m:m + got] = port
                     m += got
@@ -293,7 +350,10 @@ class RawIO:
         if egress:
             flen = np.minimum(lens, FRAME_BUFFER)
             for e, rows in egress.items():
-                self._send_rows(e, buf, flen, np.array(rows, np.int64))
+                rows = np.array(rows, np.int64)
+                if self.rx_gso:   # what the sender's offload left undone, as it leaves
+                    complete_checksums(buf, lens, self._csum, rows)
+                self._send_rows(e, buf, flen, rows)
 
     def _send_results(self, out, out_len, out_rep, k, img) -> None:
         """Frame a batch of results (compiled) and send each port's share in one call."""
@@ -342,6 +402,7 @@ class RawIO:
 
     def close(self) -> None:
         self._drops = self.rx_drops   # read the counters while the sockets exist
+        self.rx_gso_frames
         for pt in self.ports.values():
             pt.close()
         self.ports = {}

@@ -60,6 +60,7 @@ caller (switch.io_raw) then falls back to recvmmsg/sendmmsg.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import socket
@@ -69,8 +70,8 @@ import numpy as np
 
 from nina.jit import copy_bytes, njit
 from nina.wire import IPV4_MIN_LEN, UDP_LEN
-from switch.packets import (FRAME_HEAD, VNET_HDR_LEN, plain_udp_frame, put_vnet_frame,
-                            same_udp_flow)
+from switch.packets import (FRAME_HEAD, VNET_HDR_LEN, cut_udp_gso, pending_checksum,
+                            plain_udp_frame, put_vnet_frame, same_udp_flow)
 from switch.raw_io_options import DEFAULT_RX_MIB
 
 SOL_PACKET = 263
@@ -81,6 +82,7 @@ TP_STATUS_KERNEL, TP_STATUS_USER = 0, 1
 TP_STATUS_AVAILABLE, TP_STATUS_SEND_REQUEST, TP_STATUS_SENDING, TP_STATUS_WRONG_FORMAT = \
     0, 1, 2, 4
 _SO_SNDBUFFORCE = 32
+_SO_ATTACH_FILTER = 26
 
 # tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1's block_status, num_pkts,
 # offset_to_first_pkt (u32 words 2, 3, 4).
@@ -106,6 +108,22 @@ TX_WAIT_US = 50_000          # a kick waiting for a full ring gives up after thi
 
 class RingUnavailable(OSError):
     """The kernel refused a ring (old kernel, no memory, not permitted): use the fallback."""
+
+
+def length_filter(sock: socket.socket, limit: int, longer: bool) -> None:
+    """Attach a classic BPF filter: the socket gets only frames longer than `limit` bytes
+    (longer) or only the others. Before bind, so no frame slips in unfiltered."""
+    ret_keep, ret_drop = (0x06, 0, 0, 0xFFFFFFFF), (0x06, 0, 0, 0)
+    prog = [(0x80, 0, 0, 0),                                  # A = frame length
+            (0x25, 0, 1, limit),                              # A > limit ? next : skip one
+            ret_keep if longer else ret_drop,
+            ret_drop if longer else ret_keep]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(code))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError as e:
+        raise RingUnavailable(e.errno, f"SO_ATTACH_FILTER: {e.strerror}") from None
 
 
 def _setsockopt(sock: socket.socket, opt: int, value, what: str) -> None:
@@ -214,26 +232,117 @@ def _rx2_take(ring, words, state, n_frames, rows, lens, pkttype, cap):
 
 
 @njit
-def _rx2_release(words, state, n_frames):
-    """Hand the slots _rx2_take copied back to the kernel."""
-    _set_status(words, state[1], state[2], n_frames, RX2_FRAME, 0, TP_STATUS_KERNEL)
+def _rx2_release(words, state, n_frames, frame_size):
+    """Hand the slots _rx2_take or _rx2_take_vnet copied back to the kernel."""
+    _set_status(words, state[1], state[2], n_frames, frame_size, 0, TP_STATUS_KERNEL)
     state[2] = 0
+
+
+# Receive rings with PACKET_VNET_HDR (RxRing(gso=True)): each frame is behind a
+# virtio_net_hdr (little-endian flags, gso_type, hdr_len, gso_size, csum_start, csum_offset),
+# and a UDP GSO frame from a sender whose devices all pass them comes whole, up to 64 KiB.
+# Slots that big for every frame would take 34x the memory of today's 2 KiB slots, so a port
+# has two rings (switch.io_raw): its 2 KiB-slot ring takes frames up to RX_SMALL_LIMIT bytes
+# (every frame of an MTU-1500 link, small GSO frames), and a ring of RX_GSO_SLOTS slots of
+# RX_GSO_FRAME bytes (at DEFAULT_RX_MIB) takes the longer ones, each socket told by a filter
+# on the frame's length (length_filter). A GSO frame carries at least 2 datagrams, so a
+# worker's window of 64 updates is at most 32 such frames in flight.
+RX_GSO_FRAME = 17 << 12       # 69632: a 65535-byte IP packet, its Ethernet header and ours
+RX_GSO_SLOTS = 64
+RX_SMALL_LIMIT = 1920         # a 2 KiB slot holds the frame behind 76 bytes of headers: 1972
+_VNET_NEEDS_CSUM, _VNET_GSO_NONE, _VNET_GSO_UDP_L4 = 1, 0, 5
+GSO_ROWS_MAX = 128            # datagrams in a GSO frame at most (the kernel's UDP_MAX_SEGMENTS):
+                              # a take given this many rows always has room for one frame
+# state words of the vnet ring beyond _rx2_take's three: GSO frames cut, frames dropped
+# (a GSO kind or frame cut_udp_gso cannot cut, or one cut short by its slot)
+_S_GSO, _S_BAD = 3, 4
+
+
+@njit
+def _u16le(ring, at):
+    return np.int64(ring[at]) | (np.int64(ring[at + 1]) << 8)
+
+
+@njit
+def _rx2_take_vnet(ring, words, state, n_frames, frame_size, rows, lens, pkttype, csum, cap):
+    """_rx2_take for a ring with PACKET_VNET_HDR: a UDP GSO frame becomes a row per datagram
+    (switch.packets.cut_udp_gso), left in its slot for the next call if the rows run out;
+    a frame whose checksum the sender left to an offload gets csum[row] set (see
+    switch.packets.pending_checksum), others 0."""
+    width = rows.shape[1]
+    if state[2] == 0:
+        state[1] = state[0]
+    m = 0
+    while m < cap:
+        f = state[0]
+        base = f * frame_size
+        w = base >> 2
+        if words[w] & TP_STATUS_USER == 0:
+            break
+        snap = np.int64(words[w + _H2_SNAP])
+        n = np.int64(words[w + _H2_LEN])
+        mac = base + _u16le(ring, base + _H2_MAC)
+        v = mac - VNET_HDR_LEN
+        kind = ring[base + _H2_PKTTYPE]
+        gso = ring[v + 1]
+        if gso != _VNET_GSO_NONE:
+            k = -2
+            if gso == _VNET_GSO_UDP_L4 and snap == n:
+                k = cut_udp_gso(ring[mac:mac + n], n, _u16le(ring, v + 4), rows, lens, csum,
+                                m, cap)
+            if k == -1 and cap - m < GSO_ROWS_MAX:
+                break   # not enough rows left in this batch: the next one takes it
+            if k < 0:
+                state[_S_BAD] += 1
+            else:
+                for j in range(k):
+                    pkttype[m + j] = kind
+                m += k
+                state[_S_GSO] += 1
+        else:
+            k = snap if snap < width else width
+            copy_bytes(rows[m], 0, ring, mac, k)
+            lens[m] = n
+            pkttype[m] = kind
+            csum[m] = 0
+            if ring[v] & _VNET_NEEDS_CSUM:
+                start = _u16le(ring, v + 6)
+                csum[m] = pending_checksum(start, start + _u16le(ring, v + 8))
+            m += 1
+        state[0] = (f + 1) % n_frames
+        state[2] += 1
+    return m
 
 
 class RxRing:
     """A receive ring on `sock` (an AF_PACKET socket not bound yet): TPACKET_V3 blocks
-    (version 3) or TPACKET_V2 frame slots (version 2, see switch.io_raw for the choice)."""
+    (version 3) or TPACKET_V2 frame slots (version 2, see switch.io_raw for the choice).
+    gso (version 2 only): PACKET_VNET_HDR, so UDP GSO frames are cut into a row per datagram
+    here (_rx2_take_vnet), and frames whose checksum their sender left to an offload say so
+    (take's csum); big: RX_GSO_FRAME slots, which hold a GSO frame of 64 KiB whole."""
 
     def __init__(self, sock: socket.socket, mib: int = DEFAULT_RX_MIB,
-                 block_size: int = BLOCK_SIZE, version: int = 3):
+                 block_size: int = BLOCK_SIZE, version: int = 3, gso: bool = False,
+                 big: bool = False):
         if mib * (1 << 20) < block_size:
             raise ValueError(f"receive ring of {mib} MiB is smaller than one {block_size}-byte "
                              f"block")
         if version not in (2, 3):
             raise ValueError(f"TPACKET version must be 2 or 3, got {version!r}")
+        if (gso or big) and version != 2:
+            raise ValueError("a receive ring that takes GSO frames whole is TPACKET_V2")
+        if big and not gso:
+            raise ValueError("a ring of GSO-sized slots is a gso ring")
         self.version = version
+        self.gso = gso
         self.block_size = block_size
         self.n_blocks = (mib << 20) // block_size
+        self.frame_size = RX2_FRAME
+        if big:   # a slot per block: V2 slots may not straddle blocks, and 17 pages is one
+            self.frame_size = self.block_size = RX_GSO_FRAME
+            self.n_blocks = max(16, RX_GSO_SLOTS * mib // DEFAULT_RX_MIB)
+        if gso:
+            _setsockopt(sock, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
         if version == 3:
             _setsockopt(sock, PACKET_VERSION, TPACKET_V3, "TPACKET_V3")
             # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
@@ -244,23 +353,30 @@ class RxRing:
             self.state = np.zeros(5, np.int64)
         else:
             _setsockopt(sock, PACKET_VERSION, TPACKET_V2, "TPACKET_V2")
-            self.n_frames = block_size // RX2_FRAME * self.n_blocks
-            req = np.array([block_size, self.n_blocks, RX2_FRAME, self.n_frames], np.uint32)
-            self.state = np.zeros(3, np.int64)
+            self.n_frames = self.block_size // self.frame_size * self.n_blocks
+            req = np.array([self.block_size, self.n_blocks, self.frame_size, self.n_frames],
+                           np.uint32)
+            self.state = np.zeros(5, np.int64)
         _setsockopt(sock, PACKET_RX_RING, req.tobytes(), "PACKET_RX_RING")
-        self.map = _map(sock, block_size * self.n_blocks, "receive ring")
+        self.map = _map(sock, self.block_size * self.n_blocks, "receive ring")
         self.ring = np.frombuffer(self.map, np.uint8)
         self.words = np.frombuffer(self.map, np.uint32)
         self.sock = sock
 
-    def take(self, rows: np.ndarray, lens: np.ndarray, pkttype: np.ndarray, cap: int) -> int:
+    def take(self, rows: np.ndarray, lens: np.ndarray, pkttype: np.ndarray, cap: int,
+             csum: np.ndarray | None = None) -> int:
         """Frames into rows (cut at the row width; lens = their real length); then release
-        (a second compiled call: the copies are done before the kernel gets the memory)."""
+        (a second compiled call: the copies are done before the kernel gets the memory).
+        A gso ring needs csum (a row's pending checksum, switch.packets.pending_checksum)."""
         if self.version == 2:
-            m = _rx2_take(self.ring, self.words, self.state, self.n_frames, rows, lens,
-                          pkttype, cap)
+            if self.gso:
+                m = _rx2_take_vnet(self.ring, self.words, self.state, self.n_frames,
+                                   self.frame_size, rows, lens, pkttype, csum, cap)
+            else:
+                m = _rx2_take(self.ring, self.words, self.state, self.n_frames, rows, lens,
+                              pkttype, cap)
             if self.state[2]:
-                _rx2_release(self.words, self.state, self.n_frames)
+                _rx2_release(self.words, self.state, self.n_frames, self.frame_size)
             return m
         m = _rx_take(self.ring, self.words, self.state, self.n_blocks, self.block_size, rows,
                      lens, pkttype, cap)
@@ -274,6 +390,16 @@ class RxRing:
         raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
         self._drops = getattr(self, "_drops", 0) + int(np.frombuffer(raw, np.uint32)[1])
         return self._drops
+
+    @property
+    def gso_frames(self) -> int:
+        """GSO frames taken whole and cut into datagrams (a gso ring)."""
+        return int(self.state[_S_GSO]) if self.gso else 0
+
+    @property
+    def bad_gso_frames(self) -> int:
+        """GSO frames dropped: not IPv4/UDP, or cut short (a gso ring)."""
+        return int(self.state[_S_BAD]) if self.gso else 0
 
     def close(self) -> None:
         self.ring = self.words = None
@@ -440,7 +566,8 @@ def _warm() -> None:
     _rx_take(ring, words, state, 1, TX_BLOCK, rows, lens, kinds, 1)
     _rx_release(words, state, 1, TX_BLOCK)
     _rx2_take(ring, words, state, 1, rows, lens, kinds, 1)
-    _rx2_release(words, state, 1)
+    _rx2_release(words, state, 1, RX2_FRAME)
+    _rx2_take_vnet(ring, words, state, 1, TX_BLOCK, rows, lens, kinds, lens, 1)
     words[0] = TP_STATUS_SENDING   # a slot the kernel holds: _tx_put stops there
     for vnet in (False, True):
         _tx_put(ring, words, state, 1, TX_FRAME, rows, lens, lens, 1, vnet, 16)

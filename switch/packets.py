@@ -195,6 +195,84 @@ def put_vnet_frame(dst, at, frames, flen, index, i, g, room):
     return p - at
 
 
+# A received frame's pending checksum (a CHECKSUM_PARTIAL frame from a PACKET_VNET_HDR socket:
+# the sender left it to an offload): 0 = complete, else (start << 16) | field, the checksum
+# field at `field` holding the pseudo-header sum and the sum to take from byte `start` to the
+# end. The switch completes it only on frames it forwards (complete_checksums); updates are
+# read by the pipeline, whose results are framed anew.
+_UDP_CHECK_AT = 6
+
+
+@njit
+def pending_checksum(start, field):
+    return (np.int64(start) << 16) | np.int64(field)
+
+
+@njit
+def cut_udp_gso(frame, n, seg, rows, lens, csum, m, cap):
+    """Cut a received UDP GSO frame (frame[:n]: one IPv4/UDP header, then the datagrams'
+    payloads of `seg` bytes each, the last maybe shorter) into rows m.. as the kernel's
+    software GSO would: each datagram gets the header with its own IP total length, id (+1
+    per datagram) and header checksum, and UDP length; its UDP checksum is left pending
+    (the field holds the pseudo-header sum, csum[row] says where), as the frame's was.
+    Returns the rows written; -1 if they would pass row `cap` (nothing written; the caller
+    takes the frame in its next batch); -2 if the frame is no IPv4/UDP GSO frame this can
+    cut (the caller drops and counts it)."""
+    if n < ETH_LEN + IPV4_MIN_LEN or frame[12] != 0x08 or frame[13] != 0 or seg <= 0:
+        return -2
+    ip = ETH_LEN
+    ihl = (np.int64(frame[ip]) & 0x0F) * 4
+    if frame[ip] >> 4 != 4 or ihl < IPV4_MIN_LEN or frame[ip + 9] != IPPROTO_UDP:
+        return -2
+    l4 = ip + ihl
+    head = l4 + UDP_LEN
+    if n <= head or head > rows.shape[1]:
+        return -2
+    body = n - head
+    k = (body + seg - 1) // seg
+    if k > cap - m:
+        return -1
+    ident = (np.int64(frame[ip + 4]) << 8) | np.int64(frame[ip + 5])
+    addrs = _csum_add(frame, ip + 12, ip + 20, 0)
+    for s in range(k):
+        r = rows[m + s]
+        ln = min(seg, body - s * seg)
+        copy_bytes(r, 0, frame, 0, head)
+        copy_bytes(r, head, frame, head + s * seg, ln)
+        _be(r, ip + 2, ihl + UDP_LEN + ln, 2)
+        _be(r, ip + 4, (ident + s) & 0xFFFF, 2)
+        _be(r, ip + 10, 0, 2)
+        _be(r, ip + 10, ~_csum_fold(_csum_add(r, ip, l4, 0)) & 0xFFFF, 2)
+        _be(r, l4 + 4, UDP_LEN + ln, 2)
+        _be(r, l4 + _UDP_CHECK_AT, _csum_fold(addrs + IPPROTO_UDP + UDP_LEN + ln), 2)
+        lens[m + s] = head + ln
+        csum[m + s] = pending_checksum(l4, l4 + _UDP_CHECK_AT)
+    return k
+
+
+@njit
+def complete_checksums(buf, lens, csum, which):
+    """Complete the pending checksum of rows buf[which] (what an offload would have done
+    before the frame left its sender): the one's-complement sum from `start` to the frame's
+    end, over the field's pseudo-header sum, into the field (UDP: 0 is sent as 0xFFFF). A
+    row cut short of its frame cannot be summed and stays as it is."""
+    for i in which:
+        c = csum[i]
+        if c == 0:
+            continue
+        csum[i] = 0
+        start = c >> 16
+        field = c & 0xFFFF
+        b = buf[i]
+        n = np.int64(lens[i])
+        if n > b.size or field + 2 > n or start > field:
+            continue
+        v = ~_csum_fold(_csum_add(b, start, n, 0)) & 0xFFFF
+        if v == 0 and field - start == _UDP_CHECK_AT:
+            v = 0xFFFF
+        _be(b, field, v, 2)
+
+
 @njit
 def classify_frames(buf, lens, m, nina_port, kind, dst_mac, src_ip, dst_ip, src_port, dst_port,
                     off, plen):
@@ -304,6 +382,10 @@ def _warm() -> None:
                   np.zeros((1, 8), np.int64), np.zeros((1, FRAME_HEAD + 64), np.uint8),
                   np.zeros(1, np.int64), UDP_PORT)
     FrameRows(1).classify(rows, np.zeros(1, np.int64), 1)
+    lens, csum = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    gso = np.frombuffer(frame + bytes(8), np.uint8)
+    cut_udp_gso(gso, gso.size, 272, np.zeros((2, 2048), np.uint8), lens, csum, 0, 2)
+    complete_checksums(rows, lens, csum, np.zeros(1, np.int64))
 
 
 _warm()

@@ -91,7 +91,7 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
                seed: int | None = None, grpc_addr: str | None = None,
                jobs: list[JobSpec] = (), socket_buffer: int | None = None,
                raw_io: str = "ring", ring_mib: int | None = None, tx_segments: int = 1,
-               out=sys.stdout) -> int:
+               rx_gso: bool = False, out=sys.stdout) -> int:
     """`nina switch`: serve until SIGINT/SIGTERM; returns the exit code."""
     from nina import p4spec
     from switch.trace_sink import TraceSink
@@ -117,7 +117,7 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
     else:
         from switch.io_raw import RawIO
         from switch.raw_io_options import DEFAULT_RX_MIB
-        io = RawIO(list(ifaces), raw_io, ring_mib or DEFAULT_RX_MIB, tx_segments)
+        io = RawIO(list(ifaces), raw_io, ring_mib or DEFAULT_RX_MIB, tx_segments, rx_gso)
 
     trace = None
     try:
@@ -165,6 +165,10 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
         if getattr(io, "rx_drops", 0):
             print(f"nina switch: {io.rx_drops} frames dropped by the kernel: receive ring "
                   f"full (a bigger --ring-mib holds longer bursts)", file=out)
+        cut, bad = getattr(io, "rx_gso_frames", (0, 0))
+        if cut or bad:
+            print(f"nina switch: {cut} GSO frames received whole and cut into datagrams"
+                  + (f"; {bad} dropped (not IPv4/UDP, or cut short)" if bad else ""), file=out)
         print(format_counters(pipeline), file=out, flush=True)
         if trace is not None:
             print(f"nina switch: trace of {trace.records} records in {trace_path} "

@@ -72,7 +72,7 @@ def _host_socket(ns: str, iface: str) -> socket.socket:
     return s
 
 
-def _switch(sw_ifaces, n_slots, io="ring", tx_segments=1):
+def _switch(sw_ifaces, n_slots, io="ring", tx_segments=1, rx_gso=False):
     from switch.io_raw import RawIO
     from switch.pipeline import Pipeline
     from switch.server import SwitchServer
@@ -84,8 +84,8 @@ def _switch(sw_ifaces, n_slots, io="ring", tx_segments=1):
     firsts = pipeline.install_job(spec)
     for w in spec.workers:
         pipeline.tables.insert(p4spec.L2_FORWARD.name, (mac_to_int(w.mac),), (w.port,))
-    return SwitchServer(pipeline, RawIO(sw_ifaces, io, tx_segments=tx_segments)).start(), \
-        spec, firsts
+    return SwitchServer(pipeline, RawIO(sw_ifaces, io, tx_segments=tx_segments,
+                                        rx_gso=rx_gso)).start(), spec, firsts
 
 
 def _receive(socks, want: int, timeout: float = 20.0) -> list[list[bytes]]:
@@ -126,12 +126,13 @@ def _results(frames: list[bytes]) -> list[bytes]:
     return out
 
 
-def _send_updates(socks, spec, firsts) -> None:
-    """Every slot's update from each worker's host end, a window of 256 per send."""
+def _send_updates(socks, spec, firsts, first_worker: int = 0) -> None:
+    """Every slot's update from each worker's host end (socks[i]: worker first_worker + i),
+    a window of 256 per send."""
     codes = [np.full(256, 3, np.uint8), np.full(256, 0x80 | 1, np.uint8)]
     smac = mac_to_int(SWITCH_MAC)
     from switch.packets import build_udp_frame
-    for w, s in enumerate(socks):
+    for w, s in enumerate(socks, start=first_worker):
         ip = int.from_bytes(socket.inet_aton(f"10.78.0.{w + 1}"), "big")
         dip = int.from_bytes(socket.inet_aton(SWITCH_IP), "big")
         frames = [build_udp_frame(smac, mac_to_int(spec.workers[w].mac), ip, dip,
@@ -267,3 +268,110 @@ def test_gso_results_reach_a_gro_socket_whole_and_others_cut(lab):
         udp.close()
         for s in socks:
             s.close()
+
+
+def _gso_host(ns: str, iface: str, ip: str, mac: str) -> socket.socket:
+    """Host end `iface` as a sender whose segmented UDP sends stay whole on the wire (its
+    offloads as the rack's clean links have them), with `ip` and a UDP socket on it."""
+    from topology.mininet_rack import GSO_PASS
+    from topology.netns import in_netns_path
+    ex = ("ip", "netns", "exec", ns)
+    _sh(*ex, "ethtool", "-K", iface, *GSO_PASS)
+    _sh(*ex, "ip", "link", "set", iface, "address", mac)
+    _sh(*ex, "ip", "addr", "add", f"{ip}/24", "dev", iface)
+    with in_netns_path(f"/run/netns/{ns}"):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        udp.bind((ip, 42000))
+    return udp
+
+
+def _segmented_send(udp: socket.socket, dest, payloads: list[bytes]) -> None:
+    """One send per 64 payloads of one size, cut by the kernel (UDP_SEGMENT)."""
+    from nina.udp_batch import SOL_UDP, UDP_SEGMENT
+    udp.setsockopt(SOL_UDP, UDP_SEGMENT, len(payloads[0]))
+    for i in range(0, len(payloads), 64):
+        udp.sendto(b"".join(payloads[i:i + 64]), dest)
+
+
+def test_segmented_updates_arrive_whole_and_are_cut_into_updates(lab):
+    """--rx-gso: worker 0 sends its updates 64 to a segmented send through a host end that
+    passes GSO, so the switch's ring gets frames of 64 updates, cuts them, and aggregates
+    them with worker 1's ordinary frames: every slot completes, every result comes back, and
+    the switch counted the GSO frames it cut (the kernel did hand them over whole)."""
+    sw_ifaces, ns, hosts = lab
+    udp = _gso_host(ns, hosts[0], "10.78.0.1", "02:00:00:00:78:01")
+    _sh("ip", "netns", "exec", ns, "ip", "neigh", "replace", SWITCH_IP, "lladdr", SWITCH_MAC,
+        "dev", hosts[0], "nud", "permanent")
+    socks = [_host_socket(ns, h) for h in hosts]
+    server, spec, firsts = _switch(sw_ifaces, N_SLOTS, "ring-v2", rx_gso=True)
+    pipeline = server.pipeline
+    try:
+        assert "taking GSO frames whole" in server.io.describe()
+        codes = np.full(256, 3, np.uint8)
+        _segmented_send(udp, (SWITCH_IP, UDP_PORT), [
+            pack_packet(Header(job=5, worker=0, slot=s, count=256, exponent=100,
+                               offset=256 * s, flags=round_flags(firsts[s])), codes)
+            for s in range(N_SLOTS)])
+        _send_updates(socks[1:], spec, firsts, first_worker=1)
+        got = _receive(socks, 2 * N_SLOTS)
+    
+        assert int(pipeline.counters_packets[Decision.COMPLETE]) == N_SLOTS
+        for w in range(2):
+            _check_results(_results(got[w]), w, spec.shift)
+        assert server.io.rx_packets == 2 * N_SLOTS and server.io.rx_drops == 0
+        cut, bad = server.io.rx_gso_frames
+        assert bad == 0 and 0 < cut <= N_SLOTS // 16, (cut, bad)
+    finally:
+        server.stop()
+        udp.close()
+        for s in socks:
+            s.close()
+
+
+def test_forwarded_traffic_gets_the_checksums_its_sender_left_to_the_offload(lab):
+    """--rx-gso: frames from a host with TX checksumming on carry only the pseudo-header sum
+    (the offload would finish it); the switch forwards them to a host in another namespace
+    with their checksums completed, or that host's stack would drop them. Plain datagrams
+    and a segmented send's, all arrive."""
+    from topology.netns import in_netns_path
+    sw_ifaces, ns, hosts = lab
+    ns2 = f"{ns}b"
+    _sh("ip", "netns", "add", ns2)
+    try:
+        _sh("ip", "netns", "exec", ns, "ip", "link", "set", hosts[1], "netns", ns2)
+        _sh("ip", "netns", "exec", ns2, "ip", "link", "set", hosts[1], "up")
+        udp0 = _gso_host(ns, hosts[0], "10.78.0.1", "02:00:00:00:78:01")
+        udp1 = _gso_host(ns2, hosts[1], "10.78.0.2", "02:00:00:00:78:02")
+        for n, h, ip, mac in ((ns, hosts[0], "10.78.0.2", "02:00:00:00:78:02"),
+                              (ns2, hosts[1], "10.78.0.1", "02:00:00:00:78:01")):
+            _sh("ip", "netns", "exec", n, "ip", "neigh", "replace", ip, "lladdr", mac, "dev", h,
+                "nud", "permanent")
+        from switch.io_raw import RawIO
+        from switch.pipeline import Pipeline
+        from switch.server import SwitchServer
+        pipeline = Pipeline(pool_slots=64)
+        for port, m in ((1, "02:00:00:00:78:01"), (2, "02:00:00:00:78:02")):
+            pipeline.tables.insert(p4spec.L2_FORWARD.name, (mac_to_int(m),), (port,))
+        server = SwitchServer(pipeline, RawIO(sw_ifaces, "ring-v2", rx_gso=True)).start()
+        try:
+            plain = [b"p%03d" % i + bytes(200 + i) for i in range(50)]
+            for p in plain:
+                udp0.sendto(p, ("10.78.0.2", 42000))
+            segmented = [b"s%03d" % i + bytes(500) for i in range(128)]
+            _segmented_send(udp0, ("10.78.0.2", 42000), segmented)
+            got, deadline = [], time.monotonic() + 10
+            udp1.settimeout(0.5)
+            while len(got) < len(plain) + len(segmented) and time.monotonic() < deadline:
+                try:
+                    got.append(udp1.recv(4096))
+                except TimeoutError:
+                    pass
+            assert sorted(got) == sorted(plain + segmented)
+            assert server.io.rx_gso_frames[0] >= 2
+        finally:
+            server.stop()
+            udp0.close()
+            udp1.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns2], capture_output=True, timeout=20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import raw
 
@@ -262,3 +263,76 @@ def test_only_frames_of_one_flow_share_a_gso_frame():
                                               np.uint8))
     arp = np.frombuffer(raw(Ether() / ARP()).ljust(64, b"\0"), np.uint8)
     assert not same_udp_flow(arp, arp)
+
+
+# ---- GSO frames received whole (--rx-gso): the switch's own cut ---------------------------
+
+def _partial_sum(sip: str, dip: str, proto: int, l4_len: int) -> int:
+    """The pseudo-header sum a sender leaves in a CHECKSUM_PARTIAL frame's L4 field."""
+    pseudo = socket.inet_aton(sip) + socket.inet_aton(dip) + struct.pack("!BBH", 0, proto, l4_len)
+    return ones_complement_sum(pseudo)
+
+
+def _rows_of(frame: bytes, seg: int, rows: int = 8, m: int = 0, cap: int = 8):
+    from switch.packets import cut_udp_gso
+    buf = np.frombuffer(frame, np.uint8)
+    out = np.zeros((rows, 2048), np.uint8)
+    lens, csum = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+    k = cut_udp_gso(buf, buf.size, seg, out, lens, csum, m, cap)
+    return k, out, lens, csum
+
+
+def test_a_received_gso_frame_is_cut_into_the_datagrams_scapy_builds():
+    """A UDP GSO frame as a sender's kernel hands it on (one header, IP and UDP lengths of the
+    whole, the pseudo-header sum in the UDP field): the cut gives each datagram its own
+    lengths, IP id and header checksum, and once the pending checksums are completed every
+    row is byte for byte the datagram scapy builds, the shorter last one included."""
+    from switch.packets import complete_checksums
+    data = bytes(range(256)) * 3
+    seg = 300                      # 768 bytes: datagrams of 300, 300 and 168
+    whole = Ether(dst="02:00:00:00:00:fe", src="02:00:00:00:00:01") / \
+        IP(src="10.78.0.1", dst="10.78.0.254", id=0xFFFE, flags="DF") / \
+        UDP(sport=42000, dport=UDP_PORT) / data
+    whole[UDP].chksum = _partial_sum("10.78.0.1", "10.78.0.254", 17, 8 + len(data))
+    k, rows, lens, csum = _rows_of(raw(whole), seg)
+    assert k == 3 and list(csum[:3] >> 16) == [34] * 3 and list(csum[:3] & 0xFFFF) == [40] * 3
+    complete_checksums(rows, lens, csum, np.arange(k))
+    assert list(csum[:3]) == [0, 0, 0]
+    for s in range(k):
+        want = Ether(dst="02:00:00:00:00:fe", src="02:00:00:00:00:01") / \
+            IP(src="10.78.0.1", dst="10.78.0.254", id=(0xFFFE + s) & 0xFFFF, flags="DF") / \
+            UDP(sport=42000, dport=UDP_PORT) / data[s * seg:(s + 1) * seg]
+        assert rows[s, :lens[s]].tobytes() == raw(want), f"datagram {s}"
+
+
+def test_a_gso_cut_waits_for_rows_and_refuses_what_it_cannot_cut():
+    frame = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2)
+                / bytes(1000))
+    k, rows, _, _ = _rows_of(frame, 100, rows=16, m=10, cap=16)   # 10 datagrams, 6 rows left
+    assert k == -1 and not rows.any()
+    assert _rows_of(frame, 100, rows=16, m=6, cap=16)[0] == 10
+    tcp = raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP() / bytes(1000))
+    assert _rows_of(tcp, 100)[0] == -2
+    assert _rows_of(frame[:40], 100)[0] == -2           # no UDP payload after the header
+    assert _rows_of(raw(Ether() / ARP()), 100)[0] == -2
+
+
+def test_a_forwarded_frame_gets_the_checksum_its_sender_left_to_the_offload():
+    """A TCP segment as a host with TX checksumming on sends it (field = pseudo-header sum,
+    the vnet header's csum_start/csum_offset): completed, it carries scapy's checksum; a
+    row with nothing pending is left alone."""
+    from switch.packets import complete_checksums, pending_checksum
+    seg = Ether() / IP(src="10.78.0.1", dst="10.78.0.2") / \
+        TCP(sport=5001, dport=40000, seq=7, flags="PA") / (b"ring" * 300)
+    want = raw(seg)
+    partial = seg.copy()
+    partial[TCP].chksum = _partial_sum("10.78.0.1", "10.78.0.2", 6, len(partial[TCP]))
+    rows = np.zeros((2, 2048), np.uint8)
+    got = raw(partial)
+    rows[0, :len(got)] = np.frombuffer(got, np.uint8)
+    rows[1, :len(want)] = np.frombuffer(want, np.uint8)
+    lens = np.array([len(got), len(want)], np.int64)
+    csum = np.array([pending_checksum(34, 34 + 16), 0], np.int64)
+    assert got != want
+    complete_checksums(rows, lens, csum, np.array([0, 1], np.int64))
+    assert rows[0, :lens[0]].tobytes() == want and rows[1, :lens[1]].tobytes() == want

@@ -158,7 +158,7 @@ class MininetRack(RackBase):
         switch = partial(cls, kind=self.switch_kind, grpc_addr=self.grpc_addr,
                          run_dir=self.run_dir, trace=self.trace,
                          thrift_port=free_port(), on_spawn=self.state.add_pid,
-                         tx_gso=self.tx_gso,
+                         tx_gso=self.tx_gso, rx_gso=self.tx_gso > 1,
                          monitor_intf=self.monitor.switch_intf if self.monitor else None)
         self.net = Mininet(topo=make_topo(self.n_workers), switch=switch,
                            controller=None, link=Link,
@@ -267,22 +267,25 @@ class MininetRack(RackBase):
             _run(["sysctl", "-qw", f"net.ipv6.conf.{h.switch_intf}.disable_ipv6=1"])
 
     def _pass_gso(self) -> None:
-        """Let GSO frames through without being cut: the switch's towards a worker (the
-        switch port and the link node's port facing the host), and a worker's segmented
-        sends out of its host (its interface; the worker's processes get
-        NINA_UDP_SEGMENT_TO=any). The link node's port towards the switch keeps offloads
-        off: there the kernel cuts the worker's sends into datagrams and completes their
-        checksums, so the switch's receive ring sees ordinary frames."""
+        """Let GSO frames through without being cut, both ways: the switch's towards a worker
+        (the switch port and the link node's port facing the host), and a worker's segmented
+        sends (the worker's processes get NINA_UDP_SEGMENT_TO=any) out of its host and
+        through the link node's port towards the switch, whose receive rings take them whole
+        (`nina switch --rx-gso`) and cut them into datagrams. TSO stays off everywhere, so
+        TCP crosses in MSS-sized segments; its checksums, left to the offload, the switch
+        completes as it forwards."""
         flags = " ".join(GSO_PASS)
         for h in self.plans[:-1]:
             r = _run(["ethtool", "-K", h.switch_intf] + GSO_PASS)
             out = self.net.get(h.link_node).cmd(
-                f"ethtool -K {h.link_host_intf} {flags} >/dev/null 2>&1; echo $?")
+                f"for d in {h.link_host_intf} {h.link_switch_intf}; do "
+                f"ethtool -K $d {flags} >/dev/null 2>&1; echo $?; done")
             out += self.net.get(h.name).cmd(
                 f"ethtool -K {h.host_intf} {flags} >/dev/null 2>&1; echo $?")
-            if r.returncode or out.split() != ["0", "0"]:
+            if r.returncode or out.split() != ["0", "0", "0"]:
                 raise RackError(f"ethtool: cannot turn on {flags} on {h.switch_intf}, "
-                                f"{h.link_host_intf} or {h.host_intf}: {r.stderr.strip()}")
+                                f"{h.link_host_intf}, {h.link_switch_intf} or {h.host_intf}: "
+                                f"{r.stderr.strip()}")
 
     def _static_arp(self) -> None:
         peers = [(h.ip, h.mac) for h in self.plans] + [(SWITCH_RACK_IP, SWITCH_MAC)]

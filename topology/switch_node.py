@@ -48,7 +48,8 @@ class NinaSwitch(Switch):
 
     def __init__(self, name, kind: str = "embedded", grpc_addr: str = "127.0.0.1:9559",
                  run_dir: str = ".", trace: bool = True, thrift_port: int = 9090,
-                 on_spawn=None, monitor_intf: str | None = None, tx_gso: int = 1, **params):
+                 on_spawn=None, monitor_intf: str | None = None, tx_gso: int = 1,
+                 rx_gso: bool = False, **params):
         if kind not in SWITCH_KINDS:
             raise ValueError(f"switch kind must be one of {SWITCH_KINDS}, got {kind!r}")
         super().__init__(name, **params)
@@ -60,6 +61,7 @@ class NinaSwitch(Switch):
         self.on_spawn = on_spawn          # callback(pid, argv): the launcher records it
         self.monitor_intf = monitor_intf if kind == "bmv2" else None
         self.tx_gso = tx_gso              # embedded: results per GSO frame (switch --tx-gso)
+        self.rx_gso = rx_gso              # embedded: GSO frames taken whole (switch --rx-gso)
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(run_dir, f"switch-{kind}.log")
         # the name `nina trace summary <run dir>` looks for
@@ -83,6 +85,8 @@ class NinaSwitch(Switch):
                 cmd += ["--trace", self.trace_path]
             if self.tx_gso > 1:
                 cmd += ["--tx-gso", str(self.tx_gso)]
+            if self.rx_gso:
+                cmd += ["--rx-gso"]
             return cmd
         reason = bmv2_missing_reason()
         if reason:

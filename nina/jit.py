@@ -9,29 +9,69 @@ cannot batch.
 
 Compiled code is cached on disk (cache=True) so only the first run on a machine pays the
 compile time; the cache lives where the user can write (NUMBA_CACHE_DIR if set, else
-$XDG_CACHE_HOME/nina/numba or ~/.cache/nina/numba), never inside a read-only install.
+$XDG_CACHE_HOME/nina/numba/<sources> or ~/.cache/nina/numba/<sources>), never inside a
+read-only install. <sources> is a hash of the compiled packages' source files: numba checks
+only the stamp of the file that defines a cached function, so a function whose callee in
+another file changed (the window step calling the NAT8 encoder) would load its old machine
+code; a new hash is a fresh cache. Directories of other hashes unused for CACHE_KEEP_DAYS go.
 
 Without numba (or with NUMBA_DISABLE_JIT=1, for debugging) the same functions run as
 interpreted Python: correct, but orders of magnitude slower; COMPILED says which.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
 
+_COMPILED_PACKAGES = ("nina", "switch", "worker")   # the packages with compiled functions
+CACHE_KEEP_DAYS = 7
+
+
+def sources_key(root: Path | None = None) -> str:
+    """Hash of the compiled packages' .py files under root (default: this checkout or
+    install), their bytes and paths."""
+    root = root or Path(__file__).resolve().parent.parent
+    h = hashlib.sha1()
+    for pkg in _COMPILED_PACKAGES:
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_dir() -> Path:
-    """Where compiled code is cached (created on first use)."""
+    """Where compiled code is cached (created on first use): NUMBA_CACHE_DIR as set, else a
+    directory of this version of the sources under the user's cache."""
     env = os.environ.get("NUMBA_CACHE_DIR")
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nina" / "numba"
+    return Path(base) / "nina" / "numba" / sources_key()
 
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
+def _prune_other_versions(current: Path) -> None:
+    """Remove sibling cache directories of other source hashes unused for CACHE_KEEP_DAYS."""
+    cutoff = time.time() - CACHE_KEEP_DAYS * 86400
+    try:
+        current.mkdir(parents=True, exist_ok=True)
+        os.utime(current)   # in use: another version's process must not prune it
+        for d in current.parent.iterdir():
+            if d != current and d.is_dir() and len(d.name) == 16 and \
+                    all(c in "0123456789abcdef" for c in d.name) and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+    except OSError:
+        pass   # a cache we cannot tidy still works
+
+
+if "NUMBA_CACHE_DIR" not in os.environ:   # children inherit it: one hash per process tree
+    os.environ["NUMBA_CACHE_DIR"] = str(cache_dir())
+    _prune_other_versions(Path(os.environ["NUMBA_CACHE_DIR"]))
 
 try:
     import numba as _numba

@@ -11,8 +11,8 @@ after natural rounding, is at most 2^e_top with e_top = b - 126, and the switch 
 - INT32: x * 2^(S - e_top), stochastically rounded to an integer (unbiased).
 - NAT8 + C_M: uplink as NAT8; the switch returns C_M codes +-2^p of the integer sums.
 
-The per-element work is compiled (nina.jit) and written once: `nat8_code`, `int32_value` and
-`result_value` are what the all-reduce client's compiled window step calls per element, and
+The work is compiled (nina.jit) and written once: `nat8_row` (a block), `int32_value` and
+`result_value` (an element) are what the all-reduce client's compiled window step calls, and
 the array functions below (used by tests, tools, the codec objects) loop over them. One codec
 object per switch encoding (`codec_for`) says what a packet holds, how to encode and decode a
 block, what a worker's contribution means, and that the first window needs priming.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nina.jit import njit, rand_u32, rand_u64, seed_state
+from nina.jit import draw32_from, draw_base, njit, rand_u32, rand_u64, seed_state
 from nina.wire import (CAPACITY, FLAG_CM, NAT8_MAG, NAT8_SIGN, NAT8_ZERO, Encoding, MsgType,
                        integer_scale, nat8_to_int, payload_layout, result_parts)
 from worker.compress.natural import natural_code9, reround_low
@@ -31,7 +31,6 @@ from worker.compress.natural import natural_code9, reround_low
 _EXP_MASK = np.uint32(0x7F800000)
 _MANT_BITS = 23
 _SIGN, _ZERO, _MAG = NAT8_SIGN, NAT8_ZERO, NAT8_MAG
-EXCEEDS = -1   # nat8_code: the value is above its block's agreed exponent
 
 
 def exponent_bytes(x: np.ndarray) -> np.ndarray:
@@ -80,29 +79,56 @@ def _first_false(ok: np.ndarray) -> int:
 # ---- per element, compiled ----------------------------------------------------------------
 
 @njit
-def nat8_code(bits, eb, shift, state):
-    """One float32 (bit pattern as int64) -> its NAT8 code against exponent byte eb, or
-    EXCEEDS when it rounds above 2^e_top (exponent agreement broken)."""
-    c9 = natural_code9(bits & 0x7FFFFFFF, rand_u32(state) >> (32 - _MANT_BITS))
-    mag_exp = np.int64(c9 & 0xFF)   # biased exponent of |C(x)|
-    if mag_exp == 0:
-        return _ZERO
-    off = eb + 1 - mag_exp   # biased e_top is exp_byte + 1
-    if off < 0:
-        return EXCEEDS
-    if off > shift:
-        # below resolution: 2^(e_top - S) with probability 2^(S - off), else zero (unbiased);
-        # the nat compressor's rule, with its smallest power's field eb + 1 - S
-        low = np.int64(reround_low(c9, eb + 1 - shift, rand_u64(state)))
-        if low == 0:
-            return _ZERO
-        off = shift
-    return (_SIGN | off) if bits >> 31 else off
+def nat8_row(bits, eb, shift, state, out):
+    """One block's float32 bit patterns (uint32 row) -> their NAT8 codes in out (uint8, as
+    long), against exponent byte eb; returns -1, or the index of the first element that rounds
+    above 2^e_top (exponent agreement broken; out is then not all written).
+
+    The rounding draws are counter-based under a key the block takes from `state` (the
+    client's stream): draw32_from(base, j) for element j, so the loop has no chain through a
+    state and vectorises, as the natural compressor's block loops do (worker.compress.natural).
+    Powers below the resolution 2^(e_top - S), rare, get a second, scalar pass: 2^(e_top - S)
+    with probability 2^(S - off), else zero (unbiased; the nat compressor's rule, its
+    smallest power's field eb + 1 - S), with 64-bit draws from `state`."""
+    ref = np.uint32(eb + 1)                    # biased e_top
+    min_field = np.int64(eb) + 1 - shift
+    base = draw_base(rand_u32(state), 0)
+    n = min(bits.size, out.size)
+    u = bits[:n]
+    o = out[:n]
+    top = np.uint32(0)
+    low = np.uint32(0xFFFFFFFF)
+    for j in range(n):
+        c9 = natural_code9(u[j] & np.uint32(0x7FFFFFFF),
+                           draw32_from(base, j) >> np.uint32(32 - _MANT_BITS))
+        e = c9 & np.uint32(0xFF)               # biased exponent of |C(x)|
+        top = max(top, e)
+        low = min(low, np.uint32(e - np.uint32(1)))   # zeros wrap to the top
+        off = np.uint32(ref - min(e, ref))
+        code = np.uint32(min(off, np.uint32(shift))) | (np.uint32(_SIGN) * (u[j] >> np.uint32(31)))
+        o[j] = np.uint8(_ZERO) if e == 0 else np.uint8(code)
+    if top > ref:
+        for j in range(n):
+            c9 = natural_code9(u[j] & np.uint32(0x7FFFFFFF),
+                               draw32_from(base, j) >> np.uint32(32 - _MANT_BITS))
+            if (c9 & np.uint32(0xFF)) > ref:
+                return j
+    if np.int64(low) < min_field - 1:          # some power in [1, min_field): re-round it
+        for j in range(n):
+            c9 = natural_code9(u[j] & np.uint32(0x7FFFFFFF),
+                               draw32_from(base, j) >> np.uint32(32 - _MANT_BITS))
+            e = np.int64(c9 & np.uint32(0xFF))
+            if e != 0 and e < min_field:
+                if reround_low(c9, min_field, rand_u64(state)) == 0:
+                    o[j] = _ZERO
+    return -1
 
 
 @njit
 def int32_value(x, inv_scale, stochastic, state):
-    """One float -> fixed point x / scale, rounded at random (unbiased) or to nearest."""
+    """One float -> fixed point x / scale, rounded at random (unbiased) or to nearest. Per
+    element with sequential draws: counter-based ones (as nat8_row's) measured slower here,
+    two 32-bit mixes and their conversions against one xorshift step."""
     scaled = np.float64(x) * inv_scale
     if stochastic:
         q = np.floor(scaled + np.float64(rand_u64(state) >> np.uint64(11)) * 2.0 ** -53)
@@ -128,11 +154,8 @@ def result_value(v, cm, scale):
 @njit
 def _nat8_rows(bits, eb, shift, state, out):
     for r in range(bits.shape[0]):
-        for e in range(bits.shape[1]):
-            c = nat8_code(np.int64(bits[r, e]), np.int64(eb[r]), shift, state)
-            if c == EXCEEDS:
-                return r
-            out[r, e] = c
+        if nat8_row(bits[r], np.int64(eb[r]), shift, state, out[r]) >= 0:
+            return r
     return -1
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from nina.jit import njit, rd32, wr16, wr32
 from nina.wire import (CAPACITY, FLAG_CM, FLAG_VER, HEADER_LEN, MAX_WORKERS, NAT8_ZERO,
                        ROUND_MOD, VERSION, Encoding, MsgType)
-from worker.switch_encoding import EXCEEDS, SwitchCodec, int32_value, nat8_code, result_value
+from worker.switch_encoding import SwitchCodec, int32_value, nat8_row, result_value
 
 UPDATE_LEN = HEADER_LEN + 256   # INT32 and NAT8 updates alike
 
@@ -111,13 +111,11 @@ def start_round(slot, c, prime, now, rto, cfg, rnd, chunk, prime_a, ver, parts, 
         wr16(row, 10, min(k, n - c * k))
         eb = np.int64(agreed[c])
         if enc == _NAT8:
-            for e in range(_CAP_NAT8):
-                code = nat8_code(np.int64(XB[c, e]), eb, shift, state)
-                if code == EXCEEDS:
-                    return c
-                row[_HLEN + e] = code
-                if cfg[C_RECORD]:
-                    sent8[c, e] = code
+            codes = row[_HLEN:]
+            if nat8_row(XB[c], eb, shift, state, codes) >= 0:
+                return c
+            if cfg[C_RECORD]:
+                sent8[c, :] = codes
         else:
             inv = math.ldexp(1.0, shift - (eb - 126))   # 1 / nina.wire.integer_scale
             for e in range(_CAP_INT32):
@@ -134,6 +132,27 @@ def start_round(slot, c, prime, now, rto, cfg, rnd, chunk, prime_a, ver, parts, 
     deadline[slot] = now + rto
     rto_a[slot] = rto
     return -1
+
+
+@njit
+def _decode_part(b, pk, cm, scale, dst):
+    """The pk elements of result packet b (C_M codes or big-endian int32 sums) as floats into
+    dst; False if one is beyond float32's range. C_M codes are a loop over a view from 0 with
+    the range check summed, not a return inside it, so it vectorises."""
+    ok = True
+    if cm:
+        src = b[_HLEN:_HLEN + pk]
+        for e in range(min(pk, dst.size)):
+            f = result_value(np.int64(src[e]), cm, scale)
+            ok &= np.isfinite(f)
+            dst[e] = f
+    else:
+        for e in range(min(pk, dst.size)):
+            v = rd32(b, _HLEN + 4 * e)
+            f = result_value(v - 4294967296 if v >= 2147483648 else v, cm, scale)
+            ok &= np.isfinite(f)
+            dst[e] = f
+    return ok
 
 
 @njit
@@ -182,18 +201,9 @@ def accept(rows, lens, m, now, rto, cfg, rnd, chunk, prime, ver, parts, retx, fi
         if not pr:   # decode the part into place with the chunk's agreed exponent
             scale = math.ldexp(1.0, np.int64(agreed[ch]) - 126 - shift)
             col = part * pk
-            for e in range(pk):
-                if cm:
-                    v = np.int64(b[_HLEN + e])
-                else:
-                    v = rd32(b, _HLEN + 4 * e)
-                    if v >= 2147483648:
-                        v -= 4294967296
-                f = result_value(v, cm, scale)
-                if not np.isfinite(f):
-                    out[O_ERR], out[O_ERR_CHUNK] = ERR_NONFINITE, ch
-                    return
-                result[ch, col + e] = f
+            if not _decode_part(b, pk, cm, scale, result[ch, col:col + pk]):
+                out[O_ERR], out[O_ERR_CHUNK] = ERR_NONFINITE, ch
+                return
         parts[slot] |= np.uint8(1 << part)
         need = 1 if pr else (chunk_count + pk - 1) // pk
         if parts[slot] != (1 << need) - 1:

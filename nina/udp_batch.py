@@ -16,10 +16,10 @@ Two classes serve the switch's loopback I/O (switch/io_udp.py) and the worker's 
   and the iovecs point into the caller's rows, so nothing is copied and no Python runs per
   packet. Only loopback destinations (127/8) get segmented sends: a packet socket on a
   veth (the raw-interface switch, BMv2, tcpdump) would see one oversized frame. Unless
-  NINA_UDP_SEGMENT_TO=any: the Mininet rack says so to its hosts when a device on every
-  path cuts segmented sends before anything reads frames (its bandwidth-only links: the
-  link node's port towards the switch, offloads off), so one window is one skb through the
-  host's stack, its shaper and the link node's bridge.
+  NINA_UDP_SEGMENT_TO=any: the Mininet rack says so to its hosts when whatever reads frames
+  on the path takes segmented sends whole (its bandwidth-only links: the embedded switch's
+  `--rx-gso` rings cut them into datagrams), so one window is one skb through the host's
+  stack, its shaper, the link node's bridge and the switch's receive ring.
 - BatchRx.recv: one recvmmsg of whole GRO buffers (64 KiB each), split back into one row per
   datagram (compiled), with each datagram's length and source, in chunks of `rows`.
 

@@ -70,8 +70,9 @@ import numpy as np
 
 from nina.jit import copy_bytes, njit
 from nina.wire import IPV4_MIN_LEN, UDP_LEN
-from switch.packets import (FRAME_HEAD, VNET_HDR_LEN, cut_udp_gso, pending_checksum,
-                            plain_udp_frame, put_vnet_frame, same_udp_flow)
+from switch.packets import (FRAME_HEAD, VNET_GSO_NONE, VNET_GSO_UDP_L4, VNET_HDR_LEN,
+                            VNET_NEEDS_CSUM, cut_udp_gso, pending_checksum, plain_udp_frame,
+                            put_vnet_frame, same_udp_flow)
 from switch.raw_io_options import DEFAULT_RX_MIB
 
 SOL_PACKET = 263
@@ -250,7 +251,6 @@ def _rx2_release(words, state, n_frames, frame_size):
 RX_GSO_FRAME = 17 << 12       # 69632: a 65535-byte IP packet, its Ethernet header and ours
 RX_GSO_SLOTS = 64
 RX_SMALL_LIMIT = 1920         # a 2 KiB slot holds the frame behind 76 bytes of headers: 1972
-_VNET_NEEDS_CSUM, _VNET_GSO_NONE, _VNET_GSO_UDP_L4 = 1, 0, 5
 GSO_ROWS_MAX = 128            # datagrams in a GSO frame at most (the kernel's UDP_MAX_SEGMENTS):
                               # a take given this many rows always has room for one frame
 # state words of the vnet ring beyond _rx2_take's three: GSO frames cut, frames dropped
@@ -285,9 +285,9 @@ def _rx2_take_vnet(ring, words, state, n_frames, frame_size, rows, lens, pkttype
         v = mac - VNET_HDR_LEN
         kind = ring[base + _H2_PKTTYPE]
         gso = ring[v + 1]
-        if gso != _VNET_GSO_NONE:
+        if gso != VNET_GSO_NONE:
             k = -2
-            if gso == _VNET_GSO_UDP_L4 and snap == n:
+            if gso == VNET_GSO_UDP_L4 and snap == n:
                 k = cut_udp_gso(ring[mac:mac + n], n, _u16le(ring, v + 4), rows, lens, csum,
                                 m, cap)
             if k == -1 and cap - m < GSO_ROWS_MAX:
@@ -305,7 +305,7 @@ def _rx2_take_vnet(ring, words, state, n_frames, frame_size, rows, lens, pkttype
             lens[m] = n
             pkttype[m] = kind
             csum[m] = 0
-            if ring[v] & _VNET_NEEDS_CSUM:
+            if ring[v] & VNET_NEEDS_CSUM:
                 start = _u16le(ring, v + 6)
                 csum[m] = pending_checksum(start, start + _u16le(ring, v + 8))
             m += 1

@@ -126,7 +126,7 @@ def frame_results(out, out_len, out_rep, k, replicas, frames, frame_len, src_por
 # gso_type, hdr_len, gso_size, csum_start, csum_offset), which can ask the kernel to cut the
 # frame into UDP datagrams of gso_size payload bytes (GSO) wherever a device cannot carry it.
 VNET_HDR_LEN = 10
-_VNET_NEEDS_CSUM, _VNET_GSO_UDP_L4 = 1, 5
+VNET_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_UDP_L4 = 1, 0, 5   # its flags and gso_type
 # header bytes each GSO segment gets anew: IP total length and id, IP checksum, UDP length
 # and checksum (a read-only global: numba compiles it in as a constant)
 _PER_SEGMENT = np.zeros(FRAME_HEAD, np.bool_)
@@ -172,8 +172,8 @@ def put_vnet_frame(dst, at, frames, flen, index, i, g, room):
         copy_bytes(dst, o, f0, 0, n)
         return VNET_HDR_LEN + n
     pay = n - FRAME_HEAD
-    dst[at] = _VNET_NEEDS_CSUM
-    dst[at + 1] = _VNET_GSO_UDP_L4
+    dst[at] = VNET_NEEDS_CSUM
+    dst[at + 1] = VNET_GSO_UDP_L4
     for v, q in ((FRAME_HEAD, 2), (pay, 4), (ETH_LEN + IPV4_MIN_LEN, 6), (6, 8)):
         dst[at + q] = v & 0xFF
         dst[at + q + 1] = v >> 8

@@ -3,7 +3,8 @@
 start(): remove leftovers of a crashed rack (ours only), build the Mininet network without any
 OpenFlow controller, turn checksum/segmentation offloads off on every rack interface (the
 switch copies frames between veths with raw sockets, so a frame must leave a host complete,
-with its real checksum and at most MTU-sized), static ARP everywhere (the switch forwards by
+with its real checksum and at most MTU-sized; on links that only shape bandwidth the embedded
+switch takes GSO frames whole instead, and _pass_gso turns GSO back on), static ARP everywhere (the switch forwards by
 MAC and floods nothing), start the switch process on s1's interfaces, bridge each worker link's
 link node and apply the link settings (topology/impair.py),
 connect the Controller over loopback gRPC and install one l2_forward entry per host. A BMv2

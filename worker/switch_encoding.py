@@ -45,14 +45,15 @@ def exponent_bytes(x: np.ndarray) -> np.ndarray:
 
 @njit
 def _row_exponents(rows, out):
-    # compiled, so a call's memory holds no full-size temporaries (masks, shifts)
+    # compiled, so a call's memory holds no full-size temporaries (masks, shifts); the max of
+    # the masked exponent bits, shifted once per row, is a loop that vectorises (a compare
+    # and branch per element did not: 8.7 ms against 1-2 for 4M elements)
     for r in range(rows.shape[0]):
-        m = 0
-        for v in rows[r]:
-            e = (v & _EXP_MASK) >> _MANT_BITS
-            if e > m:
-                m = e
-        out[r] = m
+        row = rows[r]
+        m = np.uint32(0)
+        for j in range(row.size):
+            m = max(m, np.uint32(row[j] & _EXP_MASK))
+        out[r] = m >> _MANT_BITS
 
 
 def check_finite(x: np.ndarray, what: str = "gradient") -> None:

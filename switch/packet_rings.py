@@ -207,34 +207,8 @@ RX2_FRAME = 2048              # a TPACKET_V2 receive slot: a 1514-byte frame beh
 
 
 @njit
-def _rx2_take(ring, words, state, n_frames, rows, lens, pkttype, cap):
-    """TPACKET_V2: copy up to `cap` frames whose slot the kernel handed over (TP_STATUS_USER)
-    into rows 0..; state: [next slot, first slot to release, slots to release]."""
-    width = rows.shape[1]
-    if state[2] == 0:
-        state[1] = state[0]
-    m = 0
-    while m < cap:
-        f = state[0]
-        base = f * RX2_FRAME
-        w = base >> 2
-        if words[w] & TP_STATUS_USER == 0:
-            break
-        snap = np.int64(words[w + _H2_SNAP])
-        mac = base + (np.int64(ring[base + _H2_MAC]) | (np.int64(ring[base + _H2_MAC + 1]) << 8))
-        k = snap if snap < width else width
-        copy_bytes(rows[m], 0, ring, mac, k)
-        lens[m] = np.int64(words[w + _H2_LEN])
-        pkttype[m] = ring[base + _H2_PKTTYPE]
-        m += 1
-        state[0] = (f + 1) % n_frames
-        state[2] += 1
-    return m
-
-
-@njit
 def _rx2_release(words, state, n_frames, frame_size):
-    """Hand the slots _rx2_take or _rx2_take_vnet copied back to the kernel."""
+    """Hand the slots _rx2_take copied back to the kernel."""
     _set_status(words, state[1], state[2], n_frames, frame_size, 0, TP_STATUS_KERNEL)
     state[2] = 0
 
@@ -256,6 +230,7 @@ GSO_ROWS_MAX = 128            # datagrams in a GSO frame at most (the kernel's U
 # state words of the vnet ring beyond _rx2_take's three: GSO frames cut, frames dropped
 # (a GSO kind or frame cut_udp_gso cannot cut, or one cut short by its slot)
 _S_GSO, _S_BAD = 3, 4
+_NO_CSUM = np.zeros(1, np.int64)   # take's csum on a ring without PACKET_VNET_HDR (never written)
 
 
 @njit
@@ -264,11 +239,13 @@ def _u16le(ring, at):
 
 
 @njit
-def _rx2_take_vnet(ring, words, state, n_frames, frame_size, rows, lens, pkttype, csum, cap):
-    """_rx2_take for a ring with PACKET_VNET_HDR: a UDP GSO frame becomes a row per datagram
-    (switch.packets.cut_udp_gso), left in its slot for the next call if the rows run out;
-    a frame whose checksum the sender left to an offload gets csum[row] set (see
-    switch.packets.pending_checksum), others 0."""
+def _rx2_take(ring, words, state, n_frames, frame_size, rows, lens, pkttype, cap, vnet, csum):
+    """TPACKET_V2: copy up to `cap` frames whose slot the kernel handed over (TP_STATUS_USER)
+    into rows 0..; state: [next slot, first slot to release, slots to release, and (vnet)
+    _S_GSO, _S_BAD]. vnet (a ring with PACKET_VNET_HDR): a UDP GSO frame becomes a row per
+    datagram (switch.packets.cut_udp_gso), left in its slot for the next call if the rows run
+    out, and a frame whose checksum the sender left to an offload gets csum[row] set (see
+    switch.packets.pending_checksum), others 0; without vnet csum is not touched."""
     width = rows.shape[1]
     if state[2] == 0:
         state[1] = state[0]
@@ -284,7 +261,7 @@ def _rx2_take_vnet(ring, words, state, n_frames, frame_size, rows, lens, pkttype
         mac = base + _u16le(ring, base + _H2_MAC)
         v = mac - VNET_HDR_LEN
         kind = ring[base + _H2_PKTTYPE]
-        gso = ring[v + 1]
+        gso = ring[v + 1] if vnet else VNET_GSO_NONE
         if gso != VNET_GSO_NONE:
             k = -2
             if gso == VNET_GSO_UDP_L4 and snap == n:
@@ -304,10 +281,11 @@ def _rx2_take_vnet(ring, words, state, n_frames, frame_size, rows, lens, pkttype
             copy_bytes(rows[m], 0, ring, mac, k)
             lens[m] = n
             pkttype[m] = kind
-            csum[m] = 0
-            if ring[v] & VNET_NEEDS_CSUM:
-                start = _u16le(ring, v + 6)
-                csum[m] = pending_checksum(start, start + _u16le(ring, v + 8))
+            if vnet:
+                csum[m] = 0
+                if ring[v] & VNET_NEEDS_CSUM:
+                    start = _u16le(ring, v + 6)
+                    csum[m] = pending_checksum(start, start + _u16le(ring, v + 8))
             m += 1
         state[0] = (f + 1) % n_frames
         state[2] += 1
@@ -318,7 +296,7 @@ class RxRing:
     """A receive ring on `sock` (an AF_PACKET socket not bound yet): TPACKET_V3 blocks
     (version 3) or TPACKET_V2 frame slots (version 2, see switch.io_raw for the choice).
     gso (version 2 only): PACKET_VNET_HDR, so UDP GSO frames are cut into a row per datagram
-    here (_rx2_take_vnet), and frames whose checksum their sender left to an offload say so
+    here (_rx2_take), and frames whose checksum their sender left to an offload say so
     (take's csum); big: RX_GSO_FRAME slots, which hold a GSO frame of 64 KiB whole."""
 
     def __init__(self, sock: socket.socket, mib: int = DEFAULT_RX_MIB,
@@ -369,12 +347,9 @@ class RxRing:
         (a second compiled call: the copies are done before the kernel gets the memory).
         A gso ring needs csum (a row's pending checksum, switch.packets.pending_checksum)."""
         if self.version == 2:
-            if self.gso:
-                m = _rx2_take_vnet(self.ring, self.words, self.state, self.n_frames,
-                                   self.frame_size, rows, lens, pkttype, csum, cap)
-            else:
-                m = _rx2_take(self.ring, self.words, self.state, self.n_frames, rows, lens,
-                              pkttype, cap)
+            m = _rx2_take(self.ring, self.words, self.state, self.n_frames, self.frame_size,
+                          rows, lens, pkttype, cap, self.gso,
+                          csum if csum is not None else _NO_CSUM)
             if self.state[2]:
                 _rx2_release(self.words, self.state, self.n_frames, self.frame_size)
             return m
@@ -565,9 +540,9 @@ def _warm() -> None:
     state = np.zeros(5, np.int64)
     _rx_take(ring, words, state, 1, TX_BLOCK, rows, lens, kinds, 1)
     _rx_release(words, state, 1, TX_BLOCK)
-    _rx2_take(ring, words, state, 1, rows, lens, kinds, 1)
+    for vnet in (False, True):
+        _rx2_take(ring, words, state, 1, RX2_FRAME, rows, lens, kinds, 1, vnet, lens)
     _rx2_release(words, state, 1, RX2_FRAME)
-    _rx2_take_vnet(ring, words, state, 1, TX_BLOCK, rows, lens, kinds, lens, 1)
     words[0] = TP_STATUS_SENDING   # a slot the kernel holds: _tx_put stops there
     for vnet in (False, True):
         _tx_put(ring, words, state, 1, TX_FRAME, rows, lens, lens, 1, vnet, 16)

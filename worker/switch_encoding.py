@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nina.jit import draw32_from, draw_base, njit, rand_u32, rand_u64, seed_state
+from nina.jit import draw_base, njit, rand_u32, rand_u64, seed_state
 from nina.wire import (CAPACITY, FLAG_CM, NAT8_MAG, NAT8_SIGN, NAT8_ZERO, Encoding, MsgType,
                        integer_scale, nat8_to_int, payload_layout, result_parts)
-from worker.compress.natural import natural_code9, reround_low
+from worker.compress.natural import code9_from, reround_low
 
 _EXP_MASK = np.uint32(0x7F800000)
 _MANT_BITS = 23
@@ -86,7 +86,7 @@ def nat8_row(bits, eb, shift, state, out):
     above 2^e_top (exponent agreement broken; out is then not all written).
 
     The rounding draws are counter-based under a key the block takes from `state` (the
-    client's stream): draw32_from(base, j) for element j, so the loop has no chain through a
+    client's stream): code9_from(u, 0, j, base) for element j, so the loop has no chain through a
     state and vectorises, as the natural compressor's block loops do (worker.compress.natural).
     Powers below the resolution 2^(e_top - S), rare, get a second, scalar pass: 2^(e_top - S)
     with probability 2^(S - off), else zero (unbiased; the nat compressor's rule, its
@@ -100,8 +100,7 @@ def nat8_row(bits, eb, shift, state, out):
     top = np.uint32(0)
     low = np.uint32(0xFFFFFFFF)
     for j in range(n):
-        c9 = natural_code9(u[j] & np.uint32(0x7FFFFFFF),
-                           draw32_from(base, j) >> np.uint32(32 - _MANT_BITS))
+        c9 = code9_from(u, 0, j, base)   # sign << 8 | exponent field
         e = c9 & np.uint32(0xFF)               # biased exponent of |C(x)|
         top = max(top, e)
         low = min(low, np.uint32(e - np.uint32(1)))   # zeros wrap to the top
@@ -110,17 +109,15 @@ def nat8_row(bits, eb, shift, state, out):
         o[j] = np.uint8(_ZERO) if e == 0 else np.uint8(code)
     if top > ref:
         for j in range(n):
-            c9 = natural_code9(u[j] & np.uint32(0x7FFFFFFF),
-                               draw32_from(base, j) >> np.uint32(32 - _MANT_BITS))
+            c9 = code9_from(u, 0, j, base)   # sign << 8 | exponent field
             if (c9 & np.uint32(0xFF)) > ref:
                 return j
     if np.int64(low) < min_field - 1:          # some power in [1, min_field): re-round it
         for j in range(n):
-            c9 = natural_code9(u[j] & np.uint32(0x7FFFFFFF),
-                               draw32_from(base, j) >> np.uint32(32 - _MANT_BITS))
+            c9 = code9_from(u, 0, j, base)   # sign << 8 | exponent field
             e = np.int64(c9 & np.uint32(0xFF))
             if e != 0 and e < min_field:
-                if reround_low(c9, min_field, rand_u64(state)) == 0:
+                if (reround_low(c9, min_field, rand_u64(state)) & np.uint32(0xFF)) == 0:
                     o[j] = _ZERO
     return -1
 

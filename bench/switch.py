@@ -175,6 +175,7 @@ def drain(server: "Server", t: "Target", addr, per_update: int) -> tuple[float, 
                     got += m
                     m = rx.more()
         last = time.perf_counter()
+    time.sleep(0.05)   # the trace writer's share of this drain's records: its CPU counts too
     cpu = (cpu_ns(server.proc.pid) - c0) * 1e-9
     if got < expected * 0.9:
         raise RuntimeError(f"only {got} of {expected} results came back")
@@ -519,8 +520,9 @@ def main() -> int:
     print("kpps: update packets/s through the server, wall clock, with UDP_GRO receives and "
           "UDP_SEGMENT sends (nina.udp_batch)\non both sides; refl: the reflector (the same "
           "I/O loop and load, the switch's result packets per update: 2 parts\nfor NAT8 "
-          "without C_M); us/pkt: server CPU time per update (the server loop's thread, "
-          "/proc/PID/schedstat),\nrobust to load from other processes; cpu ratio: "
+          "without C_M); us/pkt: server CPU time per update (all its threads, the trace "
+          "writer's too,\n/proc/PID/task/*/schedstat), robust to load from other processes; "
+          "cpu ratio: "
           "reflector/switch CPU per update = capacity ratio on an idle core;\nmmsg: the same "
           "switch and reflector with NINA_UDP_IO=mmsg (recvmmsg/sendmmsg, one datagram per "
           "send: the I/O\nbefore GRO/GSO), same run, same trace setting; x mmsg: kpps over "

@@ -19,7 +19,8 @@ loopback. Each measurement is a drain: the server is paused (SIGSTOP), --packets
 queues them in the server's receive ring (socket buffer for mmsg), the server is resumed and
 the time until the host end's receive counter (/sys/class/net/IF/statistics/rx_packets) has
 counted every result gives the rate; the server's CPU per update comes from
-/proc/PID/schedstat. The best of --repeat drains counts, servers drained in turn.
+/proc/PID/task/*/schedstat (all its threads). The best of --repeat drains counts, servers
+drained in turn.
 
 A second table gives the round trip of one update through a switch with n = 1 (closed loop,
 window 1: send, wait for the result, send the next): the latency each I/O adds when the
@@ -255,6 +256,7 @@ class Target:
             elif t - idle_since > 2.0:
                 break   # results lost: rate over what arrived
             time.sleep(0.0003)
+        time.sleep(0.05)   # the trace writer's share of this drain's records: its CPU counts too
         cpu = (cpu_ns(pid) - c0) * 1e-9
         if got < expected * 0.9:
             out = self.server.stop()
@@ -389,7 +391,7 @@ def run(args) -> int:
             print(line + f"{sw['pps'] / 1e3 / hi_today:>8.1f}x")
     print("kpps: update packets/s through the switch, wall clock; refl: the bare reflector on "
           "the same I/O and load; ratio: switch/\nreflector; us/pkt: server CPU per update "
-          "(main thread, /proc/PID/schedstat; includes the kernel's delivery of the\nsent "
+          "(all its threads, /proc/PID/task/*/schedstat; includes the kernel's delivery of the\nsent "
           "frames to the veth peer); cpu ratio: reflector/switch CPU per update; io: ring-v3 = "
           "PACKET_MMAP rings with a\nTPACKET_V3 receive ring, ring-v2 = with a TPACKET_V2 one "
           "(both with a TX ring), mmsg = recvmmsg/sendmmsg (the I/O before\nthe rings); x mmsg: "

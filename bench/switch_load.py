@@ -85,6 +85,13 @@ def make_sequence(n: int, enc: Encoding, window: int, packets: int) -> list[tupl
 
 
 def cpu_ns(pid: int) -> int:
-    """CPU time of the process's main thread (the server loop), in ns."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
+    """CPU time of all the process's threads (the server loop, the trace writer, the
+    P4Runtime server), in ns: schedstat is exact where /proc/PID/stat counts ticks."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):   # a thread that just ended
+            pass
+    return total

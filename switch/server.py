@@ -171,6 +171,7 @@ def run_switch(mode: str, listen: tuple[str, int] | None = None, ifaces: list[st
                   + (f"; {bad} dropped (not IPv4/UDP, or cut short)" if bad else ""), file=out)
         print(format_counters(pipeline), file=out, flush=True)
         if trace is not None:
-            print(f"nina switch: trace of {trace.records} records in {trace_path} "
-                  f"(+ .json header)", file=out, flush=True)
+            lost = f"; {trace.lost} lost ({trace.error})" if trace.lost else ""
+            print(f"nina switch: trace of {trace.records - trace.lost} records in {trace_path} "
+                  f"(+ .json header){lost}", file=out, flush=True)
     return 0

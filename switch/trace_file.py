@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from nina.decisions import N_DECISIONS, TRACE_DTYPE, TRACE_WIRE_DTYPE
+from switch.direct_file import DirectAppender
 
 FORMAT = "nina-trace"
 FORMAT_VERSION = 1
@@ -73,7 +74,7 @@ class TraceWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "wb")
+        self._f = DirectAppender(self.path)   # past the page cache where the fs allows
         self.count = 0
         self._marks: list[tuple[int, int]] = []
 

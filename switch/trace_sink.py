@@ -2,15 +2,21 @@
 
 The file format is switch/trace_file.py's (raw nina.decisions.TRACE_DTYPE records + a JSON
 index beside them), so `nina trace` reads what the embedded switch writes. This module only
-makes emitting cheap: the compiled data plane hands over a whole batch's records as one array
-(`write`), the rare per-packet paths in Python pack one record with one struct call (`emit`),
-both into a preallocated buffer, and a full buffer goes to the file as one numpy write; the
-index is refreshed at most once a second and on close.
+makes emitting cheap: the compiled data plane fills a whole batch's records in place
+(`reserve`/`commit`) or hands them over as one array (`write`), the rare per-packet paths in
+Python pack one record with one struct call (`emit`), all into a preallocated buffer. A full
+buffer goes to a writer thread, which appends it to the file (past the page cache where the
+file system allows it: switch/direct_file.py says why) and hands it back, so the file write
+runs beside the data path, not in it. The index is refreshed at most once a second and on
+close.
 """
 from __future__ import annotations
 
 import os
+import queue
 import struct
+import sys
+import threading
 import time
 
 import numpy as np
@@ -102,37 +108,82 @@ class _Batcher:
 
 
 class TraceSink(_Batcher):
-    """Writes records to a trace file (switch.trace_file format)."""
+    """Writes records to a trace file (switch.trace_file format) from a writer thread.
 
-    def __init__(self, path: str | os.PathLike, batch: int = 4096):
+    `buffers` preallocated buffers of `batch` records circulate between the data path and the
+    writer. When all are waiting to be written the data path waits for one (back pressure, no
+    record dropped). If the file cannot be written (disk full, ...), the switch keeps
+    switching: the error is printed once, the records from then on are counted in `lost`,
+    and close() says how many."""
+
+    def __init__(self, path: str | os.PathLike, batch: int = 8192, buffers: int = 4):
         super().__init__(batch)
         self.path = path
+        self.lost = 0            # records not written (the file failed)
+        self.error: OSError | None = None
         self._writer = TraceWriter(path)
         self._writer.flush()           # an (empty) index exists from the start
-        self._index_at = time.monotonic()
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(max(1, int(buffers)) - 1):   # the first is _Batcher's
+            self._free.put(np.zeros(self.batch, TRACE_DTYPE))
+        self._full: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_loop, name="nina-trace",
+                                        daemon=True)
+        self._thread.start()
 
     def flush(self) -> None:
-        if self._writer is None:   # closed (the switch is stopping): nowhere to go
-            self._n = 0
-            return
-        self._write_out()
-        now = time.monotonic()
-        if now - self._index_at > 1.0:
-            self._writer.flush()
-            self._index_at = now
+        """Hand the buffered records to the writer thread; continue in a free buffer."""
+        if self._n and self._thread is not None:
+            self._full.put((self._arr, self._n))
+            self._use(self._free.get())
+        self._n = 0
 
     def close(self) -> None:
-        if self._writer is None:
+        """Write out everything emitted, refresh the index, close the file (idempotent)."""
+        if self._thread is None:
             return
-        self._write_out()
-        self._writer.close()
-        self._writer = None
+        self.flush()
+        self._full.put(None)
+        self._thread.join()
+        self._thread = None
+        if self.lost:
+            print(f"nina switch: {self.lost} of {self.records} trace records lost: "
+                  f"{self.error}", file=sys.stderr, flush=True)
 
-    def _write_out(self) -> None:
-        """The buffered records to the file, before the buffer is reused: no copy."""
-        if self._n:
-            self._writer.write(self._arr[:self._n])
-            self._n = 0
+    def _use(self, arr: np.ndarray) -> None:
+        self._arr = arr
+        self._bytes = arr.view(np.uint8)
+        self._buf = memoryview(self._bytes)
+
+    def _write_loop(self) -> None:
+        index_at = time.monotonic()
+        while True:
+            item = self._full.get()
+            if item is None:
+                break
+            arr, n = item
+            if self.error is None:
+                try:
+                    self._writer.write(arr[:n])
+                    if time.monotonic() - index_at > 1.0:
+                        self._writer.flush()
+                        index_at = time.monotonic()
+                except OSError as e:
+                    self._fail(e)
+            if self.error is not None:
+                self.lost += n
+            self._free.put(arr)
+        try:
+            self._writer.close()
+        except OSError as e:
+            if self.error is None:
+                self._fail(e)
+
+    def _fail(self, e: OSError) -> None:
+        self.error = e
+        print(f"nina switch: cannot write the trace {self.path}: {e.strerror or e}; "
+              f"switching goes on, records from here on are counted as lost",
+              file=sys.stderr, flush=True)
 
 
 class MemoryTrace(_Batcher):

@@ -160,3 +160,33 @@ def test_sink_keeps_every_record_across_batches_strided_input_and_emits(tmp_path
     want = np.concatenate([recs[:100], one, recs[100:700:2], recs[700:]] +
                           [recs[lo:lo + 40] for lo in range(0, 200, 50)])
     assert got.tobytes() == want.tobytes()
+
+
+def test_sink_whose_file_fails_keeps_taking_records_and_counts_the_lost(tmp_path, capsys,
+                                                                       monkeypatch):
+    """A trace file that cannot be written (disk full) must not stop the switch: records go
+    on being taken, the first error is printed, and every record not written is counted."""
+    import errno
+
+    from switch import trace_file
+    from switch.trace_sink import TraceSink
+    real_write = trace_file.TraceWriter.write
+    calls = []
+
+    def full_after_one(self, records):
+        calls.append(len(records))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, records)
+
+    monkeypatch.setattr(trace_file.TraceWriter, "write", full_after_one)
+    path = tmp_path / "s.trace"
+    sink = TraceSink(path, batch=16, buffers=2)
+    for i in range(100):
+        sink.emit(i, 0, 1, 2, 3, 4, 1, 9, 1, 1, 0, 1)
+    sink.close()
+    assert sink.records == 100 and sink.lost == 100 - 16
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "84 of 100 trace records lost" in err
+    got = trace_file.read_all(path)
+    assert list(got["time_ns"]) == list(range(16))   # what was written is whole

@@ -88,6 +88,19 @@ def njit(fn):
     return _numba.njit(cache=True, nogil=True)(fn)
 
 
+def njit_typed(*signatures: str):
+    """njit for exactly these signatures, compiled (or loaded from the cache) at import, so
+    no argument layout a caller passes can leave a compile for its first call: one that fits
+    no signature is a TypeError at the call, not a compile. Name every layout a caller may
+    pass (int64[::1] and int64[:]): numba's fast dispatch wants an exact match, and an array
+    converted to a wider layout costs microseconds a call."""
+    def wrap(fn):
+        if _numba is None:
+            return fn
+        return _numba.njit(list(signatures), cache=True, nogil=True)(fn)
+    return wrap
+
+
 # ---- threads: element kernels over block ranges, compiled once, split over Python threads ---
 
 def njit_threaded(fn):

@@ -111,6 +111,46 @@ def test_one_destination_keeps_its_order_and_long_runs_split_at_the_segment_limi
         b.close()
 
 
+def test_strided_and_narrow_per_packet_arrays_reach_their_destinations(gso_kernel):
+    # the switch passes columns of its replica table (strided int64) and the caller's length
+    # array may be int32: every layout is staged the same way, no compile at the call
+    rng = np.random.default_rng(7)
+    rows, lens = _batch(rng, 9, [272, 272, 100] * 3)
+    a, b, c = _sock(), _sock(), _sock()
+    try:
+        tx = ub.BatchTx(a, 16, gso=True)
+        rxb, rxc = ub.BatchRx(b, 16, 600, gro=True), ub.BatchRx(c, 16, 600, gro=True)
+        table = np.zeros((9, 5), np.int64)
+        table[:, 1] = LOOPBACK
+        table[:, 3] = np.where(np.arange(9) % 2, b.getsockname()[1], c.getsockname()[1])
+        index = np.arange(9, dtype=np.int32)[::-1]
+        assert tx.send_rows(rows, lens.astype(np.int32)[::-1], 9, table[:, 1], table[:, 3],
+                            index=index) == (9, 0)
+        for rx, s in ((rxb, b), (rxc, c)):
+            sel = [int(index[i]) for i in range(9) if table[i, 3] == s.getsockname()[1]]
+            got = collections.Counter(g[:2] for g in _drain(rx, 600))
+            assert got == _expect(rows, lens, sel)
+    finally:
+        for s in (a, b, c):
+            s.close()
+
+
+def test_a_row_number_outside_the_rows_is_refused_before_anything_is_sent(gso_kernel):
+    rows, lens = _batch(np.random.default_rng(8), 4, [272] * 4)
+    a, b = _sock(), _sock()
+    try:
+        tx, rx = ub.BatchTx(a, 16, gso=True), ub.BatchRx(b, 16, 600, gro=True)
+        for bad in (np.array([0, 4]), np.array([-1, 0])):
+            with pytest.raises(IndexError, match="outside the rows"):
+                tx.send_rows(rows, 272, 2, LOOPBACK, b.getsockname()[1], index=bad)
+        with pytest.raises(ValueError, match="1 entries for 2 packets"):
+            tx.send_rows(rows, 272, 2, LOOPBACK, b.getsockname()[1], index=np.array([0]))
+        assert _drain(rx, 600) == []
+    finally:
+        a.close()
+        b.close()
+
+
 def test_rows_picked_by_index_and_datagrams_longer_than_a_row_keep_their_length(gso_kernel):
     rng = np.random.default_rng(3)
     rows, lens = _batch(rng, 8, [300] * 8)

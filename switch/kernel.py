@@ -15,8 +15,13 @@ rewrite) they go to. Trace records go into `trace` (TRACE_DTYPE), one per packet
 Numbers in the loops are kept int64 (numba promotes mixed unsigned/signed arithmetic to
 float otherwise); the random source is nina.jit's xorshift64* over a state per pipeline
 (the loss draws, and a key per C_M result, whose elements take counter-based draws under it).
-Element loops index row views from 0 (`acc[idx]`, the payload's slice): numba checks every
-index that might be negative, and that check kept these loops from vectorising.
+
+No row views per packet: each view (`acc[idx]`, a payload slice, an output row) costs an
+atomic increment and decrement of its array's reference count, and those took 30 % of the
+kernel's time (perf: lock incq/decq in NRT_incref/decref). The 2-D arrays are flattened once
+per batch and indexed at a row's base offset. Element loops index with uint64 (`ub + U(e)`):
+numba fixes up every signed index that might be negative, and that select per element kept
+the loops from vectorising; unsigned indices skip it.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ _RID_WORKER = (1 << RID_PART_SHIFT) - 1
 _ROUND_FLAGS = 0xFD   # every flags bit but CM: the version bit and the round's high bits
 _FLAG_VER, _FLAG_CM, _VERSION, _HLEN, _ULEN = FLAG_VER, FLAG_CM, VERSION, HEADER_LEN, UPDATE_LEN
 _SIGN, _MAG, _ZERO, _RMOD = NAT8_SIGN, NAT8_MAG, NAT8_ZERO, ROUND_MOD
+U = np.uint64   # element loop indices (see the module docstring)
 
 
 @njit
@@ -76,94 +82,10 @@ def cm_code(x, u):
 
 
 @njit
-def _trace(trace, t, now_ns, port, job, slot, w, decision, ver, exp, count, bitmap, offset,
-           elements):
-    r = trace[t]
-    r["time_ns"] = now_ns
-    r["ingress_port"] = port
-    r["job"] = job
-    r["slot"] = slot
-    r["worker"] = w
-    r["decision"] = decision
-    r["ver"] = ver
-    r["exponent"] = exp
-    r["count"] = count
-    r["bitmap"] = bitmap
-    r["offset"] = offset
-    r["elements"] = elements
-
-
-@njit
-def _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count, offset, completing,
-            only, rng, body, out, out_len, out_rep, n_out):
-    """Write the result of (slot, ver) idx, one packet per replica of the job's group (replica
-    (port, part << 8 | wid) carries part `part` to worker wid; parts the chunk does not reach
-    are not sent). only >= 0: just that worker's copies (a retransmission reply). On the
-    completing packet C_M also writes the compressed values back, so a reply re-encodes the
-    same powers of two. Returns the new n_out."""
-    cm = jobs[jx, J_CM]
-    parts = jobs[jx, J_PARTS]
-    sums = acc[idx]   # (row views: indices from 0 compile without numba's negative-index
-    #                   check per element, so the element loops vectorise)
-    # the payload, big-endian, once: int32 sums (NAT8 parts of 128, INT32 64) or C_M codes
-    if enc == _INT32:
-        for i in range(_CAP_INT32):
-            wr32(body, 4 * i, np.int64(sums[i]) & 0xFFFFFFFF)
-        nbody = 4 * _CAP_INT32
-    elif cm:
-        # a counter-based draw per element under one key from the pipeline's stream (as the
-        # workers' C_nat, nina.jit.draw32): the loop has no chain through a generator state
-        base = draw_base(rand_u32(rng), 0)
-        for i in range(_CAP_NAT8):
-            c = cm_code(np.int64(sums[i]), np.int64(draw32_from(base, i)))
-            body[i] = c
-            if completing:
-                m = 0 if c == _ZERO else np.int64(1) << (c & _MAG)
-                v = -m if c & _SIGN else m
-                if v >= 2147483648:   # 2^31 cannot be stored: int32 wraps as numpy's copy does
-                    v -= 4294967296
-                sums[i] = v
-        nbody = _CAP_NAT8
-    else:
-        for i in range(_CAP_NAT8):
-            wr32(body, 4 * i, np.int64(sums[i]) & 0xFFFFFFFF)
-        nbody = 4 * _CAP_NAT8
-    rflags = (flags & _ROUND_FLAGS) | (_FLAG_CM if cm else 0)
-    exp = np.int64(max_exp[idx])
-    job = jobs[jx, J_ID]
-    part_bytes = nbody // parts
-    for r in range(jobs[jx, J_REP_LO], jobs[jx, J_REP_HI]):
-        w = replicas[r, R_WID]
-        p = replicas[r, R_PART]
-        if (only >= 0 and w != only) or p >= parts:
-            continue
-        if parts > 1:   # nina.wire.result_part_count, inlined
-            a = p * _PART
-            if p and count <= a:
-                continue
-            pcount = min(_PART, count - a)
-            poffset = offset + a
-        else:
-            pcount = count
-            poffset = offset
-        o = out[n_out]
-        o[0] = _VERSION
-        o[1] = _RESULT
-        o[2] = enc
-        o[3] = rflags
-        wr16(o, 4, job)
-        o[6] = w
-        o[7] = exp
-        wr16(o, 8, slot)
-        wr16(o, 10, pcount)
-        wr32(o, 12, poffset)
-        part = body[p * part_bytes:(p + 1) * part_bytes]
-        for i in range(part_bytes):
-            o[_HLEN + i] = part[i]
-        out_len[n_out] = _HLEN + part_bytes
-        out_rep[n_out] = r
-        n_out += 1
-    return n_out
+def _rd32u(b, o):
+    """rd32 at an unsigned offset (an element loop's, see the module docstring)."""
+    return (np.int64(b[o]) << 24) | (np.int64(b[o + U(1)]) << 16) | \
+        (np.int64(b[o + U(2)]) << 8) | np.int64(b[o + U(3)])
 
 
 @njit
@@ -172,28 +94,38 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                   bitmap, counts, max_exp, offsets, rounds, acc, ctr_pkts, ctr_bytes,
                   rng, out, out_len, out_rep, body, trace, tracing, now_ns):
     """Run packets 0..n_rx-1 through the pipeline. Stops early when `out` could not hold the
-    next packet's results; returns (packets consumed, packets written to out)."""
+    next packet's results; returns (packets consumed, packets written to out).
+
+    One function, with no compiled helper taking an array: a compiled call (inlined or not)
+    increments and decrements the reference count of each array argument, nine of them per
+    result, which cost more than writing it. So a packet's result and its trace record are
+    each written at one place in the loop, reached from every path that needs it."""
     n_out = 0
     cap_out = out.shape[0]
+    # flat views, once per batch (see the module docstring)
+    rxw, orow, nacc = rx.shape[1], out.shape[1], acc.shape[1]
+    rxf, outf, accf, lutf = rx.reshape(-1), out.reshape(-1), acc.reshape(-1), luts.reshape(-1)
     for i in range(n_rx):
         port = rx_port[i]
         fl = frame_len[i]
         nb = rx_len[i]
-        b = rx[i]
         o0 = rx_off[i]
+        if nb >= _HLEN and o0 + min(nb, _ULEN) > rxw:
+            raise ValueError("process_batch: a row holds less than its packet's first bytes")
+        o0 += i * rxw   # the packet's payload in rxf
         have_hdr = nb >= _HLEN
         version = mtype = enc = flags = job = w = exp = slot = count = offset = 0
         if have_hdr:
-            version = np.int64(b[o0])
-            mtype = np.int64(b[o0 + 1])
-            enc = np.int64(b[o0 + 2])
-            flags = np.int64(b[o0 + 3])
-            job = rd16(b, o0 + 4)
-            w = np.int64(b[o0 + 6])
-            exp = np.int64(b[o0 + 7])
-            slot = rd16(b, o0 + 8)
-            count = rd16(b, o0 + 10)
-            offset = rd32(b, o0 + 12)
+            version = np.int64(rxf[o0])
+            mtype = np.int64(rxf[o0 + 1])
+            enc = np.int64(rxf[o0 + 2])
+            flags = np.int64(rxf[o0 + 3])
+            job = rd16(rxf, o0 + 4)
+            w = np.int64(rxf[o0 + 6])
+            exp = np.int64(rxf[o0 + 7])
+            slot = rd16(rxf, o0 + 8)
+            count = rd16(rxf, o0 + 10)
+            offset = rd32(rxf, o0 + 12)
         v = flags & _FLAG_VER
         jx = jobmap[job] if have_hdr else -1
         # 1. parse and validate, in the order of docs/protocol.md
@@ -227,78 +159,153 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                 decision = D_BAD_SLOT
             elif jobs[jx, J_LOSS] and (rand_u32(rng) >> 16) < jobs[jx, J_LOSS]:
                 decision = D_INJECTED
-        if decision >= 0:   # dropped: counted and traced with the header as read
-            ctr_pkts[decision] += 1
-            ctr_bytes[decision] += fl
-            if tracing:
-                _trace(trace, i, now_ns, port, job, slot, w, decision, v, exp, 0, 0, offset,
-                       count)
-            continue
-        if n_out + (jobs[jx, J_REP_HI] - jobs[jx, J_REP_LO]) > cap_out:
-            return i, n_out   # no room for this packet's results: the caller sends, resumes
+        # what the trace record says besides the header: for a drop, the header as read
+        t_exp, t_count, t_bitmap = exp, 0, 0
+        if decision < 0:
+            if n_out + (jobs[jx, J_REP_HI] - jobs[jx, J_REP_LO]) > cap_out:
+                return i, n_out   # no room for this packet's results: the caller sends, resumes
 
-        rnd = (flags & _FLAG_VER) | ((flags & 0xFC) >> 1)   # nina.wire.round_of
-        idx = 2 * (jobs[jx, J_SLOT_BASE] + slot) + v
-        oidx = idx ^ 1
-        bit = np.int64(1) << w
-        n = jobs[jx, J_N]
-        bm = np.int64(bitmap[idx])
-        cnt = np.int64(counts[idx])
-        rd = np.int64(rounds[idx])
-        pay = b[o0 + _HLEN:o0 + _ULEN]   # the elements (a view; see _result)
-        sums = acc[idx]
-        if bm & bit:
-            # 2. w already contributed to (slot, v): a retransmission of this round is answered
-            # when complete, else consumed; a packet of another round is stale. Never add twice.
-            if rd == rnd and cnt == n:
-                decision = D_REPLY
-                n_out = _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count,
-                                offset, False, w, rng, body, out, out_len, out_rep, n_out)
-            else:
+            rnd = (flags & _FLAG_VER) | ((flags & 0xFC) >> 1)   # nina.wire.round_of
+            idx = 2 * (jobs[jx, J_SLOT_BASE] + slot) + v
+            oidx = idx ^ 1
+            bit = np.int64(1) << w
+            n = jobs[jx, J_N]
+            bm = np.int64(bitmap[idx])
+            cnt = np.int64(counts[idx])
+            rd = np.int64(rounds[idx])
+            pb = U(o0 + _HLEN)   # the elements in rxf
+            ab = U(idx * nacc)   # (slot, ver)'s sums in accf
+            only = -2   # the results to send: none (-2), all (-1), or worker `only`'s
+            if bm & bit:
+                # 2. w already contributed to (slot, v): a retransmission of this round is
+                # answered when complete, else consumed; a packet of another round is stale.
+                # Never add twice.
+                if rd == rnd and cnt == n:
+                    decision = D_REPLY
+                    only = w
+                else:
+                    decision = D_DUP
+            elif (bm and (rd != rnd or cnt >= n)) or \
+                    (not bm and cnt and rnd != (rd + 2) % _RMOD):
+                # 3. stale: joins only the open round of v; a new round only once every worker
+                # has left v's last round, and only as its successor (round + 2)
                 decision = D_DUP
-        elif (bm and (rd != rnd or cnt >= n)) or \
-                (not bm and cnt and rnd != (rd + 2) % _RMOD):
-            # 3. stale: joins only the open round of v; a new round only once every worker has
-            # left v's last round, and only as its successor (round + 2)
-            decision = D_DUP
-        else:
-            # 4. first arrival of w: claim the bit in v, release it in 1 - v
-            bitmap[oidx] = np.int64(bitmap[oidx]) & ~bit & 0xFFFFFFFF
-            if bm == 0:
-                c = 1
-                bitmap[idx] = bit
-                max_exp[idx] = exp
-                rounds[idx] = rnd
-                offsets[idx] = offset
-                if enc == _NAT8:
-                    lut = luts[jx]
-                    for e in range(_CAP_NAT8):
-                        sums[e] = lut[pay[e]]
-                else:
-                    for e in range(_CAP_INT32):
-                        sums[e] = np.int32(np.uint32(rd32(pay, 4 * e)))
-                decision = D_FIRST
             else:
-                c = (cnt + 1) & 0xFF
-                bitmap[idx] = bm | bit
-                if exp > max_exp[idx]:
+                # 4. first arrival of w: claim the bit in v, release it in 1 - v
+                bitmap[oidx] = np.int64(bitmap[oidx]) & ~bit & 0xFFFFFFFF
+                if bm == 0:
+                    c = 1
+                    bitmap[idx] = bit
                     max_exp[idx] = exp
-                if enc == _NAT8:
-                    lut = luts[jx]
-                    for e in range(_CAP_NAT8):
-                        sums[e] += lut[pay[e]]
+                    rounds[idx] = rnd
+                    offsets[idx] = offset
+                    if enc == _NAT8:
+                        lb = U(jx * 256)   # the job's row of lutf
+                        for e in range(_CAP_NAT8):
+                            accf[ab + U(e)] = lutf[lb + U(rxf[pb + U(e)])]
+                    else:
+                        for e in range(_CAP_INT32):
+                            accf[ab + U(e)] = np.int32(np.uint32(_rd32u(rxf, pb + U(4 * e))))
+                    decision = D_FIRST
                 else:
+                    c = (cnt + 1) & 0xFF
+                    bitmap[idx] = bm | bit
+                    if exp > max_exp[idx]:
+                        max_exp[idx] = exp
+                    if enc == _NAT8:
+                        lb = U(jx * 256)
+                        for e in range(_CAP_NAT8):
+                            accf[ab + U(e)] += lutf[lb + U(rxf[pb + U(e)])]
+                    else:
+                        for e in range(_CAP_INT32):
+                            accf[ab + U(e)] += np.int32(np.uint32(_rd32u(rxf, pb + U(4 * e))))
+                    decision = D_AGGREGATE
+                counts[idx] = c
+                if c == n:
+                    decision = D_COMPLETE
+                    only = -1
+            if only >= -1:
+                # 5. the result of (slot, v), one packet per replica of the job's group
+                # (replica (port, part << 8 | wid) carries part `part` to worker wid; parts
+                # the chunk does not reach are not sent); only >= 0: just that worker's
+                # copies (a retransmission reply). On the completing packet C_M also writes
+                # the compressed values back, so a reply re-encodes the same powers of two.
+                cm = jobs[jx, J_CM]
+                parts = jobs[jx, J_PARTS]
+                # the payload, big-endian, once: int32 sums (NAT8 parts of 128, INT32 64) or
+                # C_M codes
+                if enc == _INT32:
                     for e in range(_CAP_INT32):
-                        sums[e] += np.int32(np.uint32(rd32(pay, 4 * e)))
-                decision = D_AGGREGATE
-            counts[idx] = c
-            if c == n:
-                decision = D_COMPLETE
-                n_out = _result(jobs, jx, replicas, acc, max_exp, idx, enc, flags, slot, count,
-                                offset, True, -1, rng, body, out, out_len, out_rep, n_out)
+                        wr32(body, 4 * e, np.int64(accf[ab + U(e)]) & 0xFFFFFFFF)
+                    nbody = 4 * _CAP_INT32
+                elif cm:
+                    # a counter-based draw per element under one key from the pipeline's
+                    # stream (as the workers' C_nat, nina.jit.draw32): no chain through a
+                    # generator state
+                    base = draw_base(rand_u32(rng), 0)
+                    for e in range(_CAP_NAT8):
+                        cc = cm_code(np.int64(accf[ab + U(e)]), np.int64(draw32_from(base, e)))
+                        body[U(e)] = cc
+                        if only == -1:
+                            mm = 0 if cc == _ZERO else np.int64(1) << (cc & _MAG)
+                            vv = -mm if cc & _SIGN else mm
+                            if vv >= 2147483648:   # 2^31 cannot be stored: int32 wraps as
+                                vv -= 4294967296   # numpy's copy does
+                            accf[ab + U(e)] = vv
+                    nbody = _CAP_NAT8
+                else:
+                    for e in range(_CAP_NAT8):
+                        wr32(body, 4 * e, np.int64(accf[ab + U(e)]) & 0xFFFFFFFF)
+                    nbody = 4 * _CAP_NAT8
+                rflags = (flags & _ROUND_FLAGS) | (_FLAG_CM if cm else 0)
+                rexp = np.int64(max_exp[idx])
+                part_bytes = nbody // parts
+                for rr in range(jobs[jx, J_REP_LO], jobs[jx, J_REP_HI]):
+                    rw = replicas[rr, R_WID]
+                    rp = replicas[rr, R_PART]
+                    if (only >= 0 and rw != only) or rp >= parts:
+                        continue
+                    if parts > 1:   # nina.wire.result_part_count, inlined
+                        pa = rp * _PART
+                        if rp and count <= pa:
+                            continue
+                        pcount = min(_PART, count - pa)
+                        poffset = offset + pa
+                    else:
+                        pcount = count
+                        poffset = offset
+                    o = n_out * orow   # the output row's start in outf
+                    outf[o] = _VERSION
+                    outf[o + 1] = _RESULT
+                    outf[o + 2] = enc
+                    outf[o + 3] = rflags
+                    wr16(outf, o + 4, job)
+                    outf[o + 6] = rw
+                    outf[o + 7] = rexp
+                    wr16(outf, o + 8, slot)
+                    wr16(outf, o + 10, pcount)
+                    wr32(outf, o + 12, poffset)
+                    ob, sb = U(o + _HLEN), U(rp * part_bytes)
+                    for e in range(part_bytes):
+                        outf[ob + U(e)] = body[sb + U(e)]
+                    out_len[n_out] = _HLEN + part_bytes
+                    out_rep[n_out] = rr
+                    n_out += 1
+            t_exp, t_count, t_bitmap = max_exp[idx], counts[idx], bitmap[idx]
         ctr_pkts[decision] += 1
         ctr_bytes[decision] += fl
         if tracing:
-            _trace(trace, i, now_ns, port, job, slot, w, decision, v, max_exp[idx], counts[idx],
-                   bitmap[idx], offset, count)
+            r = trace[i]
+            r["time_ns"] = now_ns
+            r["ingress_port"] = port
+            r["job"] = job
+            r["slot"] = slot
+            r["worker"] = w
+            r["decision"] = decision
+            r["ver"] = v
+            r["exponent"] = t_exp
+            r["count"] = t_count
+            r["bitmap"] = t_bitmap
+            r["offset"] = offset
+            r["elements"] = count
     return n_rx, n_out

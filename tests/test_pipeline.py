@@ -292,6 +292,22 @@ def test_single_worker_job_completes_on_first():
     assert result(outs[0])[1][:3] == [1 << spec.shift, 1 << (spec.shift - 1), 0]
 
 
+def test_a_receive_row_narrower_than_its_packet_is_refused_not_read_past():
+    # the kernel indexes flat rows: a row too narrow for its packet's bytes would read the
+    # next row's (or past the array), so the caller's mistake is an error
+    spec = job(n=1)
+    p = Pipeline(pool_slots=16)
+    p.install_job(spec)
+    pkt = update(spec, 0, 0, np.array([0, 1], np.uint8))
+    rx = np.zeros((1, 200), np.uint8)
+    rx[0] = np.frombuffer(pkt.payload[:200], np.uint8)
+    meta = [np.array([v], np.int64) for v in (0, len(pkt.payload), pkt.ingress_port,
+                                              pkt.src_ip, pkt.src_udp_port, 314)]
+    with pytest.raises(ValueError, match="row holds less"):
+        p.process_batch(rx, *meta, 1, lambda *a: None)
+    assert p.counters_packets.sum() == 0
+
+
 def test_retransmissions_stale_copies_and_version_reuse():
     spec = job(n=2, enc=Encoding.INT32)
     p = Pipeline(pool_slots=16)

@@ -52,8 +52,9 @@ $(STAMP): pyproject.toml
 	  d=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	  mkdir -p $$d/nina_mininet && ln -sfn /usr/lib/python3/dist-packages/mininet $$d/nina_mininet/mininet && \
 	  echo "$$d/nina_mininet" > $$d/nina-mininet.pth; fi
-	@# compile the switch's and the workers' hot loops once, into the user's cache (nina/jit.py)
-	$(BIN)/python -c "import switch.pipeline, worker.window"
+	@# compile the switch's and the workers' hot loops once, into the user's cache (nina/jit.py):
+	@# every module that warms its kernels at import (_warm), so a first demo compiles nothing
+	$(BIN)/python -c "import switch.pipeline, switch.packets, switch.packet_rings, nina.udp_batch, worker.window"
 	@touch $@
 
 venv: sysdeps $(STAMP)  ## create/update .venv

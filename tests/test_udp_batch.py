@@ -130,6 +130,10 @@ def test_strided_and_narrow_per_packet_arrays_reach_their_destinations(gso_kerne
             sel = [int(index[i]) for i in range(9) if table[i, 3] == s.getsockname()[1]]
             got = collections.Counter(g[:2] for g in _drain(rx, 600))
             assert got == _expect(rows, lens, sel)
+        # a 0-d array is a scalar, as np.int64 is
+        assert tx.send_rows(rows, np.array(100), 1, np.array(LOOPBACK), b.getsockname()[1],
+                            index=np.array([2])) == (1, 0)
+        assert _drain(rxb, 600) == [(100, bytes(rows[2, :100]), a.getsockname()[1])]
     finally:
         for s in (a, b, c):
             s.close()

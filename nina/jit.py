@@ -354,6 +354,14 @@ def rd32(b, o):
 
 
 @njit
+def rd32u(b, o):
+    """rd32 at a uint64 offset o, for element loops: numba fixes up a signed index that might
+    be negative per element, and that select kept the loops from vectorising (switch/kernel.py)."""
+    return (np.int64(b[o]) << 24) | (np.int64(b[o + np.uint64(1)]) << 16) | \
+        (np.int64(b[o + np.uint64(2)]) << 8) | np.int64(b[o + np.uint64(3)])
+
+
+@njit
 def wr16(b, o, v):
     b[o] = (v >> 8) & 0xFF
     b[o + 1] = v & 0xFF

@@ -334,7 +334,7 @@ class BatchTx:
         sent = failed = lo = 0
         while lo < nmsg:
             got = _sendmmsg(fd, hdr0 + lo * MMSGHDR.itemsize, nmsg - lo, 0)
-            if got == nmsg:   # the usual case: every message in one call
+            if lo == 0 and got == nmsg:   # the usual case: every message in one call
                 self.messages += got
                 return k, 0
             if got > 0:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from nina.decisions import Decision
-from nina.jit import draw32_from, draw_base, njit, rand_u32, rd16, rd32, top_bit, wr16, wr32
+from nina.jit import (draw32_from, draw_base, njit, rand_u32, rd16, rd32, rd32u, top_bit, wr16,
+                      wr32)
 from nina.wire import (ELEMENTS_INT32, ELEMENTS_NAT8, FLAG_CM, FLAG_VER, HEADER_LEN, NAT8_MAG,
                        NAT8_SIGN, NAT8_ZERO, RESULT_PART_SUMS, RID_PART_SHIFT, ROUND_MOD, VERSION,
                        Encoding, MsgType)
@@ -82,13 +83,6 @@ def cm_code(x, u):
 
 
 @njit
-def _rd32u(b, o):
-    """rd32 at an unsigned offset (an element loop's, see the module docstring)."""
-    return (np.int64(b[o]) << 24) | (np.int64(b[o + U(1)]) << 16) | \
-        (np.int64(b[o + U(2)]) << 8) | np.int64(b[o + U(3)])
-
-
-@njit
 def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                   jobmap, jobs, luts, admit_ptr, admit, replicas,
                   bitmap, counts, max_exp, offsets, rounds, acc, ctr_pkts, ctr_bytes,
@@ -103,17 +97,17 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
     n_out = 0
     cap_out = out.shape[0]
     # flat views, once per batch (see the module docstring)
-    rxw, orow, nacc = rx.shape[1], out.shape[1], acc.shape[1]
+    rxw, orow, nacc, nlut = rx.shape[1], out.shape[1], acc.shape[1], luts.shape[1]
     rxf, outf, accf, lutf = rx.reshape(-1), out.reshape(-1), acc.reshape(-1), luts.reshape(-1)
     for i in range(n_rx):
         port = rx_port[i]
         fl = frame_len[i]
         nb = rx_len[i]
         o0 = rx_off[i]
-        if nb >= _HLEN and o0 + min(nb, _ULEN) > rxw:
+        have_hdr = nb >= _HLEN
+        if have_hdr and o0 + min(nb, _ULEN) > rxw:
             raise ValueError("process_batch: a row holds less than its packet's first bytes")
         o0 += i * rxw   # the packet's payload in rxf
-        have_hdr = nb >= _HLEN
         version = mtype = enc = flags = job = w = exp = slot = count = offset = 0
         if have_hdr:
             version = np.int64(rxf[o0])
@@ -175,6 +169,7 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
             rd = np.int64(rounds[idx])
             pb = U(o0 + _HLEN)   # the elements in rxf
             ab = U(idx * nacc)   # (slot, ver)'s sums in accf
+            lb = U(jx * nlut)   # the job's row of lutf (NAT8)
             only = -2   # the results to send: none (-2), all (-1), or worker `only`'s
             if bm & bit:
                 # 2. w already contributed to (slot, v): a retransmission of this round is
@@ -200,12 +195,11 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                     rounds[idx] = rnd
                     offsets[idx] = offset
                     if enc == _NAT8:
-                        lb = U(jx * 256)   # the job's row of lutf
                         for e in range(_CAP_NAT8):
                             accf[ab + U(e)] = lutf[lb + U(rxf[pb + U(e)])]
                     else:
                         for e in range(_CAP_INT32):
-                            accf[ab + U(e)] = np.int32(np.uint32(_rd32u(rxf, pb + U(4 * e))))
+                            accf[ab + U(e)] = np.int32(np.uint32(rd32u(rxf, pb + U(4 * e))))
                     decision = D_FIRST
                 else:
                     c = (cnt + 1) & 0xFF
@@ -213,12 +207,11 @@ def process_batch(rx, rx_off, rx_len, rx_port, rx_ip, rx_udp, frame_len, n_rx,
                     if exp > max_exp[idx]:
                         max_exp[idx] = exp
                     if enc == _NAT8:
-                        lb = U(jx * 256)
                         for e in range(_CAP_NAT8):
                             accf[ab + U(e)] += lutf[lb + U(rxf[pb + U(e)])]
                     else:
                         for e in range(_CAP_INT32):
-                            accf[ab + U(e)] += np.int32(np.uint32(_rd32u(rxf, pb + U(4 * e))))
+                            accf[ab + U(e)] += np.int32(np.uint32(rd32u(rxf, pb + U(4 * e))))
                     decision = D_AGGREGATE
                 counts[idx] = c
                 if c == n:

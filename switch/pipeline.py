@@ -25,7 +25,7 @@ from nina.decisions import N_DECISIONS, TRACE_DTYPE, Decision
 from nina.install_rounds import install_cells, install_rounds
 from nina.jit import seed_state
 from nina.wire import (ELEMENTS_NAT8, FLAG_CM, FRAME_OVERHEAD, MAX_WORKERS, RID_PART_SHIFT,
-                       UDP_PORT, Encoding, nat8_to_int, result_parts)
+                       UDP_PORT, Encoding, result_parts)
 from switch import kernel as K
 from switch.kernel import OUT_ROW, UPDATE_LEN
 from switch.tables import P4Error, TableStore
@@ -69,11 +69,6 @@ class PacketOut(NamedTuple):
     payload: bytes
 
 
-def nat8_lut(shift: int) -> np.ndarray:
-    """code -> int32 addend for this shift (nina.wire.nat8_to_int of all 256 codes)."""
-    return np.ascontiguousarray(nat8_to_int(np.arange(256, dtype=np.uint8), shift), np.int32)
-
-
 class _Rows:
     """A batch of receive rows with the per-packet metadata process_batch takes."""
 
@@ -91,7 +86,6 @@ class _TableImage(NamedTuple):
     """The tables as the kernel reads them (see switch.kernel's column names)."""
     jobmap: np.ndarray     # job id -> row of jobs, -1 if no entry
     jobs: np.ndarray       # (jobs, N_JOB_COLS) int64
-    luts: np.ndarray       # (jobs, 256) int32: NAT8 code -> addend at the job's shift
     admit_ptr: np.ndarray  # row J_ADM + w .. + 1 of it: admit rows of (job, worker w)
     admit: np.ndarray      # (entries, 3) int64: ingress port, source IP, source UDP port
     replicas: np.ndarray   # (replicas, N_REP_COLS) int64, grouped per job
@@ -107,7 +101,6 @@ def build_image(tables: TableStore, mcast_groups: dict, pool_slots: int) -> _Tab
         admits.setdefault((job, wid), []).append((port, ip, udp))
     jobmap = np.full(1 << 16, -1, np.int32)
     jobs = np.zeros((len(job_entries), K.N_JOB_COLS), np.int64)
-    luts = np.zeros((len(job_entries), 256), np.int32)
     admit_ptr = [0]
     admit_rows: list = []
     reps: list = []
@@ -126,8 +119,6 @@ def build_image(tables: TableStore, mcast_groups: dict, pool_slots: int) -> _Tab
         for w in range(MAX_WORKERS):
             admit_rows += admits.get((job, w), [])
             admit_ptr.append(len(admit_rows))
-        if encoding == _NAT8:
-            luts[jx] = nat8_lut(shift)
         r[K.J_REP_LO] = len(reps)
         for port, rid in mcast_groups.get(mcast_grp, ()) if mcast_grp else ():
             a = addrs.get((job, rid & _RID_WORKER))
@@ -136,7 +127,7 @@ def build_image(tables: TableStore, mcast_groups: dict, pool_slots: int) -> _Tab
         r[K.J_REP_HI] = len(reps)
         jobmap[job] = jx
     per_job = jobs[:, K.J_REP_HI] - jobs[:, K.J_REP_LO]
-    return _TableImage(jobmap, jobs, luts, np.array(admit_ptr, np.int64),
+    return _TableImage(jobmap, jobs, np.array(admit_ptr, np.int64),
                        np.array(admit_rows, np.int64).reshape(-1, 3),
                        np.array(reps, np.int64).reshape(-1, K.N_REP_COLS),
                        int(per_job.max()) if len(per_job) else 0)
@@ -231,7 +222,7 @@ class Pipeline:
             done, n_out = K.process_batch(
                 rx[start:end], rx_off[start:end], rx_len[start:end], rx_port[start:end],
                 rx_ip[start:end], rx_udp[start:end], frame_len[start:end], m,
-                img.jobmap, img.jobs, img.luts, img.admit_ptr, img.admit, img.replicas,
+                img.jobmap, img.jobs, img.admit_ptr, img.admit, img.replicas,
                 self._bitmap, self._count, self._max_exp, self._offset, self._round, self.acc,
                 self._ctr_pkts, self._ctr_bytes, self._rng_state,
                 self.out, self.out_len, self.out_rep, self._body, tr, tracing,

@@ -16,7 +16,7 @@ from nina.config import SWITCH_MAC, JobSpec, WorkerAddr, ip_to_int, mac_to_int
 from nina.decisions import TRACE_DTYPE, Decision
 from nina.wire import (round_flags, round_of, FLAG_CM, FLAG_VER, NAT8_SIGN, NAT8_ZERO, UDP_PORT, Encoding, Header,
                        MsgType, headroom_shift, nat8_to_int, pack_packet, parse_packet)
-from switch.pipeline import PacketIn, PacketOut, Pipeline, nat8_lut
+from switch.pipeline import PacketIn, PacketOut, Pipeline
 from switch.tables import P4Error, TableError, TableStore
 from switch.trace_sink import MemoryTrace, TraceSink, read_trace
 
@@ -230,14 +230,26 @@ def test_install_job_writes_what_a_controller_writes_and_remove_undoes_it():
     p.install_job(spec)
 
 
-def test_nat8_lookup_table_is_the_wire_semantics():
+@pytest.mark.parametrize("shift", [0, 1, 17, 25, 29, 30, 31, 32, 33, 40, 126, 127, 200, 255])
+def test_nat8_addends_are_the_wire_semantics_at_every_shift(shift):
+    """Every code's addend at a shift a controller can write (8 bits; P4's 32-bit shifts make
+    2^32 and up 0), as nina.wire.nat8_to_int and the plain-int reference give it."""
+    spec = job(n=1)
+    p = Pipeline(pool_slots=16)
+    p.install_job(spec)
+    t = p4spec.JOB_TABLE.name
+    params = list(p.tables.entries(t)[(spec.job_id,)])
+    params[3] = shift   # (n, slot_base, slot_count, shift, ...)
+    p.tables.modify(t, (spec.job_id,), tuple(params))
     codes = np.arange(256, dtype=np.uint8)
-    for shift in range(0, 32):
-        assert (nat8_lut(shift) == nat8_to_int(codes, shift)).all()
-    for shift in (25, 28, 30):
-        lut = nat8_lut(shift)
-        assert [int(lut[c]) for c in range(256)] == [nat8_value(c, shift) for c in range(256)]
-        assert lut[0] == 1 << shift and lut[NAT8_SIGN] == -(1 << shift) and lut[NAT8_ZERO] == 0
+    outs = p.process(update(spec, 0, 0, codes))
+    got = {Header.unpack(o.payload).offset: result(o)[1] for o in outs}
+    sums = got[0] + got[128]
+    assert sums == nat8_to_int(codes, shift).tolist()
+    assert sums == [i32(nat8_value(c, shift)) for c in range(256)]
+    assert sums[0] == i32(1 << shift if shift < 32 else 0)
+    if shift < NAT8_ZERO:   # the zero code adds nothing at any shift a job can have
+        assert sums[NAT8_ZERO] == 0
 
 
 # ---------------------------------------------------------------- the algorithm

@@ -131,8 +131,8 @@ def make_workers(n: int, gso: bool) -> tuple[list[socket.socket], list, list]:
 
 
 def drain(server: "Server", t: "Target", addr, per_update: int) -> tuple[float, float]:
-    """Queue t's updates in the paused server, resume it; returns (packets/s until the last
-    result, server CPU seconds per packet). Segmented sends (t.gso): worker w's window of
+    """Queue t's updates in the paused server, resume it; returns (update packets/s until the
+    last result, server CPU seconds per update packet). Segmented sends (t.gso): worker w's window of
     each round in one send, as the client sends a window; else one datagram per send."""
     from nina.mmsg import MSG_DONTWAIT
     socks, seq = t.socks, t.seq
@@ -179,7 +179,8 @@ def drain(server: "Server", t: "Target", addr, per_update: int) -> tuple[float, 
     cpu = (cpu_ns(server.proc.pid) - c0) * 1e-9
     if got < expected * 0.9:
         raise RuntimeError(f"only {got} of {expected} results came back")
-    return got / (last - t0), cpu / got
+    updates = got / per_update   # results come `per_update` to an update (NAT8: 2 parts)
+    return updates / (last - t0), cpu / updates
 
 
 # ---------------------------------------------------------------- BMv2 vs embedded on veths

@@ -3,7 +3,8 @@
     python bench/report.py [--size 1048576] [--steps 150] [--quick] [--out bench/REPORT.md]
 
 Sections (each a table of ratios against a baseline measured in the same run):
-1. embedded switch packet rate vs a bare reflector (bench/switch.py);
+1. embedded switch packet rate vs a bare reflector (bench/switch.py), and its per-packet
+   algorithm alone in process (bench/switch_kernel.py);
 2. all-reduce time of one tensor on 4 workers: INT32, NAT8, NAT8 + C_M through the switch and
    a host ring all-reduce of float32 (worker/ring.py) over the same network. On the Mininet
    rack (root, P4Info present) the links are shaped to --bw Mbit/s; otherwise the same
@@ -257,7 +258,10 @@ def main(argv=None) -> int:
     if "1" in want:
         parts.append("## 1. Embedded switch packet rate vs a bare reflector\n\n```\n" +
                      run_script(["bench/switch.py", "--packets", "8000", "--repeat", "3",
-                                 "--workers", "4", *BMV2_PERF], 1800) + "\n```\n")
+                                 "--workers", "4", *BMV2_PERF], 1800) + "\n```\n\n"
+                     "The per-packet algorithm alone, in process (bench/switch_kernel.py):"
+                     "\n\n```\n" + run_script(["bench/switch_kernel.py", "--passes", "10"], 600)
+                     + "\n```\n")
     net = None
     try:
         if "2" in want or "5" in want:

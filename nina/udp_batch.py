@@ -221,9 +221,10 @@ def split_buffers(data, mlen, gsize, src_ip, src_port, m, state, rows, lens, ips
     """Cut received buffers 0..m-1 (mlen[j] bytes of data[j], segments of gsize[j] bytes, 0:
     one datagram) into rows, from buffer state[0], segment state[1] on, until rows are full.
     A row gets a datagram's first row-width bytes; lens its real length. Returns the rows
-    filled and leaves state at the first segment not taken."""
+    filled and leaves state at the first segment not taken, and in state[2] the bytes of the
+    datagrams in those rows (a receiver's byte count without a numpy sum per batch)."""
     j, s = state[0], state[1]
-    n = 0
+    n = nb = 0
     cap, width, dw = rows.shape[0], rows.shape[1], data.shape[1]
     while j < m:
         total = np.int64(mlen[j])
@@ -233,20 +234,21 @@ def split_buffers(data, mlen, gsize, src_ip, src_port, m, state, rows, lens, ips
         nseg = 1 if total <= 0 else (total + g - 1) // g
         while s < nseg:
             if n == cap:
-                state[0], state[1] = j, s
+                state[0], state[1], state[2] = j, s, nb
                 return n
             off = s * g
             sl = min(g, total - off)
             c = max(0, min(sl, width, dw - off))
             rows[n, :c] = data[j, off:off + c]
             lens[n] = sl
+            nb += sl
             ips[n] = src_ip[j]
             ports[n] = src_port[j]
             n += 1
             s += 1
         j += 1
         s = 0
-    state[0], state[1] = j, 0
+    state[0], state[1], state[2] = j, 0, nb
     return n
 
 
@@ -399,7 +401,8 @@ class BatchRx:
         self.ips = np.zeros(rows, np.int64)
         self.ports = np.zeros(rows, np.int64)
         self._m = 0
-        self._state = np.zeros(2, np.int64)
+        self._state = np.zeros(3, np.int64)   # split_buffers': buffer, segment, bytes
+        self._nbytes = 0                      # without GRO: the last receive's bytes
         self._gsize = np.zeros(msgs if self.gro else 1, np.int64)
         self._mlen = np.zeros(msgs if self.gro else 1, np.int64)
         self._sip = np.zeros(msgs if self.gro else 1, np.int64)
@@ -421,11 +424,17 @@ class BatchRx:
         if not self.gro:
             self.lengths[:m] = ring.lengths[:m]
             self.ips[:m], self.ports[:m] = ring.sources(m)
+            self._nbytes = int(ring.lengths[:m].sum()) if m else 0
             return m
         _gro_meta(m, self._controllen, *self._cmsg, ring.lengths, self._names, self._gsize,
                   self._mlen, self._sip, self._sport, self._state)
         self._m = m
         return self.more()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes (real lengths) of the datagrams the last recv or more put in the rows."""
+        return int(self._state[2]) if self.gro else self._nbytes
 
     def more(self) -> int:
         """The next datagrams of the last receive (0: none left)."""

@@ -31,7 +31,8 @@ def _sock(cls=socket.socket) -> socket.socket:
 
 
 def _drain(rx: ub.BatchRx, width: int) -> list[tuple[int, bytes, int]]:
-    """(length, bytes, source port) of everything queued, taken in batches."""
+    """(length, bytes, source port) of everything queued, taken in batches; every batch's
+    byte count (rx.nbytes, what a receiver counts) is its datagrams' real lengths summed."""
     out = []
     for _ in range(100):   # loopback delivers at once; allow a slow machine a moment
         if select.select([rx.sock], [], [], 0.05)[0]:
@@ -41,8 +42,10 @@ def _drain(rx: ub.BatchRx, width: int) -> list[tuple[int, bytes, int]]:
         if not m:
             return out
         while m:
-            out += [(int(rx.lengths[i]), bytes(rx.rows[i, :min(width, rx.lengths[i])]),
-                     int(rx.ports[i])) for i in range(m)]
+            got = [(int(rx.lengths[i]), bytes(rx.rows[i, :min(width, rx.lengths[i])]),
+                    int(rx.ports[i])) for i in range(m)]
+            assert rx.nbytes == sum(n for n, _, _ in got)
+            out += got
             m = rx.more()
 
 

@@ -218,28 +218,30 @@ class AllReduceClient:
         remaining = chunks
         last_abort_poll = now
         rx = tr.rx
+        timing = win.timing
+        due = float(win.deadline.min())   # the earliest timer (from here on, accept's)
         while remaining:
             now = time.monotonic()
-            wait = min(0.05, max(0.0, float(win.deadline.min()) - now))
-            m = tr.recv_rows(wait)
+            m = tr.recv_rows(min(0.05, max(0.0, due - now)))
             if m:
                 stats.receives += 1
                 now = time.monotonic()
                 wn.accept(rx.rows, rx.lengths, m, now, self._rto(), *state, *calls, out,
-                          sent8, sent32, self._state, win.send_list, win.out, win.rtt)
+                          sent8, sent32, self._state, win.send_list, win.out, timing)
                 o = win.out
                 if o[wn.O_ERR]:
                     self._raise(int(o[wn.O_ERR]), int(o[wn.O_ERR_CHUNK]), own_exp, agreed)
                 stats.ignored += int(o[wn.O_IGNORED])
                 remaining -= int(o[wn.O_DONE])
                 self.results_seen += int(o[wn.O_SEEN])
-                if win.rtt[0] >= 0:
-                    self._sample(float(win.rtt[0]))
+                if timing[wn.T_RTT] >= 0:
+                    self._sample(float(timing[wn.T_RTT]))
+                due = float(timing[wn.T_DUE])
                 tr.send_rows(win.pkts, wn.UPDATE_LEN, win.send_list, int(o[wn.O_SEND]))
             now = time.monotonic()
-            late = np.flatnonzero(win.deadline <= now)
-            if len(late):
-                self._retransmit(late, now, stats)
+            if due <= now:
+                self._retransmit(np.flatnonzero(win.deadline <= now), now, stats)
+                due = float(win.deadline.min())
             if self.abort_check and now - last_abort_poll > 0.2:
                 last_abort_poll = now
                 msg = self.abort_check()

@@ -111,7 +111,7 @@ class UdpTransport:
             m = self.rx.recv(MSG_DONTWAIT)
         if m:
             self.counters.packets_in += m
-            self.counters.bytes_in += int(self.rx.lengths[:m].sum())
+            self.counters.bytes_in += self.rx.nbytes
         return m
 
     def recv(self, timeout: float, max_packets: int = 4096) -> list[bytes]:

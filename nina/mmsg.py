@@ -28,8 +28,8 @@ _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
 _sendmmsg.restype = ctypes.c_int
 
-MSG_DONTWAIT = socket.MSG_DONTWAIT
-MSG_TRUNC = socket.MSG_TRUNC          # recv: msg_len is the datagram's real length
+MSG_DONTWAIT = int(socket.MSG_DONTWAIT)   # ints: an IntFlag's | costs a microsecond a call
+MSG_TRUNC = int(socket.MSG_TRUNC)     # recv: msg_len is the datagram's real length
 MSG_WAITFORONE = 0x10000              # recvmmsg: block for the first message only
 
 IOVEC = np.dtype([("base", "<u8"), ("len", "<u8")])

@@ -34,9 +34,9 @@ import numpy as np
 
 from nina.mmsg import MSG_DONTWAIT, MSG_TRUNC, MsgRing
 from nina.wire import UDP_PORT
-from switch.packets import (FRAME_HEAD, K_MALFORMED, K_NINA, FrameRows, complete_checksums,
-                            frame_results)
-from switch.kernel import OUT_ROW, R_DIP, R_DPORT, R_PORT
+from switch.packets import (FRAME_HEAD, K_MALFORMED, FrameRows, complete_checksums,
+                            frame_results, group_results)
+from switch.kernel import OUT_ROW
 from switch.packet_rings import (RX_SMALL_LIMIT, RingUnavailable, RxRing, TxRing,
                                  ignore_outgoing, length_filter)
 from switch.raw_io_options import DEFAULT_RX_MIB, IO_KINDS, MAX_TX_SEGMENTS, ring_version
@@ -267,6 +267,8 @@ class RawIO:
         self._frows = FrameRows(BATCH)
         self._frames = np.zeros((OUT_ROWS, FRAME_HEAD + OUT_ROW), np.uint8)
         self._flen = np.zeros(OUT_ROWS, np.int64)
+        self._order = np.zeros(OUT_ROWS, np.int64)        # group_results' send order
+        self._runs = np.zeros(2 * OUT_ROWS, np.int64)     # and its (port, end) runs
         self._port_of = np.zeros(BATCH, np.int64)
         rings = self.io.startswith("ring")
         while not self._stop:
@@ -318,21 +320,19 @@ class RawIO:
         lens = self._lens[:m]
         fr = self._frows
         fr.classify(buf, lens, m)
-        mine = self._pkttype[:m] != PACKET_OUTGOING
-        nina = mine & (fr.kind[:m] == K_NINA)
-        self.rx_packets += int(mine.sum())
-        other = np.flatnonzero(mine & ~nina)
-        if len(other):   # malformed NINA or other traffic
-            self._forward(pipeline, buf, lens, other)
-        idx = np.flatnonzero(nina)
-        if not len(idx):
+        mine, n_nina, n_other = fr.split(self._pkttype, m, PACKET_OUTGOING)
+        self.rx_packets += mine
+        if n_other:   # malformed NINA or other traffic
+            self._forward(pipeline, buf, lens, fr.other[:n_other])
+        if not n_nina:
             return
-        if len(idx) == m:   # the usual batch: every frame an update, processed in place
+        if n_nina == m:   # the usual batch: every frame an update, processed in place
             pipeline.process_batch(buf, fr.off, fr.plen, self._port_of, fr.src_ip,
                                    fr.src_port, lens, m, self._send_results)
         else:
+            idx = fr.nina[:n_nina]
             pipeline.process_batch(buf[idx], fr.off[idx], fr.plen[idx], self._port_of[idx],
-                                   fr.src_ip[idx], fr.src_port[idx], lens[idx], len(idx),
+                                   fr.src_ip[idx], fr.src_port[idx], lens[idx], n_nina,
                                    self._send_results)
 
     def _forward(self, pipeline, buf: np.ndarray, lens: np.ndarray, which: np.ndarray) -> None:
@@ -359,21 +359,15 @@ class RawIO:
         """Frame a batch of results (compiled) and send each port's share in one call."""
         frame_results(out, out_len, out_rep, k, img.replicas, self._frames, self._flen,
                       UDP_PORT)
-        rep = img.replicas[out_rep[:k]]
-        ports = rep[:, R_PORT]
-        if self.tx_segments > 1:
-            # results leave slot by slot, worker after worker; a GSO frame takes a run of one
-            # worker's, so each worker's results go together (their own order kept)
-            order = np.argsort((rep[:, R_DIP] << 16) | rep[:, R_DPORT], kind="stable")
-        else:
-            order = np.arange(k)
-        first = ports[0]
-        if (ports == first).all():   # one egress port (a 1-port switch, or a bench)
-            self._send_rows(int(first), self._frames, self._flen, order, True)
-            return
-        po = ports[order]
-        for p in np.unique(ports).tolist():
-            self._send_rows(p, self._frames, self._flen, order[po == p], True)
+        # results leave slot by slot, worker after worker; with GSO frames (a run of one
+        # worker's results each) every worker's results go together, their own order kept
+        order, runs = self._order, self._runs
+        start = 0
+        for j in range(group_results(out_rep, k, img.replicas, self.tx_segments > 1, order,
+                                     runs)):
+            end = int(runs[2 * j + 1])
+            self._send_rows(int(runs[2 * j]), self._frames, self._flen, order[start:end], True)
+            start = end
 
     def _send_rows(self, port: int, frames: np.ndarray, flen: np.ndarray,
                    index: np.ndarray, results: bool = False) -> None:

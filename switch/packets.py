@@ -20,6 +20,7 @@ import numpy as np
 
 from nina.jit import copy_bytes, njit
 from nina.wire import ETH_LEN, IPV4_MIN_LEN, UDP_LEN, UDP_PORT
+from switch.kernel import R_DIP, R_DPORT, R_PORT
 
 ETHERTYPE_IPV4 = 0x0800
 IPPROTO_UDP = 17
@@ -322,17 +323,69 @@ def classify_frames(buf, lens, m, nina_port, kind, dst_mac, src_ip, dst_ip, src_
         plen[i] = ulen - UDP_LEN if ok else max(0, n - l4 - UDP_LEN)
 
 
+@njit
+def split_frames(kind, pkttype, m, outgoing, nina, other, counts):
+    """Sort classified frames 0..m-1: those whose packet type is not `outgoing` (the kernel's
+    copies of our own sends) are ours, and of those the indices of the NINA frames go to
+    `nina`, the rest (malformed NINA, other traffic) to `other`, in order; counts = [ours,
+    NINA, other]. One pass for what took six numpy operations a batch."""
+    a = b = c = 0
+    for i in range(m):
+        if pkttype[i] == outgoing:
+            continue
+        a += 1
+        if kind[i] == K_NINA:
+            nina[b] = i
+            b += 1
+        else:
+            other[c] = i
+            c += 1
+    counts[0], counts[1], counts[2] = a, b, c
+
+
+@njit
+def group_results(out_rep, k, replicas, by_flow, order, runs):
+    """The order in which results 0..k-1 leave: grouped by egress port (replica column 0),
+    stable, and with by_flow within a port by worker flow (destination IP, UDP port: a GSO
+    frame takes a run of one worker's results, their own order kept). runs[2j], runs[2j+1]:
+    the j-th port and the end of its results in order; returns the number of ports."""
+    keys = np.empty(k, np.int64)
+    for i in range(k):
+        r = replicas[out_rep[i]]
+        keys[i] = (r[R_PORT] << 48) | (r[R_DIP] << 16) | r[R_DPORT] if by_flow else r[R_PORT]
+    srt = np.argsort(keys, kind="mergesort")
+    n = 0
+    for i in range(k):
+        order[i] = srt[i]
+        p = replicas[out_rep[srt[i]]][R_PORT]
+        if n and runs[2 * n - 2] == p:
+            runs[2 * n - 1] = i + 1
+        else:
+            runs[2 * n] = p
+            runs[2 * n + 1] = i + 1
+            n += 1
+    return n
+
+
 class FrameRows:
-    """Per-frame outputs of classify_frames for a batch of n frames."""
+    """Per-frame outputs of classify_frames for a batch of n frames, and of split_frames."""
 
     def __init__(self, n: int):
         (self.kind, self.dst_mac, self.src_ip, self.dst_ip, self.src_port, self.dst_port,
-         self.off, self.plen) = (np.zeros(n, np.int64) for _ in range(8))
+         self.off, self.plen, self.nina, self.other) = (np.zeros(n, np.int64) for _ in range(10))
+        self.counts = np.zeros(3, np.int64)
 
     def classify(self, buf: np.ndarray, lens: np.ndarray, m: int,
                  nina_port: int = UDP_PORT) -> None:
         classify_frames(buf, lens, m, nina_port, self.kind, self.dst_mac, self.src_ip,
                         self.dst_ip, self.src_port, self.dst_port, self.off, self.plen)
+
+    def split(self, pkttype: np.ndarray, m: int, outgoing: int) -> tuple[int, int, int]:
+        """(frames that are ours, NINA frames, others) of the classified batch; their
+        indices in self.nina[:NINA] and self.other[:others] (see split_frames)."""
+        split_frames(self.kind, pkttype, m, outgoing, self.nina, self.other, self.counts)
+        a, b, c = self.counts.tolist()
+        return a, b, c
 
 
 def build_udp_frame(dst_mac: int, src_mac: int, src_ip: int, dst_ip: int, src_port: int,
@@ -381,7 +434,11 @@ def _warm() -> None:
     frame_results(rows, np.zeros(1, np.int64), np.zeros(1, np.int64), 1,
                   np.zeros((1, 8), np.int64), np.zeros((1, FRAME_HEAD + 64), np.uint8),
                   np.zeros(1, np.int64), UDP_PORT)
-    FrameRows(1).classify(rows, np.zeros(1, np.int64), 1)
+    fr = FrameRows(1)
+    fr.classify(rows, np.zeros(1, np.int64), 1)
+    fr.split(np.zeros(1, np.uint8), 1, 4)
+    group_results(np.zeros(1, np.int64), 1, np.zeros((1, 8), np.int64), True,
+                  np.zeros(1, np.int64), np.zeros(2, np.int64))
     lens, csum = np.zeros(2, np.int64), np.zeros(2, np.int64)
     gso = np.frombuffer(frame + bytes(8), np.uint8)
     cut_udp_gso(gso, gso.size, 272, np.zeros((2, 2048), np.uint8), lens, csum, 0, 2)

@@ -336,3 +336,59 @@ def test_a_forwarded_frame_gets_the_checksum_its_sender_left_to_the_offload():
     assert got != want
     complete_checksums(rows, lens, csum, np.array([0, 1], np.int64))
     assert rows[0, :lens[0]].tobytes() == want and rows[1, :lens[1]].tobytes() == want
+
+
+# ---- a batch sorted for the pipeline, and results grouped per egress port ----------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 3, 4])),
+                max_size=40))
+def test_a_batch_splits_into_its_nina_frames_and_the_rest_that_is_ours(frames):
+    from switch.packets import K_NINA, FrameRows
+    m = len(frames)
+    fr = FrameRows(max(m, 1))
+    fr.kind[:m] = [k for k, _ in frames]
+    pkttype = np.array([t for _, t in frames] or [0], np.uint8)
+    ours, n_nina, n_other = fr.split(pkttype, m, 4)   # 4: PACKET_OUTGOING
+    mine = [i for i, (_, t) in enumerate(frames) if t != 4]
+    assert ours == len(mine)
+    assert fr.nina[:n_nina].tolist() == [i for i in mine if frames[i][0] == K_NINA]
+    assert fr.other[:n_other].tolist() == [i for i in mine if frames[i][0] != K_NINA]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.integers(0, 3)), min_size=1, max_size=8),
+       st.data(), st.booleans())
+def test_results_leave_grouped_per_port_each_worker_in_its_own_order(reps, data, by_flow):
+    """Replica r: (port, worker); a worker's flow (IP, UDP port) lives on one port."""
+    from switch.kernel import R_DIP, R_DPORT, R_PORT
+    from switch.packets import group_results
+    flows = {}
+    for port, w in reps:
+        flows.setdefault(w, port)
+    replicas = np.zeros((len(reps), 8), np.int64)
+    for r, (_, w) in enumerate(reps):
+        replicas[r, R_PORT] = flows[w]
+        replicas[r, R_DIP] = 0x0A000000 + 0xFFFF - w   # descending: order must come from keys
+        replicas[r, R_DPORT] = 40000 + w
+    out_rep = np.array(data.draw(st.lists(st.integers(0, len(reps) - 1), min_size=1,
+                                          max_size=50)), np.int64)
+    k = len(out_rep)
+    order, runs = np.zeros(k, np.int64), np.zeros(2 * k, np.int64)
+    n = group_results(out_rep, k, replicas, by_flow, order, runs)
+    assert sorted(order.tolist()) == list(range(k))   # every result exactly once
+    start = 0
+    ports = []
+    for j in range(n):
+        port, end = int(runs[2 * j]), int(runs[2 * j + 1])
+        ports.append(port)
+        mine = order[start:end].tolist()
+        assert mine and all(replicas[out_rep[i], R_PORT] == port for i in mine)
+        if by_flow:   # by flow, then in result order within it
+            key = [(int(replicas[out_rep[i], R_DIP]), int(replicas[out_rep[i], R_DPORT]), i)
+                   for i in mine]
+            assert key == sorted(key)
+        else:
+            assert mine == sorted(mine)
+        start = end
+    assert start == k and ports == sorted(set(ports))

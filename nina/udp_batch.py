@@ -402,7 +402,6 @@ class BatchRx:
         self.ports = np.zeros(rows, np.int64)
         self._m = 0
         self._state = np.zeros(3, np.int64)   # split_buffers': buffer, segment, bytes
-        self._nbytes = 0                      # without GRO: the last receive's bytes
         self._gsize = np.zeros(msgs if self.gro else 1, np.int64)
         self._mlen = np.zeros(msgs if self.gro else 1, np.int64)
         self._sip = np.zeros(msgs if self.gro else 1, np.int64)
@@ -424,7 +423,7 @@ class BatchRx:
         if not self.gro:
             self.lengths[:m] = ring.lengths[:m]
             self.ips[:m], self.ports[:m] = ring.sources(m)
-            self._nbytes = int(ring.lengths[:m].sum()) if m else 0
+            self._state[2] = ring.lengths[:m].sum() if m else 0
             return m
         _gro_meta(m, self._controllen, *self._cmsg, ring.lengths, self._names, self._gsize,
                   self._mlen, self._sip, self._sport, self._state)
@@ -434,7 +433,7 @@ class BatchRx:
     @property
     def nbytes(self) -> int:
         """Bytes (real lengths) of the datagrams the last recv or more put in the rows."""
-        return int(self._state[2]) if self.gro else self._nbytes
+        return int(self._state[2])
 
     def more(self) -> int:
         """The next datagrams of the last receive (0: none left)."""

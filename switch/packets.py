@@ -345,7 +345,7 @@ def split_frames(kind, pkttype, m, outgoing, nina, other, counts):
 
 @njit
 def group_results(out_rep, k, replicas, by_flow, order, runs):
-    """The order in which results 0..k-1 leave: grouped by egress port (replica column 0),
+    """The order in which results 0..k-1 leave: grouped by egress port (replica column R_PORT),
     stable, and with by_flow within a port by worker flow (destination IP, UDP port: a GSO
     frame takes a run of one worker's results, their own order kept). runs[2j], runs[2j+1]:
     the j-th port and the end of its results in order; returns the number of ports."""
